@@ -1,0 +1,23 @@
+"""cnn-depth: how does a CNN's depth change what it learns, and what does it cost?
+
+The public API, shared by the CLI and notebooks::
+
+    from cnn_depth import dataloaders, depth_learner
+    dls = dataloaders()                      # embedded CIFAR-10 sample
+    learn = depth_learner(dls, depth=4)      # a fastai Learner
+    learn.fit_one_cycle(2, 3e-3)
+"""
+__version__ = "0.1.0"
+
+import warnings as _warnings
+
+# fastai's import triggers torch's own deprecation notice for torch.jit.script; it is not ours to act on.
+_warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+
+from .data import dataloaders, image_folder, list_datasets
+from .errors import CnnDepthError
+from .learner import depth_learner
+from .models import count_params, depth_cnn, layer_table, list_models
+
+__all__ = ["CnnDepthError", "count_params", "dataloaders", "depth_cnn", "depth_learner", "image_folder",
+           "layer_table", "list_datasets", "list_models"]

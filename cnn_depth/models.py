@@ -1,0 +1,270 @@
+"""The CNN family of any depth, the tutorial presets, and the registry that lists them.
+
+Every model is an ``nn.Sequential`` of named conv *stages* followed by a ``head``, so feature maps,
+Grad-CAM and layer tables can walk any of them the same way.
+
+What ``depth`` means: the number of 3×3 conv layers on the main path (1×1 projection shortcuts and the
+final linear layer are not counted). The family is a stem conv (16 channels, full resolution) and up to
+three stages of widths 32, 64 and 128; the first conv of each stage has stride 2, so every stage halves
+the feature map and doubles the width. The ``depth - 1`` convs after the stem are shared out evenly over
+the stages (earlier stages get the extra ones), so depth 3 has the tutorial SimpleCNN's widths
+16-32-64, depth 4 DeeperCNN's 16-32-64-128, and depth 7 is 16-32-32-64-64-128-128. A stride-2 3×3 conv
+with padding 1 maps n pixels to ceil(n/2), so no map ever shrinks below 1 px, whatever the depth or image
+size. The head is global average pooling and one linear layer: it never depends on the image size.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from fastai.layers import ConvLayer, Flatten, NormType
+from torch import nn
+
+from .errors import CnnDepthError
+
+STEM_WIDTH = 16  # channels of the first conv
+STAGE_WIDTHS = (32, 64, 128)  # one per downsampling stage: halve the map, double the width
+MAX_DEPTH = 1000  # a guard against typos such as 2000 when 20 was meant
+
+ImgSize = Union[int, Sequence[int]]
+
+
+def stage_sizes(depth: int) -> list[int]:
+    """Convs per stage after the stem: ``depth - 1`` shared out evenly, extras to earlier stages."""
+    m = depth - 1
+    n = min(m, len(STAGE_WIDTHS))
+    return [m // n + (i < m % n) for i in range(n)] if n else []
+
+
+def conv_layer(ni: int, nf: int, stride: int = 1, bn: bool = True) -> nn.Sequential:
+    """3×3 conv (padding 1) then BN (optional) then ReLU."""
+    return ConvLayer(ni, nf, ks=3, stride=stride, norm_type=NormType.Batch if bn else None)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: ``n_convs`` 3×3 conv-BN layers (ReLU between) plus a shortcut, then ReLU.
+
+    The shortcut is the identity when shapes match, else a 1×1 strided conv-BN projection (He et al.'s
+    option B). The last BN starts at zero, so a new block starts as the identity and deep stacks train.
+    """
+
+    def __init__(self, ni: int, nf: int, stride: int = 1, n_convs: int = 2):
+        super().__init__()
+        convs = []
+        for i in range(n_convs):
+            last = i == n_convs - 1
+            convs.append(ConvLayer(ni if i == 0 else nf, nf, ks=3, stride=stride if i == 0 else 1,
+                                   norm_type=NormType.BatchZero if last else NormType.Batch,
+                                   act_cls=None if last else nn.ReLU))
+        self.convs = nn.Sequential(*convs)
+        self.shortcut = (nn.Identity() if ni == nf and stride == 1
+                         else ConvLayer(ni, nf, ks=1, stride=stride, act_cls=None))
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.convs(x) + self.shortcut(x))
+
+
+def _stage(arch: str, ni: int, nf: int, n_convs: int) -> nn.Sequential:
+    """One downsampling stage of ``n_convs`` convs; the first has stride 2."""
+    if arch == "residual":  # pairs of convs form basic blocks; an odd one out is a one-conv block
+        sizes = [2] * (n_convs // 2) + [1] * (n_convs % 2)
+        return nn.Sequential(*[BasicBlock(ni if i == 0 else nf, nf, stride=2 if i == 0 else 1, n_convs=k)
+                               for i, k in enumerate(sizes)])
+    return nn.Sequential(*[conv_layer(ni if i == 0 else nf, nf, stride=2 if i == 0 else 1, bn=arch == "bn")
+                           for i in range(n_convs)])
+
+
+def head(ni: int, n_out: int) -> nn.Sequential:
+    """Global average pool, flatten, linear: independent of the image size."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(ni, n_out))
+
+
+class DepthCNN(nn.Sequential):
+    """The family: stem conv, up to three stride-2 stages, pooled linear head (see the module docstring).
+
+    Args:
+        depth: number of 3×3 conv layers on the main path (≥ 1).
+        n_in: input channels (3 for RGB, 1 for grayscale).
+        n_out: number of classes.
+        arch: ``plain`` (conv-ReLU), ``bn`` (conv-BN-ReLU) or ``residual`` (BN + shortcuts).
+    """
+
+    def __init__(self, depth: int, n_in: int = 3, n_out: int = 10, arch: str = "bn"):
+        stem = conv_layer(n_in, STEM_WIDTH, bn=arch != "plain")
+        layers = [("stem", stem)]
+        ni = STEM_WIDTH
+        for i, (nf, n) in enumerate(zip(STAGE_WIDTHS, stage_sizes(depth)), start=1):
+            layers.append((f"stage{i}", _stage(arch, ni, nf, n)))
+            ni = nf
+        layers.append(("head", head(ni, n_out)))
+        super().__init__(OrderedDict(layers))
+
+
+def _pair(img_size: ImgSize) -> tuple[int, int]:
+    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+class TutorialCNN(nn.Sequential):
+    """The tutorial models: conv-ReLU-maxpool stages, flatten, then linear layers.
+
+    The flatten size is computed by running the conv stages on a dummy image of ``img_size``, so the
+    model is right for any input size (the tutorials hard-coded it, and one got it wrong).
+    """
+
+    def __init__(self, widths: Sequence[int], fc: Sequence[int], n_in: int, n_out: int, img_size: ImgSize,
+                 ks: int = 3, padding: int = 1, dropout: float = 0.0, name: str = "tutorial"):
+        stages, ni = [], n_in
+        for i, nf in enumerate(widths, start=1):
+            stages.append((f"conv{i}", nn.Sequential(nn.Conv2d(ni, nf, ks, padding=padding), nn.ReLU(),
+                                                     nn.MaxPool2d(2))))
+            ni = nf
+        h, w = _pair(img_size)
+        features = nn.Sequential(OrderedDict(stages))
+        try:
+            with torch.no_grad():
+                n_flat = features(torch.zeros(1, n_in, h, w)).numel()
+        except RuntimeError:
+            raise CnnDepthError(f"preset {name} cannot take {h}×{w} images: its {len(widths)} conv+pool "
+                                f"stages need larger inputs; resize them (size=32) or pick another arch") from None
+        fcs, nf_in = [], n_flat
+        for nf in fc:
+            fcs += [nn.Linear(nf_in, nf), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+            nf_in = nf
+        fcs.append(nn.Linear(nf_in, n_out))
+        super().__init__(OrderedDict(stages + [("head", nn.Sequential(Flatten(), *fcs))]))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: a family of any depth (``depth is None``) or a preset of fixed depth."""
+
+    name: str
+    build: Callable[..., nn.Module]  # (depth, n_in, n_out, img_size) -> nn.Module
+    depth: Optional[int]
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, description: str, depth: Optional[int] = None):
+    """Decorator: add a builder ``(depth, n_in, n_out, img_size) -> nn.Module`` to the registry."""
+    def _register(build):
+        _REGISTRY[name] = ModelSpec(name, build, depth, description)
+        return build
+    return _register
+
+
+for _arch, _desc in [("plain", "conv-ReLU layers, no normalisation (the tutorials' style)"),
+                     ("bn", "conv-BN-ReLU layers"),
+                     ("residual", "conv-BN with identity/projection shortcuts (ResNet basic blocks)")]:
+    register_model(_arch, _desc)(lambda depth, n_in, n_out, img_size, _a=_arch: DepthCNN(depth, n_in, n_out, _a))
+
+
+@register_model("simplecnn", "tutorial SimpleCNN: convs 16-32-64, each with 2×2 max-pool, then a linear layer",
+                depth=3)
+def simplecnn(depth, n_in, n_out, img_size):
+    return TutorialCNN([16, 32, 64], [], n_in, n_out, img_size, name="simplecnn")
+
+
+@register_model("deepercnn", "tutorial DeeperCNN: convs 16-32-64-128, each with 2×2 max-pool, then a linear layer",
+                depth=4)
+def deepercnn(depth, n_in, n_out, img_size):
+    return TutorialCNN([16, 32, 64, 128], [], n_in, n_out, img_size, name="deepercnn")
+
+
+@register_model("tutorial-net", "PyTorch-tutorial net: 5×5 convs 16-32 with 2×2 max-pool, fc 120-84-n_out", depth=2)
+def tutorial_net(depth, n_in, n_out, img_size):
+    return TutorialCNN([16, 32], [120, 84], n_in, n_out, img_size, ks=5, padding=0, name="tutorial-net")
+
+
+@register_model("customcnn", "digits CNN: convs 32-64-128 each with 2×2 max-pool, fc 625 with dropout 0.5, fc n_out",
+                depth=3)
+def customcnn(depth, n_in, n_out, img_size):
+    return TutorialCNN([32, 64, 128], [625], n_in, n_out, img_size, dropout=0.5, name="customcnn")
+
+
+def list_models() -> list[str]:
+    """Names of the registered models: the families first, then the presets."""
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].depth is not None, list(_REGISTRY).index(n)))
+
+
+def model_spec(arch: str) -> ModelSpec:
+    """The registry entry for ``arch``, or a one-line error that lists the known names."""
+    if arch not in _REGISTRY:
+        raise CnnDepthError(f"unknown arch {arch!r}; choose one of: {', '.join(list_models())}")
+    return _REGISTRY[arch]
+
+
+def check_depth(depth, arch: str = "bn") -> int:
+    """Validate ``depth`` for ``arch`` and return it (a preset's own depth when ``depth`` is None)."""
+    spec = model_spec(arch)
+    if depth is None and spec.depth is not None:
+        return spec.depth
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        try:
+            ok = float(depth).is_integer()
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CnnDepthError(f"depth must be a whole number ≥ 1, got {depth!r}")
+        depth = int(float(depth))
+    if depth < 1:
+        raise CnnDepthError(f"depth must be ≥ 1 (the number of conv layers), got {depth}")
+    if depth > MAX_DEPTH:
+        raise CnnDepthError(f"depth {depth} is over the limit of {MAX_DEPTH} conv layers; pick a smaller depth")
+    if spec.depth is not None and depth != spec.depth:
+        raise CnnDepthError(f"preset {arch} has a fixed depth of {spec.depth}; use depth {spec.depth} "
+                            f"or a family arch (plain, bn, residual) for depth {depth}")
+    return depth
+
+
+def depth_cnn(depth: Optional[int] = None, n_in: int = 3, n_out: int = 10, arch: str = "bn",
+              img_size: ImgSize = 32) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        depth: number of 3×3 conv layers (≥ 1); for a preset, None or its own depth.
+        n_in: input channels.
+        n_out: number of classes.
+        arch: a name from ``list_models()``: plain, bn, residual or a tutorial preset.
+        img_size: image size (int or (h, w)); only presets with a flatten layer use it.
+
+    Returns:
+        the model, with ``model.config`` holding the constructor arguments (for checkpoints).
+    """
+    depth = check_depth(depth, arch)
+    if n_in < 1 or n_out < 1:
+        raise CnnDepthError(f"n_in and n_out must be ≥ 1, got n_in={n_in}, n_out={n_out}")
+    model = model_spec(arch).build(depth, n_in, n_out, img_size)
+    model.config = dict(arch=arch, depth=depth, n_in=n_in, n_out=n_out, img_size=list(_pair(img_size)))
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[dict]:
+    """One row per leaf layer: name, type, output shape (batch 1) and parameters, from a real forward pass."""
+    rows, hooks = [], []
+    for name, mod in model.named_modules():
+        if name and not list(mod.children()):
+            def _hook(m, inp, out, name=name):
+                rows.append(dict(layer=name, type=type(m).__name__, output_shape=tuple(out.shape),
+                                 params=sum(p.numel() for p in m.parameters(recurse=False))))
+            hooks.append(mod.register_forward_hook(_hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return rows

@@ -1,0 +1,41 @@
+"""The CLI's model and dataset commands, and its one-line errors."""
+import pytest
+from typer.testing import CliRunner
+
+from cnn_depth.cli import app
+from cnn_depth.models import list_models
+
+runner = CliRunner()
+
+
+def test_models_lists_every_registered_model_with_params():
+    r = runner.invoke(app, ["models", "--depth", "20"])
+    assert r.exit_code == 0, r.output
+    for name in list_models():
+        assert name in r.output
+    assert "1,078,170" in r.output  # bn at depth 20
+
+
+def test_datasets_lists_sources():
+    r = runner.invoke(app, ["datasets"])
+    assert r.exit_code == 0
+    assert "cifar10-sample" in r.output and "mnist" in r.output and "training/testing" in r.output
+
+
+def test_summary_prints_layer_table():
+    r = runner.invoke(app, ["summary", "--depth", "4", "--arch", "residual"])
+    assert r.exit_code == 0, r.output
+    assert "stage3" in r.output and "(1, 128, 4, 4)" in r.output and "total params:" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["summary", "--depth", "0"], "error: depth must be ≥ 1"),
+    (["summary", "--depth", "3", "--arch", "vgg"], "error: unknown arch 'vgg'; choose one of"),
+    (["summary", "--depth", "4", "--arch", "simplecnn"], "error: preset simplecnn has a fixed depth of 3"),
+    (["summary"], "error: --depth is required"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2
+    assert message in r.output
+    assert "Traceback" not in r.output

@@ -1,0 +1,100 @@
+"""The model family and presets: every registered model, several depths, RGB 32×32 and gray 28×28."""
+import pytest
+import torch
+
+from cnn_depth import CnnDepthError, count_params, depth_cnn, layer_table, list_models
+from cnn_depth.models import model_spec, stage_sizes
+
+FAMILIES = [m for m in list_models() if model_spec(m).depth is None]
+PRESETS = [m for m in list_models() if model_spec(m).depth is not None]
+DEPTHS = [1, 2, 3, 4, 5, 8, 20]
+SHAPES = [(3, 32, 32), (1, 28, 28)]
+
+
+def test_registry_has_families_and_tutorial_presets():
+    assert set(FAMILIES) == {"plain", "bn", "residual"}
+    assert set(PRESETS) == {"simplecnn", "deepercnn", "tutorial-net", "customcnn"}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["rgb32", "gray28"])
+@pytest.mark.parametrize("arch,depth", [(a, d) for a in FAMILIES for d in DEPTHS] + [(p, None) for p in PRESETS])
+def test_logits_shape_and_finite(arch, depth, shape):
+    torch.manual_seed(0)
+    model = depth_cnn(depth, n_in=shape[0], n_out=7, arch=arch, img_size=shape[1:]).eval()
+    with torch.no_grad():
+        y = model(torch.randn(5, *shape))
+    assert y.shape == (5, 7)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_deep_models_build_and_run(arch):
+    for depth in (32, 56):
+        for shape in SHAPES:
+            model = depth_cnn(depth, n_in=shape[0], arch=arch, img_size=shape[1:]).eval()
+            with torch.no_grad():
+                assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_params_never_decrease_with_depth(arch):
+    counts = [count_params(depth_cnn(d, arch=arch)) for d in range(1, 57)]
+    assert all(b >= a for a, b in zip(counts, counts[1:])), counts
+    assert counts[-1] > counts[0]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("depth", [1, 3, 4, 9, 20])
+def test_depth_counts_main_path_3x3_convs(arch, depth):
+    model = depth_cnn(depth, arch=arch)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == depth
+    assert sum(stage_sizes(depth)) == depth - 1
+
+
+def test_maps_never_shrink_below_one_pixel():
+    model = depth_cnn(56, arch="residual")
+    rows = layer_table(model, (3, 2, 2))
+    assert min(min(r["output_shape"][2:] or (1,)) for r in rows if len(r["output_shape"]) == 4) >= 1
+
+
+def test_presets_reproduce_tutorial_widths_and_compute_flatten():
+    simple = depth_cnn(arch="simplecnn")
+    assert [m.out_channels for m in simple.modules() if isinstance(m, torch.nn.Conv2d)] == [16, 32, 64]
+    assert simple.head[-1].in_features == 64 * 4 * 4  # 32 px halved three times
+    gray = depth_cnn(arch="customcnn", n_in=1, img_size=28)
+    linears = [m for m in gray.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears[0].in_features == 128 * 3 * 3 and linears[0].out_features == 625  # 28→14→7→3
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in gray.modules())
+    net = depth_cnn(arch="tutorial-net", n_out=4)
+    assert [m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)] == [120, 84, 4]
+    deeper = depth_cnn(arch="deepercnn")
+    assert [m.out_channels for m in deeper.modules() if isinstance(m, torch.nn.Conv2d)] == [16, 32, 64, 128]
+
+
+def test_family_widths_match_tutorials_at_depth_3_and_4():
+    widths = lambda d: [m.out_channels for m in depth_cnn(d, arch="plain").modules()
+                        if isinstance(m, torch.nn.Conv2d)]
+    assert widths(3) == [16, 32, 64]
+    assert widths(4) == [16, 32, 64, 128]
+
+
+def test_config_records_constructor_arguments():
+    assert depth_cnn(5, n_in=1, n_out=3, arch="residual", img_size=28).config == dict(
+        arch="residual", depth=5, n_in=1, n_out=3, img_size=[28, 28])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(depth=0), "depth must be ≥ 1"),
+    (dict(depth=-3), "depth must be ≥ 1"),
+    (dict(depth=2.5), "whole number"),
+    (dict(depth="x"), "whole number"),
+    (dict(depth=3, arch="vgg"), "unknown arch 'vgg'; choose one of: plain, bn, residual"),
+    (dict(depth=5, arch="simplecnn"), "fixed depth of 3"),
+    (dict(depth=None, arch="bn"), "whole number"),
+    (dict(arch="tutorial-net", img_size=8), "cannot take 8×8 images"),
+])
+def test_bad_model_arguments_give_one_line(kwargs, message):
+    with pytest.raises(CnnDepthError, match=message) as e:
+        depth_cnn(**kwargs)
+    assert "\n" not in str(e.value)
