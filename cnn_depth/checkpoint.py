@@ -1,0 +1,268 @@
+"""Saved models that load safely: weights as a state dict next to plain data, never pickled code.
+
+A run folder written by ``cnn-depth sweep --save-models`` keeps one file per trained model at
+``<run_dir>/models/{arch}-d{depth}-s{seed}.pt``. Each file is a dict of plain Python types and tensors, so
+``torch.load(path, weights_only=True)`` reads it::
+
+    format        "cnn-depth-model"
+    version       1
+    state_dict    {name: tensor}  (on CPU)
+    config        dict(arch, depth, n_in, n_out, img_size=[h, w]): the arguments of ``depth_cnn``
+    vocab         [class name, ...] in output order, or None
+    stats         dict(mean=[...], std=[...]) per channel on the 0-1 scale, or None
+    source        dict(name, root, max_per_class, train_name, valid_name): enough to rebuild the
+                  dataset with ``image_folder`` and pick a validation image by index, or None
+    meta          anything else the caller passed (run_id, seed, dataset, ...), plain types only
+    versions      dict(cnn_depth, torch, fastai)
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import CnnDepthError
+from .models import depth_cnn
+
+FORMAT = "cnn-depth-model"
+VERSION = 1
+MODELS_DIR = "models"  # under the run folder
+_FILE_RE = re.compile(r"^(?P<arch>.+)-d(?P<depth>\d+)-s(?P<seed>-?\d+)\.pt$")
+
+PathLike = Union[str, os.PathLike]
+
+
+def run_id(arch: str, depth: int, seed: int) -> str:
+    """The id of one run of a sweep, also the stem of its saved model: ``{arch}-d{depth}-s{seed}``."""
+    return f"{arch}-d{depth}-s{seed}"
+
+
+def model_path(run_dir: PathLike, arch: str, depth: int, seed: int) -> Path:
+    """Where a sweep saves the model of one run: ``<run_dir>/models/{run_id}.pt``."""
+    return Path(run_dir) / MODELS_DIR / f"{run_id(arch, depth, seed)}.pt"
+
+
+def _plain(obj, where: str):
+    """``obj`` as types ``torch.load(weights_only=True)`` accepts (Paths become str, tuples lists)."""
+    if obj is None or isinstance(obj, torch.Tensor):
+        return obj
+    for t in (bool, int, float, str):  # exact builtins: subclasses (TorchVersion, IntEnum) need a pickled class
+        if isinstance(obj, t):
+            return t(obj)
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalars
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ in ("L", "CategoryMap"):
+        return [_plain(v, where) for v in obj]
+    raise TypeError(f"{where} holds a {type(obj).__name__}; saved models keep plain data only "
+                    f"(str, numbers, lists, dicts, tensors)")
+
+
+def _stats(dls) -> Optional[dict]:
+    """Per-channel mean and std: ``dls.stats`` (our DataLoaders) or the ``Normalize`` in ``after_batch``."""
+    stats = getattr(dls, "stats", None)
+    if stats is not None:
+        return dict(mean=[float(v) for v in stats[0]], std=[float(v) for v in stats[1]])
+    from fastai.vision.augment import Normalize
+    for t in getattr(getattr(dls, "after_batch", None), "fs", []):
+        if isinstance(t, Normalize):
+            return dict(mean=t.mean.flatten().tolist(), std=t.std.flatten().tolist())
+    return None
+
+
+def _source(dls) -> Optional[dict]:
+    folder = getattr(dls, "source", None)
+    if folder is None:
+        return None
+    keywords = getattr(getattr(folder, "get_items", None), "keywords", {}) or {}
+    return dict(name=str(folder.name), root=str(Path(folder.root).resolve()),
+                max_per_class=keywords.get("max_per_class"), train_name=folder.train_name,
+                valid_name=folder.valid_name)
+
+
+def save_run_model(path: PathLike, learn_or_model, dls=None, **meta) -> Path:
+    """Save a trained model as a state dict plus the plain data needed to rebuild and explain it.
+
+    Args:
+        path: the file to write, by convention ``model_path(run_dir, arch, depth, seed)``.
+        learn_or_model: a fastai ``Learner`` (its ``dls`` is used when ``dls`` is None) or a model built by
+            ``depth_cnn`` (it carries ``model.config``).
+        dls: the DataLoaders it was trained on: gives the vocab, normalisation stats and data source.
+        **meta: plain data kept under ``meta`` (run_id, seed, dataset, ...). ``vocab=``, ``stats=`` (a
+            (mean, std) pair) and ``max_per_class=`` override what ``dls`` says.
+
+    Returns:
+        the path written. The file is written to a temporary name first, so a killed run leaves no
+        half-written model behind.
+    """
+    model = getattr(learn_or_model, "model", learn_or_model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save_run_model needs a Learner or an nn.Module, got {type(learn_or_model).__name__}")
+    if dls is None:
+        dls = getattr(learn_or_model, "dls", None)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise CnnDepthError("this model has no .config (constructor arguments); build it with depth_cnn() "
+                            "or depth_learner() so that it can be rebuilt when loaded")
+    vocab = meta.pop("vocab", None)
+    if vocab is None and dls is not None and getattr(dls, "vocab", None) is not None:
+        vocab = dls.vocab
+    stats = meta.pop("stats", None)
+    stats = dict(mean=list(stats[0]), std=list(stats[1])) if stats is not None else (_stats(dls) if dls else None)
+    source = _source(dls) if dls is not None else None
+    if "max_per_class" in meta:
+        mpc = meta.pop("max_per_class")
+        if source is not None:
+            source["max_per_class"] = mpc
+    import fastai
+
+    from . import __version__
+    ckpt = dict(format=FORMAT, version=VERSION,
+                state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                config=_plain(dict(config), "config"),
+                vocab=[str(v) for v in vocab] if vocab is not None else None,
+                stats=_plain(stats, "stats"), source=_plain(source, "source"), meta=_plain(meta, "meta"),
+                versions=dict(cnn_depth=str(__version__), torch=str(torch.__version__),
+                              fastai=str(fastai.__version__)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
+def saved_models(run_dir: PathLike) -> list[dict]:
+    """The models saved in a run folder: one dict (arch, depth, seed, run_id, path) per file, sorted."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnDepthError(f"no such run folder: {run_dir}; give the --out folder of a sweep run with "
+                            f"--save-models")
+    found = []
+    models = run_dir / MODELS_DIR
+    if models.is_dir():
+        for p in models.glob("*.pt"):
+            m = _FILE_RE.match(p.name)
+            if m:
+                found.append(dict(arch=m["arch"], depth=int(m["depth"]), seed=int(m["seed"]), run_id=p.stem,
+                                  path=p))
+    if not found:
+        raise CnnDepthError(f"{run_dir} has no saved models ({MODELS_DIR}/{{arch}}-d{{depth}}-s{{seed}}.pt); "
+                            f"rerun the sweep with --save-models")
+    return sorted(found, key=lambda r: (r["arch"], r["depth"], r["seed"]))
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in sorted(set(values)))
+
+
+def _one_line(e: BaseException, limit: int = 100) -> str:
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()) or type(e).__name__
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
+                   arch: Optional[str] = None) -> tuple[dict, Optional[str]]:
+    """Pick one saved model of a run folder: (its entry from ``saved_models``, a note or None).
+
+    ``arch`` and ``depth`` may be left out when the run holds only one; ``seed`` defaults to the lowest.
+    """
+    runs = saved_models(run_dir)
+    archs = sorted({r["arch"] for r in runs})
+    if arch is None:
+        if len(archs) > 1:
+            raise CnnDepthError(f"{run_dir} holds models of several archs ({', '.join(archs)}); pick one with "
+                                f"--arch")
+        arch = archs[0]
+    runs = [r for r in runs if r["arch"] == arch]
+    if not runs:
+        raise CnnDepthError(f"arch {arch!r} is not in {run_dir}; saved archs: {', '.join(archs)}")
+    depths = [r["depth"] for r in runs]
+    if depth is None:
+        if len(set(depths)) > 1:
+            raise CnnDepthError(f"{run_dir} holds {arch} models of depths {_join(depths)}; pick one with --depth")
+        depth = depths[0]
+    runs_d = [r for r in runs if r["depth"] == depth]
+    if not runs_d:
+        raise CnnDepthError(f"depth {depth} is not in {run_dir} (arch {arch}); saved depths: {_join(depths)}")
+    seeds = [r["seed"] for r in runs_d]
+    note = None
+    if seed is None:
+        chosen = runs_d[0]  # sorted: the lowest seed
+        if len(seeds) > 1:
+            note = (f"{len(seeds)} seeds saved for {arch} depth {depth} ({_join(seeds)}); using seed "
+                    f"{chosen['seed']}, the lowest (pass --seed to pick another)")
+    else:
+        match = [r for r in runs_d if r["seed"] == seed]
+        if not match:
+            raise CnnDepthError(f"seed {seed} is not saved for {arch} depth {depth} in {run_dir}; saved seeds: "
+                                f"{_join(seeds)}")
+        chosen = match[0]
+    return chosen, note
+
+
+def read_run_model(path: PathLike) -> dict:
+    """Read one saved model file with ``weights_only=True`` and check its format; one-line errors."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, or pickled code weights_only refuses
+        raise CnnDepthError(f"cannot read saved model {path} ({type(e).__name__}: {_one_line(e)}); the file is "
+                            f"damaged or not a cnn-depth model: rerun the sweep with --save-models") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt:
+        raise CnnDepthError(f"{path} is not a cnn-depth model file (no {FORMAT!r} format tag); rerun the sweep "
+                            f"with --save-models")
+    if ckpt.get("version", 0) > VERSION:
+        raise CnnDepthError(f"{path} was saved by a newer cnn-depth (format version {ckpt['version']}); "
+                            f"upgrade cnn-depth")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> nn.Module:
+    """Rebuild the model with ``depth_cnn(**config)`` and load its weights strictly; in eval mode."""
+    config = ckpt.get("config") or {}
+    try:
+        model = depth_cnn(**config)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (CnnDepthError, TypeError, RuntimeError, KeyError) as e:
+        raise CnnDepthError(f"{path} does not rebuild: its weights do not match its config {config} "
+                            f"({_one_line(e)}); rerun the sweep with --save-models") from None
+    vocab = ckpt.get("vocab")
+    model.vocab = list(vocab) if vocab is not None else [str(i) for i in range(config["n_out"])]
+    return model.eval()
+
+
+def load_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
+                   arch: Optional[str] = None) -> tuple[nn.Module, dict]:
+    """Load one trained model of a sweep run folder, on the CPU and in eval mode.
+
+    Args:
+        run_dir: the folder a sweep wrote with ``--save-models`` (it holds ``models/*.pt``).
+        depth: which depth; may be left out when the run holds one depth only.
+        seed: which seed; the lowest saved one when None (``info["note"]`` says so when there were several).
+        arch: which arch; may be left out when the run holds one arch only.
+
+    Returns:
+        ``(model, info)``: the model (with ``model.config`` and ``model.vocab``) and a dict with
+        ``run_id``, ``arch``, ``depth``, ``seed``, ``seeds`` (all saved for that arch and depth), ``path``,
+        ``config``, ``vocab``, ``stats``, ``source``, ``meta`` and ``note`` (None unless a seed was picked).
+    """
+    entry, note = find_run_model(run_dir, depth, seed, arch)
+    ckpt = read_run_model(entry["path"])
+    model = model_from_checkpoint(ckpt, entry["path"])
+    if (model.config["arch"], model.config["depth"]) != (entry["arch"], entry["depth"]):
+        raise CnnDepthError(f"{entry['path']} holds a {model.config['arch']} model of depth "
+                            f"{model.config['depth']}, not what its name says; rerun the sweep with --save-models")
+    seeds = sorted(r["seed"] for r in saved_models(run_dir)
+                   if r["arch"] == entry["arch"] and r["depth"] == entry["depth"])
+    info = dict(run_id=entry["run_id"], arch=entry["arch"], depth=entry["depth"], seed=entry["seed"], seeds=seeds,
+                path=entry["path"], config=ckpt["config"], vocab=model.vocab, stats=ckpt.get("stats"),
+                source=ckpt.get("source"), meta=ckpt.get("meta") or {}, note=note)
+    return model, info
