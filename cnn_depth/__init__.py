@@ -14,10 +14,13 @@ import warnings as _warnings
 # fastai's import triggers torch's own deprecation notice for torch.jit.script; it is not ours to act on.
 _warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
+from .checkpoint import load_run_model, save_run_model
 from .data import dataloaders, image_folder, list_datasets
 from .errors import CnnDepthError
+from .explain import activation_stats, feature_maps, grad_cam
 from .learner import depth_learner
 from .models import count_params, depth_cnn, layer_table, list_models
 
-__all__ = ["CnnDepthError", "count_params", "dataloaders", "depth_cnn", "depth_learner", "image_folder",
-           "layer_table", "list_datasets", "list_models"]
+__all__ = ["CnnDepthError", "activation_stats", "count_params", "dataloaders", "depth_cnn", "depth_learner",
+           "feature_maps", "grad_cam", "image_folder", "layer_table", "list_datasets", "list_models",
+           "load_run_model", "save_run_model"]

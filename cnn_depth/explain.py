@@ -1,0 +1,437 @@
+"""What each depth learned: feature maps, Grad-CAM, activation statistics, and the PNGs that show them.
+
+Every registered model is an ``nn.Sequential`` of named conv stages followed by a ``head``, so all of this
+works the same way for every arch and preset through forward hooks (fastai's ``Hooks``), never by editing
+the model:
+
+- ``feature_maps(model, x)``: the output of every conv stage (each child before ``head``).
+- ``grad_cam(model, x)``: Grad-CAM (Selvaraju et al. 2017) at the last conv stage, upsampled to the input.
+- ``activation_stats(model, xb)``: mean, std and fraction of exact zeros of every ReLU in the conv stages.
+  A ReLU follows each main-path conv (in a residual block the last conv's ReLU comes after the shortcut
+  is added), so there is one row per conv layer: ``model.config["depth"]`` rows for every registered model.
+- ``explain_run(run_dir, depth)``: loads a saved model of a sweep and writes ``input.png``,
+  ``feature_maps.png`` and ``gradcam.png``.
+
+Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas, never through pyplot, so nothing
+here changes a notebook's backend.
+"""
+from __future__ import annotations
+
+import operator
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.callback.hook import Hooks, hook_outputs
+from torch import nn
+
+from .checkpoint import load_run_model
+from .errors import CnnDepthError
+
+PathLike = Union[str, os.PathLike]
+N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
+TOP_K = 3  # predictions shown on input.png
+ACTIVATION_COLUMNS = ["layer", "stage", "index", "mean", "std", "frac_zero", "shape"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hooks: feature maps, Grad-CAM, activation statistics
+
+
+def conv_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The named conv stages of a registered model: every child except ``head``, in order."""
+    stages = [(n, m) for n, m in model.named_children() if n != "head"]
+    if not stages:
+        raise CnnDepthError(f"{type(model).__name__} has no named conv stages before a 'head' child; build the "
+                            f"model with depth_cnn()")
+    return stages
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float batch (N, C, H, W) on the model's device."""
+    x = torch.as_tensor(x)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise CnnDepthError(f"expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    return x.float().to(_device(model))
+
+
+class _eval_mode:
+    """Run a model in eval mode (BN running stats, no dropout), then restore its previous mode."""
+
+    def __init__(self, model):
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
+def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The output of each conv stage for ``x`` (an image or a batch): ``[(stage name, (N, C, H, W)), ...]``."""
+    stages = conv_stages(model)
+    xb = _batch(model, x)
+    with _eval_mode(model), hook_outputs([m for _, m in stages]) as hooks, torch.no_grad():
+        model(xb)
+        return [(name, h.stored) for (name, _), h in zip(stages, hooks)]
+
+
+def class_index(target, vocab: Optional[Sequence[str]], n_out: int) -> int:
+    """A class given by name (from ``vocab``) or index, as an index; a one-line error listing the classes."""
+    names = f": {', '.join(map(str, vocab))}" if vocab else ""
+    if isinstance(target, str):
+        if vocab and target in list(vocab):
+            return list(vocab).index(target)
+        try:
+            target = int(target)
+        except ValueError:
+            raise CnnDepthError(f"unknown target class {target!r}; choose one of{names or f' 0-{n_out - 1}'}") from None
+    try:
+        i = operator.index(target)
+    except TypeError:
+        raise CnnDepthError(f"target must be a class name or index, got {target!r}") from None
+    if not 0 <= i < n_out:
+        raise CnnDepthError(f"target index {i} is out of range: the model has {n_out} classes (0-{n_out - 1}){names}")
+    return i
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Sequence[str]] = None,
+             stage: Optional[str] = None) -> torch.Tensor:
+    """Grad-CAM heatmap (H, W) in [0, 1] at the input's size, on the CPU.
+
+    Args:
+        model: a registered model (an ``nn.Sequential`` of conv stages and a ``head``).
+        x: one normalised image (C, H, W) or (1, C, H, W).
+        target: class index or name to explain (names need ``vocab`` or ``model.vocab``); the predicted
+            class when None.
+        vocab: class names in output order.
+        stage: the conv stage to explain; the last one (the child before ``head``) when None.
+
+    The stage's activations A (C, h, w) are weighted by the spatial mean of d(score)/dA per channel, summed,
+    passed through ReLU, upsampled bilinearly and divided by their maximum. A map with no positive
+    evidence (all zero, e.g. dead ReLUs) is returned as zeros, never NaN. Deep stages have small maps (4×4
+    for a 32 px input after three stride-2 stages), so the heatmap is coarse by construction.
+    """
+    xb = _batch(model, x)
+    if xb.shape[0] != 1:
+        raise CnnDepthError(f"grad_cam explains one image; got a batch of {xb.shape[0]}")
+    stages = dict(conv_stages(model))
+    name = stage or list(stages)[-1]
+    if name not in stages:
+        raise CnnDepthError(f"unknown stage {name!r}; choose one of: {', '.join(stages)}")
+    with _eval_mode(model), Hooks([stages[name]], lambda m, i, o: o, detach=False) as hooks, torch.enable_grad():
+        logits = model(xb.detach().requires_grad_(True))  # the input needs grad when the weights are frozen
+        t = (int(logits[0].argmax()) if target is None
+             else class_index(target, vocab if vocab is not None else getattr(model, "vocab", None), logits.shape[1]))
+        acts = hooks.stored[0]
+        (grads,) = torch.autograd.grad(logits[0, t], acts)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * acts).sum(1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=xb.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
+    peak = cam.max()
+    cam = cam / peak if peak > 0 else torch.zeros_like(cam)
+    return cam.clamp_(0, 1).cpu()
+
+
+def relu_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """The ReLUs of the conv stages in order, as (stage, qualified name, module): one per main-path conv."""
+    return [(sname, f"{sname}.{n}", m) for sname, stage in conv_stages(model)
+            for n, m in stage.named_modules() if isinstance(m, nn.ReLU)]
+
+
+def _relu_stats(m, i, o) -> dict:
+    o = o.detach().float()
+    return dict(mean=o.mean().item(), std=o.std().item() if o.numel() > 1 else 0.0,
+                frac_zero=(o == 0).float().mean().item(), shape="x".join(map(str, o.shape[1:])))
+
+
+def activation_stats(model: nn.Module, xb: torch.Tensor) -> list[dict]:
+    """Statistics of every conv layer's ReLU output on the batch ``xb``, in eval mode.
+
+    One row per ReLU in the conv stages (the ReLUs of the head's linear layers are left out). A ReLU
+    follows every main-path conv (after the shortcut add for the last conv of a residual block), so a
+    registered model gives ``model.config["depth"]`` rows.
+
+    Returns:
+        rows with ``layer`` (the ReLU's qualified name), ``stage``, ``index`` (1 = first conv, on the input
+        side), ``mean``, ``std``, ``frac_zero`` (the fraction of outputs exactly 0, over batch, channels and
+        pixels) and ``shape`` ("CxHxW").
+    """
+    relus = relu_layers(model)
+    with _eval_mode(model), Hooks([m for _, _, m in relus], _relu_stats) as hooks, torch.no_grad():
+        model(_batch(model, xb))
+        stored = list(hooks.stored)
+    return [dict(layer=name, stage=stage, index=i, **s)
+            for i, ((stage, name, _), s) in enumerate(zip(relus, stored), start=1)]
+
+
+def fixed_valid_batch(dls, n: int = 64) -> torch.Tensor:
+    """The first ``n`` validation images (normalised, no shuffle, no augmentation): the same batch every run."""
+    n = min(n, len(dls.valid_ds))
+    if n < 1:
+        raise CnnDepthError("the validation split is empty; activation statistics need validation images")
+    return dls.valid.new(shuffle=False, drop_last=False, bs=n).one_batch()[0]
+
+
+def append_activations(csv_path: PathLike, rows: Sequence[dict], **run) -> Path:
+    """Append ``rows`` (from ``activation_stats``) to a CSV, each prefixed with ``run`` (run_id, arch, ...)."""
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    df = pd.DataFrame([{**run, **r} for r in rows], columns=[*run, *ACTIVATION_COLUMNS])
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv_path, mode="a", header=not csv_path.exists() or csv_path.stat().st_size == 0, index=False)
+    return csv_path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _show_image(ax, a: np.ndarray) -> None:
+    if a.shape[-1] == 1:
+        ax.imshow(a[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(a)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_activations(activations, out_png: PathLike) -> Path:
+    """Plot ``activations.csv`` (a path or DataFrame): zero fraction and std by conv layer, a line per depth.
+
+    Seeds are averaged; archs get their own line style. Returns the PNG path.
+    """
+    import pandas as pd
+
+    df = activations if isinstance(activations, pd.DataFrame) else pd.read_csv(activations)
+    missing = [c for c in ("index", "frac_zero", "std") if c not in df.columns]
+    if missing or df.empty:
+        raise CnnDepthError(f"activations table {'is empty' if df.empty else 'lacks columns ' + ', '.join(missing)}; "
+                            f"expected the columns written by append_activations (index, frac_zero, std, ...)")
+    df = df.assign(depth=df["depth"] if "depth" in df else 0, arch=df["arch"] if "arch" in df else "")
+    n_seeds = int(df.groupby(["arch", "depth"])["seed"].nunique().max()) if "seed" in df else 1
+    g = df.groupby(["arch", "depth", "index"], as_index=False)[["frac_zero", "std"]].mean()
+    depths = sorted(g["depth"].unique())
+    archs = sorted(g["arch"].unique())
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    styles = ["-", "--", ":", "-."]
+    fig = _figure(11, 4.2)
+    ax_z, ax_s = fig.subplots(1, 2)
+    for (arch, depth), d in g.groupby(["arch", "depth"]):
+        colour = cmap(depths.index(depth) / max(len(depths) - 1, 1) * 0.9)
+        kw = dict(color=colour, ls=styles[archs.index(arch) % len(styles)], marker="o", ms=3,
+                  label=f"{arch} d{depth}".strip())
+        ax_z.plot(d["index"], d["frac_zero"], **kw)
+        ax_s.plot(d["index"], d["std"], **kw)
+    ax_z.set(xlabel="conv layer (1 = first, input side)", ylabel="fraction of ReLU outputs = 0", ylim=(-0.02, 1.02),
+             title="dead units: fraction of zero activations")
+    ax_s.set(xlabel="conv layer (1 = first, input side)", ylabel="std of ReLU outputs",
+             title="activation scale: std")
+    s = g["std"][np.isfinite(g["std"])]
+    if len(s) and s.min() > 0 and s.max() / s.min() > 50:  # deep plain nets: scales vanish by orders of magnitude
+        ax_s.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_z, ax_s):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_s.legend(fontsize=8, ncol=1 + len(g.groupby(["arch", "depth"])) // 12, loc="best")
+    fig.suptitle(f"Activations after training on a fixed validation batch"
+                 f"{f' (seeds averaged: up to {n_seeds} per depth)' if n_seeds > 1 else ''}")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    return out_png
+
+
+def _plot_input(path: Path, a: np.ndarray, probs: torch.Tensor, vocab: list, title: str, label: Optional[str]):
+    top = probs.topk(min(TOP_K, len(probs)))
+    names = [vocab[i] for i in top.indices.tolist()]
+    fig = _figure(7.5, 3.2)
+    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1.3])
+    _show_image(ax_img, a)
+    ax_img.set_title(title, fontsize=9)
+    y = np.arange(len(names))[::-1]
+    colours = ["tab:green" if n == label else ("tab:blue" if k == 0 else "tab:gray") for k, n in enumerate(names)]
+    ax_bar.barh(y, top.values.tolist(), color=colours)
+    for yi, p in zip(y, top.values.tolist()):
+        ax_bar.text(min(p + 0.02, 0.85), yi, f"{p:.2f}", va="center", fontsize=9)
+    ax_bar.set_yticks(y, [f"{n} (true)" if n == label else n for n in names])
+    ax_bar.set(xlim=(0, 1), xlabel="probability", title=f"top-{len(names)} predictions")
+    fig.savefig(path)
+
+
+def _plot_feature_maps(path: Path, maps: list, title: str):
+    rows = len(maps)
+    cols = min(N_CHANNELS, max(fm.shape[1] for _, fm in maps))
+    fig = _figure(1.25 * cols + 2.2, 1.45 * rows + 0.8)
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for r, (name, fm) in enumerate(maps):
+        fm = torch.nan_to_num(fm[0].float()).cpu()  # (C, h, w)
+        order = fm.mean(dim=(1, 2)).argsort(descending=True)[:cols].tolist()
+        vmin, vmax = float(fm[order].min()), float(fm[order].max())
+        vmax = vmax if vmax > vmin else vmin + 1e-6
+        im = None
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(order):
+                ax.set_visible(False)
+                continue
+            im = ax.imshow(fm[order[c]].numpy(), cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"ch {order[c]}", fontsize=7, pad=2)
+        C, h, w = fm.shape
+        axes[r, 0].set_ylabel(f"{name}\n{C}×{h}×{w}", fontsize=9)
+        fig.colorbar(im, ax=axes[r, :].tolist(), shrink=0.9, pad=0.01, aspect=10).ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+
+
+def _plot_grad_cam(path: Path, a: np.ndarray, cam: torch.Tensor, title: str):
+    fig = _figure(7.5, 3.6)
+    ax_img, ax_cam = fig.subplots(1, 2)
+    _show_image(ax_img, a)
+    ax_img.set_title("input", fontsize=9)
+    _show_image(ax_cam, a)
+    im = ax_cam.imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    ax_cam.set_title("Grad-CAM over the input", fontsize=9)
+    fig.colorbar(im, ax=ax_cam, shrink=0.85, label="importance (0-1)")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs and the explain entry point
+
+
+def _read_image(path: PathLike, n_in: int, size: Sequence[int]) -> np.ndarray:
+    from .data import load_image
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CnnDepthError(f"no such image file: {path}")
+    try:
+        return load_image(path, n_in, (int(size[0]), int(size[1])))
+    except Exception as e:  # PIL raises several types for non-images and truncated files
+        raise CnnDepthError(f"cannot read {path} as an image ({type(e).__name__}); give a .png/.jpg file") from None
+
+
+def valid_items(source: Optional[dict]) -> list[Path]:
+    """The validation files of a saved run's dataset, in the DataLoaders' order (rebuilt with ``image_folder``)."""
+    from .data import image_folder, list_datasets
+
+    if not source:
+        raise CnnDepthError("this saved model records no data source to pick --index from; pass --image PATH")
+    src = source["name"]
+    root = source.get("root")
+    if src not in list_datasets() and not Path(src).expanduser().exists() and root and Path(root).is_dir():
+        src = root  # a relative path saved from another working directory: its resolved root still works
+    try:
+        folder = image_folder(src, source.get("max_per_class"), source.get("train_name"), source.get("valid_name"))
+    except CnnDepthError as e:
+        raise CnnDepthError(f"cannot rebuild the run's dataset to pick --index ({e}); pass --image PATH "
+                            f"instead") from None
+    return [f for f in folder.items if f.parent.parent.name == folder.valid_name]
+
+
+def normalise(a: np.ndarray, stats: Optional[dict]) -> torch.Tensor:
+    """A (h, w, c) uint8 image as a (c, h, w) float tensor on the 0-1 scale, normalised with saved stats."""
+    x = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float() / 255
+    if stats:
+        mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None, None]
+        std = torch.tensor(stats["std"], dtype=torch.float32)[:, None, None]
+        x = (x - mean) / std
+    return x
+
+
+def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
+                image: Optional[PathLike] = None, index: Optional[int] = None, target=None,
+                out: Optional[PathLike] = None, arch: Optional[str] = None,
+                log: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """Explain one saved model of a sweep run: write input.png, feature_maps.png and gradcam.png.
+
+    Args:
+        run_dir: the folder a sweep wrote with ``--save-models``.
+        depth, seed, arch: which model (see ``load_run_model``: the lowest seed by default).
+        image: an image file, loaded like the dataset (channels, resized to the model's size) and normalised
+            with the run's stats.
+        index: the K-th validation image of the run's dataset instead (default 0 when no image is given).
+        target: class name or index for Grad-CAM; the predicted class when None.
+        out: folder for the PNGs; ``<run_dir>/explain/{run_id}/`` by default.
+        log: called with one-line notes (which seed was picked, the prediction); silent when None.
+
+    Returns:
+        the paths of the three PNGs.
+    """
+    log = log or (lambda s: None)
+    if image is not None and index is not None:
+        raise CnnDepthError("give --image or --index, not both")
+    model, info = load_run_model(run_dir, depth, seed, arch)
+    cfg, vocab = info["config"], model.vocab
+    n_in, size = cfg["n_in"], cfg["img_size"]
+    t = None if target is None else class_index(target, vocab, cfg["n_out"])  # fail before any work
+    label = None
+    if image is not None:
+        a = _read_image(image, n_in, size)
+        what = f"image {Path(image).name}"
+    else:
+        index = 0 if index is None else index
+        items = valid_items(info["source"])
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
+            raise CnnDepthError(f"--index {index} is out of range: the run's validation split has {len(items)} "
+                                f"images (0-{len(items) - 1})")
+        a = _read_image(items[index], n_in, size)
+        label = items[index].parent.name
+        what = f"validation image {index} (true: {label})"
+    if info["note"]:  # after every check, so that bad input prints its error line only
+        log(info["note"])
+    x = normalise(a, info["stats"])
+    with torch.no_grad():
+        probs = model(x[None]).softmax(1)[0]
+    probs = torch.nan_to_num(probs)
+    pred = int(probs.argmax())
+    log(f"{info['run_id']}: {what}: predicted {vocab[pred]} ({probs[pred]:.2f})")
+    cam_class = pred if t is None else t
+    cam = grad_cam(model, x, cam_class)
+    maps = feature_maps(model, x)
+
+    out = Path(out) if out is not None else Path(run_dir) / "explain" / info["run_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "input.png", out / "feature_maps.png", out / "gradcam.png"]
+    _plot_input(paths[0], a, probs, vocab, f"{info['run_id']}\n{what}", label)
+    _plot_feature_maps(paths[1], maps, f"{info['run_id']}: output of each conv stage, its {N_CHANNELS} most "
+                                       f"active channels (highest mean), one colour scale per row")
+    last = maps[-1]
+    C, h, w = last[1].shape[1:]
+    flat = " — flat: no positive evidence at this stage" if float(cam.max()) == 0 else ""
+    _plot_grad_cam(paths[2], a, cam,
+                   f"{info['run_id']}: Grad-CAM for '{vocab[cam_class]}' "
+                   f"({'target' if t is not None else 'predicted'}, p = {probs[cam_class]:.2f}) at {last[0]} "
+                   f"({C}×{h}×{w}){flat}")
+    return paths
