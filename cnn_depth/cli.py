@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -92,6 +93,32 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
     for r in layer_table(model, (n_in, img_size, img_size)):
         typer.echo(f"{r['layer']:<28} {r['type']:<18} {str(r['output_shape']):<20} {r['params']:>9,}")
     typer.echo(f"total params: {count_params(model):,}")
+
+
+@command("explain")
+def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote with --save-models (it holds models/*.pt)."),
+                depth: Optional[int] = typer.Option(None, help="Depth of the model to explain (may be left out when "
+                                                               "the run holds one depth)."),
+                seed: Optional[int] = typer.Option(None, help="Seed of the model (default: the lowest saved)."),
+                arch: Optional[str] = typer.Option(None, help="Arch of the model (may be left out when the run holds "
+                                                              "one arch)."),
+                image: Optional[Path] = typer.Option(None, help="An image file to explain: loaded like the dataset, "
+                                                                "resized to the model's size."),
+                index: Optional[int] = typer.Option(None, help="Explain the K-th validation image of the run's "
+                                                               "dataset instead (default 0)."),
+                target: Optional[str] = typer.Option(None, help="Class name or index for Grad-CAM (default: the "
+                                                                "predicted class)."),
+                out: Optional[Path] = typer.Option(None, help="Folder for the PNGs (default RUN_DIR/explain/{run_id}/).")):
+    """Show what one saved model learned: input.png (top-3 predictions), feature_maps.png, gradcam.png.
+
+    Example: cnn-depth explain runs/sweep --depth 8 --index 3 --target cat
+    """
+    from .explain import explain_run
+
+    paths = explain_run(run_dir, depth, seed=seed, image=image, index=index, target=target, out=out, arch=arch,
+                        log=lambda s: typer.echo(s, err=True))
+    for p in paths:
+        typer.echo(str(p))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
