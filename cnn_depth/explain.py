@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import operator
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -65,18 +66,15 @@ def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.float().to(_device(model))
 
 
-class _eval_mode:
+@contextmanager
+def _eval_mode(model: nn.Module):
     """Run a model in eval mode (BN running stats, no dropout), then restore its previous mode."""
-
-    def __init__(self, model):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -429,9 +427,9 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
                                        f"active channels (highest mean), one colour scale per row")
     last = maps[-1]
     C, h, w = last[1].shape[1:]
-    flat = " — flat: no positive evidence at this stage" if float(cam.max()) == 0 else ""
+    flat = "; flat: no positive evidence here" if float(cam.max()) == 0 else ""
     _plot_grad_cam(paths[2], a, cam,
                    f"{info['run_id']}: Grad-CAM for '{vocab[cam_class]}' "
-                   f"({'target' if t is not None else 'predicted'}, p = {probs[cam_class]:.2f}) at {last[0]} "
-                   f"({C}×{h}×{w}){flat}")
+                   f"({'target' if t is not None else 'predicted'}, p = {probs[cam_class]:.2f})\n"
+                   f"at the last conv stage, {last[0]} ({C}×{h}×{w}){flat}")
     return paths
