@@ -127,6 +127,7 @@ def plot_curves(history: pd.DataFrame, results: pd.DataFrame, path: PathLike) ->
     """Validation loss and accuracy per epoch, one line per depth (mean over the ``ok`` runs' seeds)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     ok_ids = set(results.loc[results["status"] == "ok", "run_id"])
     h = history[history["run_id"].isin(ok_ids)]
@@ -144,6 +145,7 @@ def plot_curves(history: pd.DataFrame, results: pd.DataFrame, path: PathLike) ->
             ax_loss.plot(m.index, m["valid_loss"], styles[gi % 4], color=color, marker="o", label=label)
             ax_acc.plot(m.index, m["accuracy"], styles[gi % 4], color=color, marker="o", label=label)
     for ax, name in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)

@@ -401,12 +401,12 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
         row["params"] = count_params(learn.model)
         t0 = time.perf_counter()
         learn.fit_one_cycle(cfg.epochs, lr)
-        train_s = time.perf_counter() - t0
+        train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible from it
         t0 = time.perf_counter()
         valid_loss, acc = learn.validate()[:2]
         valid_s = time.perf_counter() - t0
         train_loss = stats.values[-1][0] if stats.values else math.nan
-        row.update(train_images=stats.train_images, train_seconds=round(train_s, 3),
+        row.update(train_images=stats.train_images, train_seconds=train_s,
                    images_per_second=round(stats.train_images / train_s, 1), valid_seconds=round(valid_s, 3),
                    train_loss=train_loss, valid_loss=float(valid_loss), accuracy=float(acc),
                    error_rate=1 - float(acc))
