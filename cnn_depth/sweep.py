@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,8 +203,9 @@ def check_out(cfg: SweepConfig) -> Path:
             new = getattr(cfg, name)
             if name in old and not _same(old[name], new):
                 flag = "--data" if name == "dataset" and "/" in str(old[name]) else f"--{name.replace('_', '-')}"
+                same = f"leave out {flag}" if old[name] is None else f"{flag} {old[name]}"
                 raise CnnDepthError(f"{out} holds a sweep with {name}={old[name]!r}, not {new!r}; use another "
-                                    f"--out (or {flag} {old[name]} to resume that sweep)")
+                                    f"--out (or {same} to resume that sweep)")
     elif (out / "results.csv").exists():
         raise CnnDepthError(f"{out} has a results.csv but no sweep.json, so it cannot be resumed safely; "
                             f"use another --out")
@@ -469,9 +471,14 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
     device = resolve_device(cfg.device)
+    fresh = not cfg.out_dir.exists()
     out = check_out(cfg)
-    # Built once: every run sees the same items, statistics and transforms.
-    dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch)
+    try:  # built once: every run sees the same items, statistics and transforms
+        dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch)
+    except BaseException:
+        if fresh:  # leave no empty folder behind for a dataset that cannot be read
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     write_sweep_json(out, cfg, device)
     done = read_results(out)
     ok = done[done["status"] == "ok"]

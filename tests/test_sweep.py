@@ -72,6 +72,22 @@ def test_lr_find_once_per_depth_shared_by_its_seeds(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith(".")) == []  # lr_find cleaned up
 
 
+def test_folder_of_another_config_is_refused_before_any_work(tmp_path, image_folder_factory):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sweep.json").write_text('{"config": {"dataset": "cifar10-sample", "arch": "bn", "epochs": 1, '
+                                    '"lr": 0.003, "bs": 16, "max_per_class": null}}')
+    with pytest.raises(CnnDepthError, match=r"max_per_class=None, not 10; use another --out \(or leave out "
+                                            r"--max-per-class to resume that sweep\)"):
+        run_sweep(depths=[1], out=str(out), **SMALL)
+    with pytest.raises(CnnDepthError, match=r"arch='bn', not 'plain'; use another --out \(or --arch bn"):
+        run_sweep(depths=[1], out=str(out), **{**SMALL, "max_per_class": None, "arch": "plain"})
+    empty = image_folder_factory("unreadable", classes=("a",))  # one class: refused by dataloaders
+    with pytest.raises(CnnDepthError, match="only one class"):
+        run_sweep(depths=[1], dataset=str(empty), out=str(tmp_path / "new"), **SMALL)
+    assert not (tmp_path / "new").exists()
+
+
 def test_config_object_and_keywords_mirror_the_fields(tmp_path):
     cfg = SweepConfig(depths="2-4", seeds=[0, 2], epochs=3, lr="3e-3")
     assert cfg.depths == [2, 3, 4] and cfg.lr == 3e-3 and cfg.out_dir.as_posix() == "runs/cifar10-sample-bn-d2-4-s0_2-e3"
