@@ -1,0 +1,154 @@
+"""run_sweep from Python: resume after an interrupt, failures and retries, lr_find, seeds, durable rows."""
+import pandas as pd
+import pytest
+from fastai.callback.core import Callback
+
+from cnn_depth import CnnDepthError, SweepConfig, run_sweep
+from cnn_depth.config import compact_ints, parse_int_list, read_toml
+from cnn_depth.sweep import HISTORY_COLUMNS, RESULT_COLUMNS, SweepInterrupted, read_rows, write_rows
+
+SMALL = dict(max_per_class=10, bs=16, epochs=1, device="cpu", quiet=True)
+
+
+class RaiseDuringRun(Callback):
+    """Raise ``exc`` in the middle of the ``run``-th fit this callback sees (1-based)."""
+
+    def __init__(self, run: int, exc):
+        self.at_run, self.exc, self.fits = run, exc, 0  # not self.run: fastai's switch for running a callback
+
+    def before_train(self):  # learn.validate() has no training phase, so only fits are counted
+        if self.epoch == 0:
+            self.fits += 1
+
+    def after_batch(self):
+        if self.training and self.fits == self.at_run and self.iter == 2:
+            raise self.exc
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted sweep, to compare the resumed one with."""
+    return run_sweep(depths=[1, 2, 3], out=str(tmp_path_factory.mktemp("straight")), **SMALL)
+
+
+def test_interrupted_sweep_resumes_to_the_full_set(tmp_path, straight):
+    out = tmp_path / "sweep"
+    with pytest.raises(SweepInterrupted, match=r"during run 2/3 \(bn-d2-s0\); 1 finished run\(s\) are saved"):
+        run_sweep(depths=[1, 2, 3], out=str(out), cbs=[RaiseDuringRun(2, KeyboardInterrupt())], **SMALL)
+    header, rows = read_rows(out / "results.csv")
+    assert header == RESULT_COLUMNS and [r["run_id"] for r in rows] == ["bn-d1-s0"]
+    assert {r["run_id"] for r in read_rows(out / "history.csv")[1]} == {"bn-d1-s0"}
+    first_line = (out / "results.csv").read_text().splitlines()[1]
+
+    df = run_sweep(depths=[1, 2, 3], out=str(out), **SMALL)
+    assert list(df["run_id"]) == ["bn-d1-s0", "bn-d2-s0", "bn-d3-s0"]  # no duplicates, in run order
+    assert (out / "results.csv").read_text().splitlines()[1] == first_line  # the finished row untouched
+    assert (df["status"] == "ok").all()
+    history = pd.read_csv(out / "history.csv")
+    assert sorted(history["run_id"]) == ["bn-d1-s0", "bn-d2-s0", "bn-d3-s0"]
+    # A run depends on its seed only, not on which runs came before it in this process.
+    assert df["accuracy"].tolist() == straight["accuracy"].tolist()
+    assert df["valid_loss"].tolist() == straight["valid_loss"].tolist()
+
+
+def test_failed_run_is_recorded_sweep_goes_on_and_rerun_replaces_it(tmp_path):
+    out = str(tmp_path / "sweep")
+    df = run_sweep(depths=[1, 2], out=out, cbs=[RaiseDuringRun(1, RuntimeError("CUDA out of memory (simulated)"))],
+                   **SMALL)
+    assert df["status"].tolist() == ["failed", "ok"]
+    assert df.loc[0, "error"].startswith("RuntimeError: ") and "CUDA out of memory (simulated)" in df.loc[0, "error"]
+    assert df.attrs["summary"]["not_ok"].tolist() == [1, 0]
+
+    df = run_sweep(depths=[1, 2], out=out, **SMALL)  # the failed run is retried; its new row replaces the old
+    assert df["run_id"].tolist() == ["bn-d2-s0", "bn-d1-s0"] and (df["status"] == "ok").all()
+    history = pd.read_csv(tmp_path / "sweep" / "history.csv")
+    assert history.groupby("run_id").size().to_dict() == {"bn-d1-s0": 1, "bn-d2-s0": 1}
+
+
+def test_lr_find_once_per_depth_shared_by_its_seeds(tmp_path):
+    df = run_sweep(depths=[2], seeds=[0, 1], lr="find", out=str(tmp_path / "s"), **SMALL)
+    assert df["seed"].tolist() == [0, 1] and (df["status"] == "ok").all()
+    assert df["lr"].nunique() == 1 and 1e-7 < df["lr"][0] < 10
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith(".")) == []  # lr_find cleaned up
+
+
+def test_folder_of_another_config_is_refused_before_any_work(tmp_path, image_folder_factory):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sweep.json").write_text('{"config": {"dataset": "cifar10-sample", "arch": "bn", "epochs": 1, '
+                                    '"lr": 0.003, "bs": 16, "max_per_class": null}}')
+    with pytest.raises(CnnDepthError, match=r"max_per_class=None, not 10; use another --out \(or leave out "
+                                            r"--max-per-class to resume that sweep\)"):
+        run_sweep(depths=[1], out=str(out), **SMALL)
+    with pytest.raises(CnnDepthError, match=r"arch='bn', not 'plain'; use another --out \(or --arch bn"):
+        run_sweep(depths=[1], out=str(out), **{**SMALL, "max_per_class": None, "arch": "plain"})
+    empty = image_folder_factory("unreadable", classes=("a",))  # one class: refused by dataloaders
+    with pytest.raises(CnnDepthError, match="only one class"):
+        run_sweep(depths=[1], dataset=str(empty), out=str(tmp_path / "new"), **SMALL)
+    assert not (tmp_path / "new").exists()
+
+
+def test_config_object_and_keywords_mirror_the_fields(tmp_path):
+    cfg = SweepConfig(depths="2-4", seeds=[0, 2], epochs=3, lr="3e-3")
+    assert cfg.depths == [2, 3, 4] and cfg.lr == 3e-3 and cfg.out_dir.as_posix() == "runs/cifar10-sample-bn-d2-4-s0_2-e3"
+    assert SweepConfig(arch="simplecnn").depths == [3]
+    assert SweepConfig(max_per_class=50, lr="find", bs=32).default_out_name() == \
+        "cifar10-sample-bn-d2-4-s0-e5-lrfind-bs32-m50"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2 3 4", [2, 3, 4]), ("2,3,4", [2, 3, 4]), ("2-8", list(range(2, 9))), ("1,3-5 8", [1, 3, 4, 5, 8]),
+    ([4, "2-3", 4], [4, 2, 3]),
+])
+def test_int_lists(text, expected):
+    assert parse_int_list(text) == expected
+
+
+def test_compact_names():
+    assert compact_ints([2, 3, 4]) == "2-4" and compact_ints([2, 4, 8]) == "2_4_8" and compact_ints([1, 2, 3, 8]) == "1-3_8"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(depths="x"), "depths: 'x' is not a whole number or a range"),
+    (dict(depths=[0]), "depth must be ≥ 1"),
+    (dict(depths="5-2"), "range 5-2 goes down"),
+    (dict(seeds="-1"), "seeds must be ≥ 0"),
+    (dict(epochs=0), "epochs must be a whole number ≥ 1"),
+    (dict(lr=-1), "lr must be a positive number"),
+    (dict(lr="abc"), "lr must be a positive number"),
+    (dict(arch="vgg"), "unknown arch 'vgg'"),
+    (dict(dataset="imagenet9"), "unknown dataset 'imagenet9'"),
+    (dict(dataset="/no/such/folder"), "no such file or folder"),
+    (dict(device="gpu"), "device must be one of auto, cpu, cuda"),
+    (dict(arch="simplecnn", depths=[4]), "fixed depth of 3"),
+])
+def test_bad_config_is_one_line(kwargs, message):
+    with pytest.raises(CnnDepthError, match=message) as e:
+        SweepConfig(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_toml_unknown_keys_listed(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('depths = "2-4"\nmax-per-class = 5\nlayers = 3\n')
+    with pytest.raises(CnnDepthError, match=r"unknown key\(s\) layers in .*; valid keys: depths, seeds, epochs"):
+        read_toml(p)
+    p.write_text('depths = "2-4"\nmax-per-class = 5\n')
+    assert SweepConfig.from_toml(p, epochs=2).max_per_class == 5
+
+
+def test_write_rows_appends_replaces_and_survives_a_torn_line(tmp_path):
+    path = tmp_path / "r.csv"
+    cols = ["run_id", "x"]
+    write_rows(path, cols, [dict(run_id="a", x=1)])
+    write_rows(path, cols, [dict(run_id="b", x=2)])
+    write_rows(path, cols, [dict(run_id="a", x=3)])  # a retry: replaces a's row
+    assert [(r["run_id"], r["x"]) for r in read_rows(path)[1]] == [("b", "2"), ("a", "3")]
+    with open(path, "a") as f:
+        f.write("c")  # a line torn by a crash, no newline
+    write_rows(path, cols, [dict(run_id="d", x=4)])
+    assert [r["run_id"] for r in read_rows(path)[1]] == ["b", "a", "d"]
+
+
+def test_history_columns_cover_the_curves():
+    assert {"run_id", "depth", "seed", "epoch", "valid_loss", "accuracy", "seconds"} <= set(HISTORY_COLUMNS)
