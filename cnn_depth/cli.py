@@ -188,6 +188,8 @@ def sweep_cmd(
                                           "depths, seeds, epochs, lr, bs, arch, dataset, max_per_class, out, "
                                           "device, quiet); flags override it."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-run lines; just the summary."),
+    save_models: bool = typer.Option(False, "--save-models", help="Keep each trained model in OUT/models/ "
+                                     "(for cnn-depth explain)."),
 ):
     """Train one model per depth and seed; write results.csv, history.csv, summary.csv, sweep.json, plots.
 
@@ -207,7 +209,7 @@ def sweep_cmd(
         fail("give --dataset NAME or --data PATH, not both")
     flags = dict(depths=depths, seeds=seeds, epochs=epochs, lr=lr, bs=bs, arch=arch,
                  dataset=data if data is not None else dataset, max_per_class=max_per_class, out=out,
-                 device=device, quiet=quiet or None)
+                 device=device, quiet=quiet or None, save_models=save_models or None)
     options = {**(read_toml(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
     cfg = SweepConfig(**options)
     try:
@@ -217,7 +219,7 @@ def sweep_cmd(
     typer.echo(format_summary(results.attrs["summary"]))
     bad = results[results["status"] != "ok"]
     typer.echo(f"reports: {results.attrs['out']}/ (results.csv, history.csv, summary.csv, sweep.json, "
-               f"accuracy_vs_depth.png, curves.png)")
+               f"accuracy_vs_depth.png, curves.png, activations.png)")
     if len(bad):
         kinds = ", ".join(f"{k}: {v}" for k, v in bad["status"].value_counts().items())
         fail(f"{len(bad)} of {len(results)} runs did not finish ok ({kinds}); see the error column of "

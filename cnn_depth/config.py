@@ -45,6 +45,7 @@ class SweepConfig:
     out: Optional[str] = None  # where the reports go; None: runs/<default_out_name()>
     device: str = "auto"  # auto (CUDA when available, else CPU), cpu or cuda; bf16 mixed precision on CUDA
     quiet: bool = False  # no progress bars and no per-run lines
+    save_models: bool = False  # keep each trained model in <out>/models/{run_id}.pt (state dict + plain data)
 
     def __post_init__(self):
         self.arch = str(self.arch)
@@ -67,6 +68,7 @@ class SweepConfig:
         if self.out is not None:
             self.out = str(self.out)
         self.quiet = bool(self.quiet)
+        self.save_models = bool(self.save_models)
 
     @property
     def dataset_label(self) -> str:

@@ -184,17 +184,6 @@ def fixed_valid_batch(dls, n: int = 64) -> torch.Tensor:
     return dls.valid.new(shuffle=False, drop_last=False, bs=n).one_batch()[0]
 
 
-def append_activations(csv_path: PathLike, rows: Sequence[dict], **run) -> Path:
-    """Append ``rows`` (from ``activation_stats``) to a CSV, each prefixed with ``run`` (run_id, arch, ...)."""
-    import pandas as pd
-
-    csv_path = Path(csv_path)
-    df = pd.DataFrame([{**run, **r} for r in rows], columns=[*run, *ACTIVATION_COLUMNS])
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(csv_path, mode="a", header=not csv_path.exists() or csv_path.stat().st_size == 0, index=False)
-    return csv_path
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Figures
 
@@ -228,7 +217,7 @@ def plot_activations(activations, out_png: PathLike) -> Path:
     missing = [c for c in ("index", "frac_zero", "std") if c not in df.columns]
     if missing or df.empty:
         raise CnnDepthError(f"activations table {'is empty' if df.empty else 'lacks columns ' + ', '.join(missing)}; "
-                            f"expected the columns written by append_activations (index, frac_zero, std, ...)")
+                            f"expected the columns of a sweep's activations.csv (index, frac_zero, std, ...)")
     df = df.assign(depth=df["depth"] if "depth" in df else 0, arch=df["arch"] if "arch" in df else "")
     n_seeds = int(df.groupby(["arch", "depth"])["seed"].nunique().max()) if "seed" in df else 1
     g = df.groupby(["arch", "depth", "index"], as_index=False)[["frac_zero", "std"]].mean()

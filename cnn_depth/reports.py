@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 
 from .errors import CnnDepthError
+from .explain import plot_activations
 
 GROUP = ["dataset", "arch", "epochs"]  # one line per group in plots; a summary row per group and depth
 KEYS = GROUP + ["depth"]
@@ -158,8 +159,8 @@ def plot_curves(history: pd.DataFrame, results: pd.DataFrame, path: PathLike) ->
 
 
 def write_reports(out: PathLike) -> pd.DataFrame:
-    """From ``<out>/results.csv`` and ``history.csv``: ``summary.csv``, ``accuracy_vs_depth.png`` and
-    ``curves.png``. Returns the summary."""
+    """From ``<out>/results.csv``, ``history.csv`` and ``activations.csv``: ``summary.csv``,
+    ``accuracy_vs_depth.png``, ``curves.png`` and ``activations.png``. Returns the summary."""
     out = Path(out)
     results = load_results(out / "results.csv")
     summary = summarize(results)
@@ -169,7 +170,17 @@ def write_reports(out: PathLike) -> pd.DataFrame:
     history = pd.read_csv(hist_path) if hist_path.exists() and hist_path.stat().st_size else \
         pd.DataFrame(columns=["run_id", "epoch", "depth", "valid_loss", "accuracy"] + GROUP)
     plot_curves(history, results, out / "curves.png")
+    activations = _read_activations([out / "activations.csv"])
+    if activations is not None:
+        plot_activations(activations, out / "activations.png")
     return summary
+
+
+def _read_activations(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
+    """The rows of those activations.csv files that exist and are not empty, or None."""
+    frames = [pd.read_csv(p) for p in paths if p.is_file() and p.stat().st_size]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True).drop_duplicates() if frames else None
 
 
 def report(paths: Sequence[PathLike], out: Optional[PathLike] = None) -> pd.DataFrame:
@@ -211,5 +222,9 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None) -> pd.Data
         raise CnnDepthError(f"cannot write to {out} ({e.strerror or e}); pick a folder you can write to with "
                             f"--out") from None
     plot_accuracy_vs_depth(summary, out / "comparison.png", title="accuracy vs depth, compared")
+    folders = [Path(p).expanduser() if Path(p).expanduser().is_dir() else Path(p).expanduser().parent for p in paths]
+    activations = _read_activations([f / "activations.csv" for f in folders])
+    if activations is not None:  # the sweeps' per-layer statistics side by side
+        plot_activations(activations, out / "activations.png")
     summary.attrs["out"] = str(out)
     return summary

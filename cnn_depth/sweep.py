@@ -41,9 +41,11 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.torch_core import find_bs, set_seed
 
+from .checkpoint import model_path, run_id, save_run_model
 from .config import RESULT_FIELDS, SweepConfig
 from .data import dataloaders
 from .errors import CnnDepthError
+from .explain import ACTIVATION_COLUMNS, activation_stats, fixed_valid_batch
 from .learner import depth_learner
 from .models import count_params
 
@@ -57,13 +59,10 @@ RESULT_COLUMNS = [
     "valid_loss", "accuracy", "error_rate",  # from the final validate(); error_rate = 1 - accuracy
     "epochs_done", "device", "precision", "status", "error", "finished",
 ]
+ACTIVATION_CSV_COLUMNS = ["run_id", "dataset", "arch", "depth", "seed", *ACTIVATION_COLUMNS]
 HISTORY_COLUMNS = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "epoch", "train_loss", "valid_loss", "accuracy",
                    "seconds"]
 STATUSES = ("ok", "diverged", "failed")
-
-
-def run_id(arch: str, depth: int, seed: int) -> str:
-    return f"{arch}-d{depth}-s{seed}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,6 +442,23 @@ def _run_line(i: int, n: int, row: dict) -> str:
     return text + (f"  diverged: {row['error']}" if row["status"] == "diverged" else "  ok")
 
 
+def run_extras(result: RunResult, dls, cfg: SweepConfig, out: Path) -> list[dict]:
+    """After a run trains, before its row is written: save the model (``--save-models``) and return its
+    per-layer activation statistics on the fixed validation batch (rows of activations.csv).
+
+    A run that failed has nothing to save or measure. The model file is written before the row, so an
+    interrupt in between leaves a model without a row, which the rerun retrains and overwrites.
+    """
+    if result.learn is None or result.row["status"] == "failed":
+        return []
+    rid, depth, seed = result.row["run_id"], result.row["depth"], result.row["seed"]
+    if cfg.save_models:
+        save_run_model(model_path(out, cfg.arch, depth, seed), result.learn, run_id=rid, seed=seed,
+                       dataset=cfg.dataset_label)
+    run = dict(run_id=rid, dataset=cfg.dataset_label, arch=cfg.arch, depth=depth, seed=seed)
+    return [{**run, **r} for r in activation_stats(result.learn.model, fixed_valid_batch(dls))]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The sweep
 
@@ -499,11 +515,11 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
                 lr = cfg.lr if cfg.lr != "find" else functools.partial(_found_lr, found_lrs, dls, cfg, depth,
                                                                                    device, out)
                 result = train_run(dls, cfg, depth, seed, lr, device, out, cbs=cbs)
-                # Per-run extras (a saved model, activation statistics) belong here: result.learn is trained,
-                # result.row is complete, and nothing of this run is on disk yet.
+                activations = run_extras(result, dls, cfg, out)
                 result.row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 with interrupts.critical():
                     write_rows(out / "history.csv", HISTORY_COLUMNS, result.history, replace=[rid])
+                    write_rows(out / "activations.csv", ACTIVATION_CSV_COLUMNS, activations, replace=[rid])
                     write_rows(out / "results.csv", RESULT_COLUMNS, [result.row])
                 say(_run_line(i, len(grid), result.row))
                 del result

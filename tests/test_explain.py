@@ -4,6 +4,7 @@ A module fixture trains three tiny bn learners (80 images, one epoch) and saves 
 ``--save-models`` does; the per-model tests parametrise over the whole registry with untrained models.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from cnn_depth import (CnnDepthError, activation_stats, dataloaders, depth_cnn, 
 from cnn_depth.checkpoint import model_path, run_id
 from cnn_depth.cli import app
 from cnn_depth.data import load_image
-from cnn_depth.explain import (append_activations, explain_run, fixed_valid_batch, normalise, plot_activations,
+from cnn_depth.explain import (explain_run, fixed_valid_batch, normalise, plot_activations,
                                relu_layers, valid_items)
 from cnn_depth.models import STAGE_WIDTHS, STEM_WIDTH, model_spec, stage_sizes
+from cnn_depth.sweep import ACTIVATION_CSV_COLUMNS, write_rows
 
 RUNS = [("bn", 2, 0), ("bn", 2, 1), ("bn", 3, 0)]  # (arch, depth, seed)
 MODELS = [(a, model_spec(a).depth or d) for a in list_models() for d in ((1, 6) if model_spec(a).depth is None
@@ -164,12 +166,14 @@ def test_fixed_valid_batch_is_the_first_validation_images(tiny_dls):
 def test_activations_csv_and_plot(run, tiny_dls, tmp_path):
     csv = tmp_path / "activations.csv"
     for (arch, depth, seed), learn in run[1].items():
-        append_activations(csv, activation_stats(learn.model, fixed_valid_batch(tiny_dls)),
-                           run_id=run_id(arch, depth, seed), arch=arch, depth=depth, seed=seed)
+        rid = run_id(arch, depth, seed)
+        rows = [dict(run_id=rid, dataset="cifar10-sample", arch=arch, depth=depth, seed=seed, **r)
+                for r in activation_stats(learn.model, fixed_valid_batch(tiny_dls))]
+        write_rows(csv, ACTIVATION_CSV_COLUMNS, rows)
     import pandas as pd
     df = pd.read_csv(csv)
-    assert list(df.columns) == ["run_id", "arch", "depth", "seed", "layer", "stage", "index", "mean", "std",
-                                "frac_zero", "shape"]
+    assert list(df.columns) == ["run_id", "dataset", "arch", "depth", "seed", "layer", "stage", "index", "mean",
+                                "std", "frac_zero", "shape"]
     assert df.groupby("run_id").size().to_dict() == {"bn-d2-s0": 2, "bn-d2-s1": 2, "bn-d3-s0": 3}
     assert df["frac_zero"].between(0, 1).all() and df.loc[0, "shape"] == "16x32x32"
     png = plot_activations(csv, tmp_path / "activations.png")
@@ -247,3 +251,19 @@ def test_bad_input_is_one_line_and_exit_2(case, args, message, run, tmp_path):
         assert "saved depths: 2, 3" in r.output
     if "--seed" in args:
         assert "saved seeds: 0, 1" in r.output
+
+
+def test_sweep_save_models_then_explain_from_the_cli(tmp_path):
+    """End to end: `cnn-depth sweep --save-models` writes loadable models that `cnn-depth explain` reads."""
+    out = tmp_path / "sweep"
+    r = CliRunner().invoke(app, ["sweep", "--depths", "1", "3", "--epochs", "1", "--max-per-class", "8", "--bs", "16",
+                                 "--device", "cpu", "--quiet", "--save-models", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["bn-d1-s0.pt", "bn-d3-s0.pt"]
+    ckpt = torch.load(out / "models" / "bn-d3-s0.pt", weights_only=True)
+    assert ckpt["config"]["depth"] == 3 and ckpt["meta"]["run_id"] == "bn-d3-s0"
+    model, info = load_run_model(out, 3, seed=0)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    r = CliRunner().invoke(app, ["explain", str(out), "--depth", "3", "--index", "5"])
+    assert r.exit_code == 0, r.output
+    _check_pngs([Path(line) for line in r.stdout.splitlines() if line.endswith(".png")])

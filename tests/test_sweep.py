@@ -46,6 +46,11 @@ def test_interrupted_sweep_resumes_to_the_full_set(tmp_path, straight):
     assert (df["status"] == "ok").all()
     history = pd.read_csv(out / "history.csv")
     assert sorted(history["run_id"]) == ["bn-d1-s0", "bn-d2-s0", "bn-d3-s0"]
+    # activations.csv: one row per conv layer of each finished run, none for the interrupted attempt
+    activations = pd.read_csv(out / "activations.csv")
+    assert activations.groupby("run_id").size().to_dict() == {"bn-d1-s0": 1, "bn-d2-s0": 2, "bn-d3-s0": 3}
+    assert activations["frac_zero"].between(0, 1).all() and (out / "activations.png").stat().st_size > 0
+    assert not (out / "models").exists()  # models are kept only with save_models
     # A run depends on its seed only, not on which runs came before it in this process.
     assert df["accuracy"].tolist() == straight["accuracy"].tolist()
     assert df["valid_loss"].tolist() == straight["valid_loss"].tolist()
@@ -63,6 +68,8 @@ def test_failed_run_is_recorded_sweep_goes_on_and_rerun_replaces_it(tmp_path):
     assert df["run_id"].tolist() == ["bn-d2-s0", "bn-d1-s0"] and (df["status"] == "ok").all()
     history = pd.read_csv(tmp_path / "sweep" / "history.csv")
     assert history.groupby("run_id").size().to_dict() == {"bn-d1-s0": 1, "bn-d2-s0": 1}
+    activations = pd.read_csv(tmp_path / "sweep" / "activations.csv")
+    assert activations.groupby("run_id").size().to_dict() == {"bn-d1-s0": 1, "bn-d2-s0": 2}
 
 
 def test_lr_find_once_per_depth_shared_by_its_seeds(tmp_path):
