@@ -86,8 +86,9 @@ def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the fa
 
     Example: cnn-depth models --depth 20
     """
-    from .models import count_params, depth_cnn, list_models, model_spec
+    from .models import check_depth, count_params, depth_cnn, list_models, model_spec
 
+    check_depth(depth)
     typer.echo(f"{'arch':<13} {'depth':>5} {'params':>10}  description")
     for name in list_models():
         spec = model_spec(name)

@@ -33,9 +33,10 @@ def test_summary_prints_layer_table():
     (["summary", "--depth", "3", "--arch", "vgg"], "error: unknown arch 'vgg'; choose one of"),
     (["summary", "--depth", "4", "--arch", "simplecnn"], "error: preset simplecnn has a fixed depth of 3"),
     (["summary"], "error: --depth is required"),
+    (["models", "--depth", "-1"], "error: depth must be ≥ 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     r = runner.invoke(app, args)
     assert r.exit_code == 2
     assert message in r.output
-    assert "Traceback" not in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
