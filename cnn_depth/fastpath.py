@@ -212,8 +212,13 @@ def tensor_dataloaders(folder: ImageFolder, size: Optional[tuple[int, int]], bat
     dblock = image_datablock(folder, size, batch_tfms=list(batch_tfms) + ([FlipPadCrop()] if augment else []))
     dsets = dblock.datasets(folder.root)  # items, split and vocab; nothing is decoded here
     images = decoded_images(folder.root, dsets.items, folder.n_in, size, workers=workers)
-    label = dsets.tls[1]  # the DataBlock's own label pipeline: parent_label, then Categorize
-    targets = torch.tensor([int(label.tfms(o)) for o in dsets.items], dtype=torch.long)
+    # Targets from the DataBlock's own label pipeline (parent_label, then Categorize), run once per class
+    # folder since the label is the parent folder's name (60,000 items: 0.02 s instead of 1.6 s).
+    label, by_folder = dsets.tls[1].tfms, {}
+    for o in dsets.items:
+        if o.parent not in by_folder:
+            by_folder[o.parent] = int(label(o))
+    targets = torch.tensor([by_folder[o.parent] for o in dsets.items], dtype=torch.long)
     device = torch.device(device) if device is not None else default_device()
     if device.type != "cpu":
         images, targets = images.to(device), targets.to(device)
