@@ -80,8 +80,8 @@ def _decode_all(items: Sequence[Path], n_in: int, size, shape: tuple, workers: i
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         futures = {s: ex.submit(_decode_chunk, items[s:s + CHUNK], n_in, size) for s in starts}
-        for s, fut in futures.items():
-            out[s:s + CHUNK] = fut.result()
+        for s in starts:  # pop each result once copied, so the chunks never add up to a second copy
+            out[s:s + CHUNK] = futures.pop(s).result()
     return out
 
 

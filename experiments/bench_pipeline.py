@@ -8,19 +8,28 @@ per epoch) through
       (index, flip/crop when ``--augment``, to float, normalise) and an equivalent optimiser and schedule
       (AdamW β=(0.9, 0.99), eps 1e-5, wd 0.01 off norm/bias, one-cycle as ``fit_one_cycle``);
 plus the decode cache build cold (decode every image, write the .npy) and warm (load it), and the peak
-resident memory of each phase (Linux: VmHWM, reset per phase). On CUDA the model runs channels_last under
-bf16 autocast in (a), (b) and (c), and the table reports images per second.
+resident memory of each phase (Linux: VmHWM, reset per phase; "+" is the growth within the phase, loaders
+included). On CUDA the model runs channels_last under bf16 autocast in (a), (b) and (c), and the images/s
+column is the one to read.
+
+The seed is set before each path builds its DataLoaders and its model, so without ``--augment`` (a) and (b)
+train on identical batches in identical order and should reach the same accuracy to float noise; (c)
+shuffles with torch's RNG, so it agrees only statistically. ``--accuracy`` trains 2 epochs per path and
+checks |a - b| ≤ 1.5 points.
 
     python experiments/bench_pipeline.py                         # full ../shared/data/cifar10.tgz, 1 epoch
     python experiments/bench_pipeline.py --max-per-class 100     # a quick look
     python experiments/bench_pipeline.py --accuracy              # 2 seeded epochs per path: do accuracies agree?
+    python experiments/bench_pipeline.py --repeats 3             # median of 3 interleaved runs per path
 
-Timings on a shared machine are noisy; compare runs from one quiet machine.
+Timings on a shared machine are noisy (2 torch threads competing with another process for 2 cores can run
+10x slower; ``--threads 1`` degrades more gracefully); compare runs from one quiet machine.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import platform
 import resource
 import sys
@@ -50,7 +59,16 @@ class Peak:
     """Peak memory over a ``with`` block: resident set (MB, Linux VmHWM reset on entry) and CUDA allocated."""
 
     def __init__(self, device: torch.device):
-        self.device, self.rss_mb, self.cuda_mb = device, float("nan"), float("nan")
+        self.device, self.rss_mb, self.start_mb, self.cuda_mb = device, float("nan"), float("nan"), float("nan")
+
+    @staticmethod
+    def _status(field: str) -> float:
+        """A /proc/self/status memory field in MB (Linux), NaN elsewhere."""
+        try:
+            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+            return int(line.split()[1]) / 1024
+        except (OSError, StopIteration):
+            return float("nan")
 
     def __enter__(self):
         gc.collect()
@@ -58,6 +76,7 @@ class Peak:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         except OSError:
             pass
+        self.start_mb = self._status("VmRSS")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.t0 = time.perf_counter()
@@ -68,10 +87,8 @@ class Peak:
             torch.cuda.synchronize(self.device)
             self.cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.seconds = time.perf_counter() - self.t0
-        try:
-            hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
-            self.rss_mb = int(hwm.split()[1]) / 1024
-        except (OSError, StopIteration):  # not Linux: the process-wide peak
+        self.rss_mb = self._status("VmHWM")
+        if math.isnan(self.rss_mb):  # not Linux: the process-wide peak
             self.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
@@ -120,7 +137,8 @@ def hand_loop(dls, a, use_amp: bool) -> float:
     opt = torch.optim.AdamW([dict(params=decay), dict(params=no_decay, weight_decay=0.0)], lr=a.lr,
                             betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
     steps = len(tr.index) // a.bs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, a.lr, total_steps=a.epochs * steps, pct_start=0.25,
+    # OneCycleLR divides by zero below 4 warm-up steps; tiny --max-per-class runs get a truncated cycle
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, a.lr, total_steps=max(a.epochs * steps, 8), pct_start=0.25,
                                                 div_factor=25, final_div_factor=1e5 / 25,
                                                 base_momentum=0.85, max_momentum=0.95)
 
@@ -163,7 +181,6 @@ def main(a):
     folder = image_folder(a.src, a.max_per_class)
     size = _image_size(folder, None)
     items = image_datablock(folder, size).datasets(folder.root).items
-    rows = {}
 
     print(f"# bench_pipeline: {a.src.name}, max_per_class={a.max_per_class}, {folder.counts}, depth {a.depth} "
           f"{a.arch}, bs {a.bs}, {a.epochs} epoch(s), augment={a.augment}, seed {a.seed}")
@@ -175,44 +192,57 @@ def main(a):
                       img_size=size or folder.uniform_size)
     warm_up(model_args, device, a.bs, use_amp)
 
+    rows = []  # (phase, setup s, seconds per epoch or None, accuracy or None, Peak)
     with Peak(device) as p:
         decoded_images(folder.root, items, folder.n_in, size, workers=a.workers, rebuild=True)
-    rows["cache build, cold (decode all, write .npy)"] = (p, None)
+    rows.append(("cache build, cold: decode all, write .npy", p.seconds, None, None, p))
     with Peak(device) as p:
         decoded_images(folder.root, items, folder.n_in, size)
-    rows["cache build, warm (load .npy)"] = (p, None)
+    rows.append(("cache build, warm: load .npy", p.seconds, None, None, p))
 
-    n_images = None
-    for key, label, pipeline in [("a", "(a) stock fastai DataBlock, PIL per item", "pil"),
-                                 ("b", "(b) fast path, fastai Learner", "fast"),
-                                 ("c", "(c) hand-written PyTorch loop, same tensors", "fast")]:
-        if key not in a.paths:
-            continue
-        dls = dataloaders(a.src, pipeline=pipeline, **kw)
-        n_images = (len(dls.train_ds) // a.bs) * a.bs + len(dls.valid_ds)  # drop_last on training
-        with Peak(device) as p:
-            acc = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
-        rows[label] = (p, acc)
-        print(f"  {label}: {p.seconds / a.epochs:.1f} s/epoch, accuracy {acc:.4f}", flush=True)
-        del dls
-        gc.collect()
+    paths = [("a", "(a) stock fastai DataBlock, PIL per item", "pil"),
+             ("b", "(b) fast path, fastai Learner", "fast"),
+             ("c", "(c) hand-written PyTorch loop, same tensors", "fast")]
+    paths = [p for p in paths if p[0] in a.paths]
+    n_images, runs = None, {key: [] for key, *_ in paths}
+    for r in range(a.repeats):  # interleaved, so that a slow spell on a shared machine hits every path
+        for key, label, pipeline in paths:
+            with Peak(device) as p:  # memory: the DataLoaders (and their decoded tensors) and the fit
+                set_seed(a.seed, reproducible=True)  # the loaders' shuffling RNGs are drawn here
+                dls = dataloaders(a.src, pipeline=pipeline, **kw)
+                setup = time.perf_counter() - p.t0
+                n_images = (len(dls.train_ds) // a.bs) * a.bs + len(dls.valid_ds)  # drop_last on training
+                t0 = time.perf_counter()
+                acc = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                per_epoch = (time.perf_counter() - t0) / a.epochs
+            runs[key].append((setup, per_epoch, acc, p))
+            print(f"  run {r + 1}/{a.repeats} {label}: {per_epoch:.1f} s/epoch, accuracy {acc:.4f}", flush=True)
+            del dls
+            gc.collect()
+    times, accs = {}, {}
+    for key, label, _ in paths:  # the median run by epoch time (the only run when --repeats 1)
+        setup, times[key], accs[key], p = sorted(runs[key], key=lambda run: run[1])[(a.repeats - 1) // 2]
+        rows.append((label, setup, times[key], accs[key], p))
 
     cuda = device.type == "cuda"
     print()
-    print("| phase | s/epoch | images/s | valid accuracy | peak RSS MB" + (" | peak CUDA MB |" if cuda else " |"))
-    print("|---|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
-    for label, (p, acc) in rows.items():
-        per_epoch = p.seconds / a.epochs if acc is not None else p.seconds
-        ips = f"{n_images / per_epoch:,.0f}" if acc is not None and n_images else ""
-        print(f"| {label} | {per_epoch:.2f} | {ips} | {'' if acc is None else f'{acc:.4f}'} | {p.rss_mb:,.0f}"
-              + (f" | {p.cuda_mb:,.0f} |" if cuda else " |"))
-    t = {k[1]: p.seconds for k, (p, acc) in rows.items() if acc is not None}
+    print("| phase | setup s | s/epoch | images/s | valid accuracy | peak RSS MB (+ in phase)"
+          + (" | peak CUDA MB |" if cuda else " |"))
+    print("|---|---:|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
+    for label, setup, per_epoch, acc, p in rows:
+        cells = [label, f"{setup:.2f}", "" if per_epoch is None else f"{per_epoch:.2f}",
+                 "" if per_epoch is None else f"{n_images / per_epoch:,.0f}", "" if acc is None else f"{acc:.4f}",
+                 f"{p.rss_mb:,.0f} (+{p.rss_mb - p.start_mb:,.0f})"] + ([f"{p.cuda_mb:,.0f}"] if cuda else [])
+        print("| " + " | ".join(cells) + " |")
     print()
-    if "a" in t and "b" in t:
-        print(f"a/b = {t['a'] / t['b']:.2f} (target ≥ 2.3)")
-    if "b" in t and "c" in t:
-        print(f"b/c = {t['b'] / t['c']:.2f} (target ≤ 1.10)")
-    accs = {k[1]: acc for k, (p, acc) in rows.items() if acc is not None}
+    print("setup: dataloaders() or the cache call; s/epoch: fit (train + validate) / epochs; images/s: "
+          "training (whole batches) + validation images per second")
+    if "a" in times and "b" in times:
+        print(f"a/b = {times['a'] / times['b']:.2f} (target ≥ 2.3)")
+    if "b" in times and "c" in times:
+        print(f"b/c = {times['b'] / times['c']:.2f} (target ≤ 1.10)")
     if a.accuracy and "a" in accs and "b" in accs:
         gap = abs(accs["a"] - accs["b"]) * 100
         print(f"accuracy after {a.epochs} epochs: a {accs['a']:.2%}, b {accs['b']:.2%}"
@@ -235,11 +265,17 @@ if __name__ == "__main__":
     p.add_argument("--augment", action="store_true", help="random flip + pad-4 crop on training batches")
     p.add_argument("--accuracy", action="store_true", help="2 seeded epochs; check (a) and (b) agree")
     p.add_argument("--paths", default="abc", help="which paths to run, e.g. 'bc'")
+    p.add_argument("--repeats", type=int, default=1, help="runs per path, interleaved; the table shows the median")
     p.add_argument("--workers", type=int, default=None, help="decode processes for the cold cache build")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: fastai's default device)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     a = p.parse_args()
     if a.epochs is None:
         a.epochs = 2 if a.accuracy else 1
+    if a.epochs < 1 or a.repeats < 1:
+        p.error("--epochs and --repeats must be ≥ 1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if not a.src.exists():
         p.error(f"no such file or folder: {a.src}; pass --src path/to/cifar10.tgz")
     main(a)

@@ -58,6 +58,18 @@ def test_fast_batches_equal_stock_batches(both, split):
     assert [both[1].vocab[int(y)] for y in yf] == [p.parent.name for p in items]
 
 
+def test_seeded_shuffles_match_the_stock_pipeline():
+    """With one seed, both pipelines draw the same shuffled training batches (so seeded fits match)."""
+    from fastai.torch_core import set_seed
+    set_seed(3)
+    pil = dataloaders(pipeline="pil", **SAMPLE)
+    set_seed(3)
+    fast = dataloaders(pipeline="fast", **SAMPLE)
+    for (xp, yp), (xf, yf), _ in zip(pil.train, fast.train, range(2)):
+        assert torch.equal(yp, yf) and float((xp - xf).abs().max()) < 1e-6
+    assert not torch.equal(yf, epoch(fast.train)[1][32:64])  # really shuffled
+
+
 @pytest.mark.parametrize("kind", ["rgb", "gray", "resized"])
 def test_cached_tensor_equals_decoded_images_and_stock_batches(image_folder_factory, kind):
     """Cached tensors equal load_image exactly (one process and a process pool), for RGB, grayscale and
