@@ -464,12 +464,11 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
     folder = image_folder(source, max_per_class, train_name, valid_name)
     img_size = _image_size(folder, size)
     stats = channel_stats(folder, img_size)
-    batch_tfms = [Normalize.from_stats(*stats)]
     if pipeline == "fast":
         from .fastpath import tensor_dataloaders
-        dls = tensor_dataloaders(folder, img_size, batch_tfms, bs=bs, augment=augment, device=device, **kw)
+        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device, **kw)
     else:
-        dblock = image_datablock(folder, img_size, batch_tfms=batch_tfms, augment=augment)
+        dblock = image_datablock(folder, img_size, batch_tfms=[Normalize.from_stats(*stats)], augment=augment)
         dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
     dls.n_in = folder.n_in
     dls.img_size = img_size or folder.uniform_size

@@ -56,6 +56,8 @@ def test_fast_batches_equal_stock_batches(both, split):
     assert float((xf - xp).abs().max()) < 1e-6
     items = getattr(both[1], f"{split}_ds").items
     assert [both[1].vocab[int(y)] for y in yf] == [p.parent.name for p in items]
+    dp, df = (getattr(d, split).decode((x[:8], y[:8])) for d, x, y in ((both[0], xp, yp), (both[1], xf, yf)))
+    assert torch.equal(dp[0], df[0]) and df[0].dtype == torch.long  # decoded back to the same 0-255 pixels
 
 
 def test_seeded_shuffles_match_the_stock_pipeline():
