@@ -25,7 +25,7 @@ import numpy as np
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.external import URLs, untar_data
 from fastai.data.transforms import GrandparentSplitter, get_image_files, parent_label
-from fastai.vision.augment import Resize, ResizeMethod
+from fastai.vision.augment import CropPad, FlipItem, Normalize, PadMode, RandomCrop, Resize, ResizeMethod
 from fastai.vision.core import PILImage, PILImageBW
 from fastai.vision.data import ImageBlock
 from fastcore.foundation import L
@@ -38,6 +38,7 @@ DEFAULT_SIZE = 32  # px: what mixed-size images are resized to when no size is g
 SPLIT_NAMES = [("train", "test"), ("train", "valid"), ("train", "val"), ("training", "testing")]
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 STATS_SAMPLE = 1000  # training images decoded to compute the per-channel mean and std
+PIPELINES = ("fast", "pil")  # dataloaders(pipeline=...): decoded tensors in memory, or a PIL decode per item
 SAMPLE_ARCHIVE = "cifar10_sample.tgz"  # package data: see experiments/make_cifar10_sample.py
 
 PathLike = Union[str, os.PathLike]
@@ -397,19 +398,39 @@ def channel_stats(folder: ImageFolder, size: Optional[tuple[int, int]] = None) -
     return mean.round(4).tolist(), std.round(4).tolist()
 
 
-def image_datablock(folder: ImageFolder, size: Optional[tuple[int, int]] = None, batch_tfms=None) -> DataBlock:
-    """The DataBlock for ``folder``: image files, grandparent split, parent-folder label."""
+def augment_item_tfms(size: tuple[int, int], pad: int = 4) -> list:
+    """fastai item transforms for the stock pipeline's ``augment=True``: random flip, pad-and-crop.
+
+    The per-item PIL counterpart of :class:`cnn_depth.fastpath.FlipPadCrop`: zero-pad by ``pad`` px
+    (``CropPad``), crop back to ``size`` at a uniform random offset (``RandomCrop``; a centre crop, i.e. the
+    image itself, on validation) and flip left-right with p=0.5 (``FlipItem``, training only). The orders
+    put them after ``Resize`` (1).
+    """
+    h, w = size
+    return [CropPad((h + 2 * pad, w + 2 * pad), pad_mode=PadMode.Zeros, order=2), RandomCrop((h, w), order=3),
+            FlipItem(0.5)]
+
+
+def image_datablock(folder: ImageFolder, size: Optional[tuple[int, int]] = None, batch_tfms=None,
+                    augment: bool = False) -> DataBlock:
+    """The DataBlock for ``folder``: image files, grandparent split, parent-folder label.
+
+    ``augment`` adds :func:`augment_item_tfms` (per item, on PIL images, in the loader).
+    """
+    item_tfms = [Resize(size, method=ResizeMethod.Squish)] if size else []
+    if augment:
+        item_tfms += augment_item_tfms(size or folder.uniform_size)
     return DataBlock(blocks=(ImageBlock(cls=PILImageBW if folder.n_in == 1 else PILImage), CategoryBlock),
                      get_items=folder.get_items,
                      splitter=GrandparentSplitter(train_name=folder.train_name, valid_name=folder.valid_name),
                      get_y=parent_label,
-                     item_tfms=[Resize(size, method=ResizeMethod.Squish)] if size else None,
+                     item_tfms=item_tfms or None,
                      batch_tfms=batch_tfms)
 
 
 def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: Optional[int] = None,
                 size=None, train_name: Optional[str] = None, valid_name: Optional[str] = None,
-                num_workers: int = 0, device=None, **kw):
+                num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False, **kw):
     """fastai ``DataLoaders`` for a dataset name, a folder or an archive.
 
     Args:
@@ -420,24 +441,39 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
         size: resize every image to this (int or (h, w)); by default images of one size are used as they
             are and mixed sizes are resized to 32×32.
         train_name, valid_name: split folder names; detected when omitted.
-        num_workers: loader worker processes (0 decodes in the main process).
+        num_workers: loader worker processes for ``pipeline="pil"`` (0 decodes in the main process); the
+            fast pipeline has nothing to decode per batch and always uses 0.
         device: where batches go; fastai's default device (CUDA when available) when None.
-        **kw: passed on to ``DataBlock.dataloaders``.
+        pipeline: ``"fast"`` (default): every image decoded once into a uint8 tensor cached on disk, batches
+            sliced from memory and converted, normalised and augmented on ``device``
+            (:mod:`cnn_depth.fastpath`); ``"pil"``: the stock DataBlock pipeline, a PIL decode per item
+            every epoch. Both give the same items, split, labels and (without ``augment``) the same batches.
+        augment: random left-right flip and pad-4-and-random-crop on the training set (never validation):
+            per batch on the device in the fast pipeline, per item with fastai's ``FlipItem``, ``CropPad``
+            and ``RandomCrop`` in the pil pipeline (same distribution, different random draws).
+        **kw: passed on to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
 
     Returns:
-        ``DataLoaders`` with extra attributes ``n_in``, ``img_size``, ``stats`` and ``source``.
+        ``DataLoaders`` with extra attributes ``n_in``, ``img_size``, ``stats``, ``source``, ``pipeline``
+        and ``augment``.
     """
-    from fastai.vision.augment import Normalize
-
+    if pipeline not in PIPELINES:
+        raise CnnDepthError(f"unknown pipeline {pipeline!r}; choose one of: {', '.join(PIPELINES)}")
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         raise CnnDepthError(f"bs must be a whole number ≥ 1, got {bs!r}")
     folder = image_folder(source, max_per_class, train_name, valid_name)
     img_size = _image_size(folder, size)
     stats = channel_stats(folder, img_size)
-    dblock = image_datablock(folder, img_size, batch_tfms=[Normalize.from_stats(*stats)])
-    dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
+    if pipeline == "fast":
+        from .fastpath import tensor_dataloaders
+        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device, **kw)
+    else:
+        dblock = image_datablock(folder, img_size, batch_tfms=[Normalize.from_stats(*stats)], augment=augment)
+        dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
     dls.n_in = folder.n_in
     dls.img_size = img_size or folder.uniform_size
     dls.stats = stats
     dls.source = folder
+    dls.pipeline = pipeline
+    dls.augment = augment
     return dls

@@ -1,0 +1,282 @@
+"""Benchmark the data pipelines: what a fastai epoch costs with a PIL decode per item versus decoded tensors.
+
+With the same model, seed, batch size and one process (no loader workers), times one fit (train + validate
+per epoch) through
+  (a) the stock fastai DataBlock pipeline (``dataloaders(pipeline="pil")``: a PIL decode per item per epoch),
+  (b) the fast path through the same fastai ``Learner`` (``dataloaders(pipeline="fast")``),
+  (c) a hand-written PyTorch loop over the very same in-memory uint8 tensors, with the same per-batch work
+      (index, flip/crop when ``--augment``, to float, normalise) and an equivalent optimiser and schedule
+      (AdamW β=(0.9, 0.99), eps 1e-5, wd 0.01 off norm/bias, one-cycle as ``fit_one_cycle``);
+plus the decode cache build cold (decode every image, write the .npy) and warm (load it), and the peak
+resident memory of each phase (Linux: VmHWM, reset per phase; "+" is the growth within the phase, loaders
+included). On CUDA the model runs channels_last under bf16 autocast in (a), (b) and (c), and the images/s
+column is the one to read.
+
+The seed is set before each path builds its DataLoaders and its model, so without ``--augment`` (a) and (b)
+train on identical batches in identical order and should reach the same accuracy to float noise; (c)
+shuffles with torch's RNG, so it agrees only statistically. ``--accuracy`` trains 2 epochs per path and
+checks |a - b| ≤ 1.5 points.
+
+    python experiments/bench_pipeline.py                         # full ../shared/data/cifar10.tgz, 1 epoch
+    python experiments/bench_pipeline.py --max-per-class 100     # a quick look
+    python experiments/bench_pipeline.py --accuracy              # 2 seeded epochs per path: do accuracies agree?
+    python experiments/bench_pipeline.py --repeats 3             # median of 3 interleaved runs per path
+
+Timings on a shared machine are noisy (2 torch threads competing with another process for 2 cores can run
+10x slower; ``--threads 1`` degrades more gracefully); compare runs from one quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fastai.torch_core import default_device, set_seed  # noqa: E402
+
+from cnn_depth import dataloaders, depth_cnn, depth_learner  # noqa: E402
+from cnn_depth.data import _image_size, image_datablock, image_folder  # noqa: E402
+from cnn_depth.fastpath import decoded_images, flip_pad_crop  # noqa: E402
+
+ACCURACY_TOLERANCE = 1.5  # points: (a) and (b) must agree within this after 2 seeded epochs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+class Peak:
+    """Peak memory over a ``with`` block: resident set (MB, Linux VmHWM reset on entry) and CUDA allocated."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.rss_mb, self.start_mb, self.cuda_mb = device, float("nan"), float("nan"), float("nan")
+
+    @staticmethod
+    def _status(field: str) -> float:
+        """A /proc/self/status memory field in MB (Linux), NaN elsewhere."""
+        try:
+            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+            return int(line.split()[1]) / 1024
+        except (OSError, StopIteration):
+            return float("nan")
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        self.start_mb = self._status("VmRSS")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.seconds = time.perf_counter() - self.t0
+        self.rss_mb = self._status("VmHWM")
+        if math.isnan(self.rss_mb):  # not Linux: the process-wide peak
+            self.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def warm_up(model_args: dict, device: torch.device, bs: int, use_amp: bool):
+    """A few untimed steps on random data, so that kernel selection and allocator growth are not timed."""
+    model = depth_cnn(**model_args).to(device)
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.randn(bs, model_args["n_in"], *model_args["img_size"], device=device)
+    y = torch.randint(0, model_args["n_out"], (bs,), device=device)
+    for _ in range(3):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The three paths
+
+
+def fit_learner(dls, a, use_amp: bool) -> float:
+    """(a)/(b): ``fit_one_cycle`` through a fastai Learner; returns the final validation accuracy."""
+    set_seed(a.seed, reproducible=True)
+    learn = depth_learner(dls, a.depth, arch=a.arch)
+    if use_amp:
+        learn.to_channelslast(amp_mode="bf16")
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(a.epochs, a.lr)
+    return float(learn.recorder.values[-1][2])
+
+
+def hand_loop(dls, a, use_amp: bool) -> float:
+    """(c): the same model trained and validated by a plain PyTorch loop over ``dls``' uint8 tensors."""
+    tr, va = dls.train, dls.valid
+    images, targets, dev = tr.images, tr.targets, tr.images.device
+    mean, std = (torch.tensor(s, device=dev).view(1, -1, 1, 1) for s in dls.stats)
+    set_seed(a.seed, reproducible=True)
+    model = depth_cnn(a.depth, n_in=dls.n_in, n_out=dls.c, arch=a.arch, img_size=dls.img_size).to(dev)
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
+    decay = [p for p in model.parameters() if p.ndim > 1]  # fastai: no weight decay on norm and bias
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([dict(params=decay), dict(params=no_decay, weight_decay=0.0)], lr=a.lr,
+                            betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+    steps = len(tr.index) // a.bs
+    # OneCycleLR divides by zero below 4 warm-up steps; tiny --max-per-class runs get a truncated cycle
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, a.lr, total_steps=max(a.epochs * steps, 8), pct_start=0.25,
+                                                div_factor=25, final_div_factor=1e5 / 25,
+                                                base_momentum=0.85, max_momentum=0.95)
+
+    def batch(g):
+        x = images.index_select(0, g)
+        if a.augment:
+            x = flip_pad_crop(x)
+        return (x.float().div_(255) - mean) / std, targets.index_select(0, g)
+
+    for _ in range(a.epochs):
+        model.train()
+        perm = tr.index[torch.randperm(len(tr.index), device=dev)]
+        for i in range(steps):
+            x, y = batch(perm[i * a.bs:(i + 1) * a.bs])
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        correct = total = loss_sum = 0
+        with torch.no_grad():
+            for i in range(0, len(va.index), a.bs):
+                x, y = batch(va.index[i:i + a.bs])
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = model(x)
+                    loss_sum += F.cross_entropy(out, y, reduction="sum")  # as fastai's valid_loss
+                correct += (out.argmax(1) == y).sum()  # summed on the device: no sync per batch
+                total += len(y)
+    return int(correct) / total
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(a):
+    device = torch.device(a.device) if a.device else default_device()
+    use_amp = device.type == "cuda"
+    kw = dict(bs=a.bs, max_per_class=a.max_per_class, device=device, augment=a.augment)
+    folder = image_folder(a.src, a.max_per_class)
+    size = _image_size(folder, None)
+    items = image_datablock(folder, size).datasets(folder.root).items
+
+    print(f"# bench_pipeline: {a.src.name}, max_per_class={a.max_per_class}, {folder.counts}, depth {a.depth} "
+          f"{a.arch}, bs {a.bs}, {a.epochs} epoch(s), augment={a.augment}, seed {a.seed}")
+    print(f"# {platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, device "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+          f"{torch.get_num_threads()} torch threads" + (", channels_last + bf16 autocast" if use_amp else ""),
+          flush=True)
+    model_args = dict(depth=a.depth, arch=a.arch, n_in=folder.n_in, n_out=len(folder.vocab),
+                      img_size=size or folder.uniform_size)
+    warm_up(model_args, device, a.bs, use_amp)
+
+    rows = []  # (phase, setup s, seconds per epoch or None, accuracy or None, Peak)
+    with Peak(device) as p:
+        decoded_images(folder.root, items, folder.n_in, size, workers=a.workers, rebuild=True)
+    rows.append(("cache build, cold: decode all, write .npy", p.seconds, None, None, p))
+    with Peak(device) as p:
+        decoded_images(folder.root, items, folder.n_in, size)
+    rows.append(("cache build, warm: load .npy", p.seconds, None, None, p))
+
+    paths = [("a", "(a) stock fastai DataBlock, PIL per item", "pil"),
+             ("b", "(b) fast path, fastai Learner", "fast"),
+             ("c", "(c) hand-written PyTorch loop, same tensors", "fast")]
+    paths = [p for p in paths if p[0] in a.paths]
+    n_images, runs = None, {key: [] for key, *_ in paths}
+    for r in range(a.repeats):  # interleaved, so that a slow spell on a shared machine hits every path
+        for key, label, pipeline in paths:
+            with Peak(device) as p:  # memory: the DataLoaders (and their decoded tensors) and the fit
+                set_seed(a.seed, reproducible=True)  # the loaders' shuffling RNGs are drawn here
+                dls = dataloaders(a.src, pipeline=pipeline, **kw)
+                setup = time.perf_counter() - p.t0
+                n_images = (len(dls.train_ds) // a.bs) * a.bs + len(dls.valid_ds)  # drop_last on training
+                t0 = time.perf_counter()
+                acc = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                per_epoch = (time.perf_counter() - t0) / a.epochs
+            runs[key].append((setup, per_epoch, acc, p))
+            print(f"  run {r + 1}/{a.repeats} {label}: {per_epoch:.1f} s/epoch, accuracy {acc:.4f}", flush=True)
+            del dls
+            gc.collect()
+    times, accs = {}, {}
+    for key, label, _ in paths:  # the median run by epoch time (the only run when --repeats 1)
+        setup, times[key], accs[key], p = sorted(runs[key], key=lambda run: run[1])[(a.repeats - 1) // 2]
+        rows.append((label, setup, times[key], accs[key], p))
+
+    cuda = device.type == "cuda"
+    print()
+    print("| phase | setup s | s/epoch | images/s | valid accuracy | peak RSS MB (+ in phase)"
+          + (" | peak CUDA MB |" if cuda else " |"))
+    print("|---|---:|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
+    for label, setup, per_epoch, acc, p in rows:
+        cells = [label, f"{setup:.2f}", "" if per_epoch is None else f"{per_epoch:.2f}",
+                 "" if per_epoch is None else f"{n_images / per_epoch:,.0f}", "" if acc is None else f"{acc:.4f}",
+                 f"{p.rss_mb:,.0f} (+{p.rss_mb - p.start_mb:,.0f})"] + ([f"{p.cuda_mb:,.0f}"] if cuda else [])
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print("setup: dataloaders() or the cache call; s/epoch: fit (train + validate) / epochs; images/s: "
+          "training (whole batches) + validation images per second")
+    if "a" in times and "b" in times:
+        print(f"a/b = {times['a'] / times['b']:.2f} (target ≥ 2.3)")
+    if "b" in times and "c" in times:
+        print(f"b/c = {times['b'] / times['c']:.2f} (target ≤ 1.10)")
+    if a.accuracy and "a" in accs and "b" in accs:
+        gap = abs(accs["a"] - accs["b"]) * 100
+        print(f"accuracy after {a.epochs} epochs: a {accs['a']:.2%}, b {accs['b']:.2%}"
+              + (f", c {accs['c']:.2%}" if "c" in accs else "")
+              + f"; |a - b| = {gap:.2f} points ({'within' if gap <= ACCURACY_TOLERANCE else 'OUTSIDE'} "
+              f"{ACCURACY_TOLERANCE})")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10.tgz",
+                   help="dataset archive or folder (default: ../shared/data/cifar10.tgz from the project root)")
+    p.add_argument("--max-per-class", type=int, default=None, help="first N images per class and split")
+    p.add_argument("--depth", type=int, default=4, help="conv layers")
+    p.add_argument("--arch", default="bn", help="model family")
+    p.add_argument("--bs", type=int, default=64, help="batch size")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per path (default 1; 2 with --accuracy)")
+    p.add_argument("--lr", type=float, default=3e-3, help="one-cycle peak learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true", help="random flip + pad-4 crop on training batches")
+    p.add_argument("--accuracy", action="store_true", help="2 seeded epochs; check (a) and (b) agree")
+    p.add_argument("--paths", default="abc", help="which paths to run, e.g. 'bc'")
+    p.add_argument("--repeats", type=int, default=1, help="runs per path, interleaved; the table shows the median")
+    p.add_argument("--workers", type=int, default=None, help="decode processes for the cold cache build")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: fastai's default device)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    a = p.parse_args()
+    if a.epochs is None:
+        a.epochs = 2 if a.accuracy else 1
+    if a.epochs < 1 or a.repeats < 1:
+        p.error("--epochs and --repeats must be ≥ 1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if not a.src.exists():
+        p.error(f"no such file or folder: {a.src}; pass --src path/to/cifar10.tgz")
+    main(a)
