@@ -189,6 +189,10 @@ def sweep_cmd(
                                           "depths, seeds, epochs, lr, bs, arch, dataset, max_per_class, out, "
                                           "device, quiet); flags override it."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-run lines; just the summary."),
+    pipeline: Optional[str] = typer.Option(None, help="Data pipeline (default fast): fast (images decoded once, "
+                                           "batches from memory) or pil (fastai's per-item PIL decode)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flip + pad-4-and-crop of "
+                                           "training batches (default off)."),
     save_models: bool = typer.Option(False, "--save-models", help="Keep each trained model in OUT/models/ "
                                      "(for cnn-depth explain)."),
 ):
@@ -210,7 +214,8 @@ def sweep_cmd(
         fail("give --dataset NAME or --data PATH, not both")
     flags = dict(depths=depths, seeds=seeds, epochs=epochs, lr=lr, bs=bs, arch=arch,
                  dataset=data if data is not None else dataset, max_per_class=max_per_class, out=out,
-                 device=device, quiet=quiet or None, save_models=save_models or None)
+                 device=device, quiet=quiet or None, save_models=save_models or None, pipeline=pipeline,
+                 augment=augment)
     options = {**(read_toml(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
     cfg = SweepConfig(**options)
     try:

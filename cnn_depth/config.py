@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
 
-from .data import ARCHIVE_SUFFIXES, DEFAULT_SOURCE, list_datasets
+from .data import ARCHIVE_SUFFIXES, DEFAULT_SOURCE, PIPELINES, list_datasets
 from .errors import CnnDepthError
 from .models import check_depth, model_spec
 
@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # The fields that decide what a run's numbers are. A sweep folder holds runs of one setting of these;
 # resuming into a folder made with other values is refused. depths and seeds only pick which runs exist
 # (a sweep may be extended with more of them); device is recorded per row; out and quiet change nothing.
-RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class")
+RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment")
 
 
 @dataclass
@@ -42,6 +42,8 @@ class SweepConfig:
     arch: str = "bn"  # a name from list_models(): plain, bn, residual or a tutorial preset
     dataset: str = DEFAULT_SOURCE  # a name from list_datasets(), or the path of a folder or archive
     max_per_class: Optional[int] = None  # keep the first N images per class and split (None: all)
+    pipeline: str = "fast"  # fast: images decoded once, batches from memory; pil: fastai's per-item PIL decode
+    augment: bool = False  # random flip + pad-4-and-crop of training batches
     out: Optional[str] = None  # where the reports go; None: runs/<default_out_name()>
     device: str = "auto"  # auto (CUDA when available, else CPU), cpu or cuda; bf16 mixed precision on CUDA
     quiet: bool = False  # no progress bars and no per-run lines
@@ -68,6 +70,9 @@ class SweepConfig:
         if self.out is not None:
             self.out = str(self.out)
         self.quiet = bool(self.quiet)
+        if self.pipeline not in PIPELINES:
+            raise CnnDepthError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
+        self.augment = bool(self.augment)
         self.save_models = bool(self.save_models)
 
     @property
@@ -88,6 +93,10 @@ class SweepConfig:
             name += f"-bs{self.bs}"
         if self.max_per_class is not None:
             name += f"-m{self.max_per_class}"
+        if self.pipeline != "fast":
+            name += f"-{self.pipeline}"
+        if self.augment:
+            name += "-aug"
         return name
 
     @property

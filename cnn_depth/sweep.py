@@ -57,7 +57,7 @@ RESULT_COLUMNS = [
     "valid_seconds",      # wall time of the final validate()
     "train_loss",         # fastai's smoothed training loss at the end of the last epoch (as printed)
     "valid_loss", "accuracy", "error_rate",  # from the final validate(); error_rate = 1 - accuracy
-    "epochs_done", "device", "precision", "status", "error", "finished",
+    "epochs_done", "device", "precision", "pipeline", "augment", "status", "error", "finished",
 ]
 ACTIVATION_CSV_COLUMNS = ["run_id", "dataset", "arch", "depth", "seed", *ACTIVATION_COLUMNS]
 HISTORY_COLUMNS = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "epoch", "train_loss", "valid_loss", "accuracy",
@@ -202,7 +202,8 @@ def check_out(cfg: SweepConfig) -> Path:
             new = getattr(cfg, name)
             if name in old and not _same(old[name], new):
                 flag = "--data" if name == "dataset" and "/" in str(old[name]) else f"--{name.replace('_', '-')}"
-                same = f"leave out {flag}" if old[name] is None else f"{flag} {old[name]}"
+                same = (f"leave out {flag}" if old[name] is None else
+                        f"--{'' if old[name] else 'no-'}{name}" if isinstance(old[name], bool) else f"{flag} {old[name]}")
                 raise CnnDepthError(f"{out} holds a sweep with {name}={old[name]!r}, not {new!r}; use another "
                                     f"--out (or {same} to resume that sweep)")
     elif (out / "results.csv").exists():
@@ -391,7 +392,8 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
     rid = run_id(cfg.arch, depth, seed)
     row = dict.fromkeys(RESULT_COLUMNS, "")
     row.update(run_id=rid, dataset=cfg.dataset_label, arch=cfg.arch, depth=depth, seed=seed, epochs=cfg.epochs,
-               lr="", bs=cfg.bs, device=device.name, precision=device.precision, epochs_done=0)
+               lr="", bs=cfg.bs, device=device.name, precision=device.precision, epochs_done=0,
+               pipeline=cfg.pipeline, augment=cfg.augment)
     stats, nan = RunStats(), StopOnNaN()
     learn = None
     try:
@@ -490,7 +492,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     fresh = not cfg.out_dir.exists()
     out = check_out(cfg)
     try:  # built once: every run sees the same items, statistics and transforms
-        dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch)
+        dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch,
+                          pipeline=cfg.pipeline, augment=cfg.augment)
     except BaseException:
         if fresh:  # leave no empty folder behind for a dataset that cannot be read
             shutil.rmtree(out, ignore_errors=True)

@@ -159,3 +159,15 @@ def test_write_rows_appends_replaces_and_survives_a_torn_line(tmp_path):
 
 def test_history_columns_cover_the_curves():
     assert {"run_id", "depth", "seed", "epoch", "valid_loss", "accuracy", "seconds"} <= set(HISTORY_COLUMNS)
+
+
+def test_pipeline_and_augment_are_recorded_and_fix_the_folder(tmp_path):
+    out = str(tmp_path / "pil")
+    df = run_sweep(depths=[1], out=out, pipeline="pil", augment=True, **SMALL)
+    assert df.loc[0, "pipeline"] == "pil" and bool(df.loc[0, "augment"]) and df.loc[0, "status"] == "ok"
+    with pytest.raises(CnnDepthError, match=r"holds a sweep with pipeline='pil', not 'fast'.*--pipeline pil"):
+        run_sweep(depths=[1], out=out, augment=True, **SMALL)
+    with pytest.raises(CnnDepthError, match=r"augment=True, not False.*--augment to resume"):
+        run_sweep(depths=[1], out=out, pipeline="pil", **SMALL)
+    with pytest.raises(CnnDepthError, match="pipeline must be one of fast, pil"):
+        SweepConfig(pipeline="dali")
