@@ -187,7 +187,7 @@ def sweep_cmd(
                                          "precision on CUDA."),
     config: Optional[Path] = typer.Option(None, help="A TOML file of these options (keys as in SweepConfig: "
                                           "depths, seeds, epochs, lr, bs, arch, dataset, max_per_class, out, "
-                                          "device, quiet); flags override it."),
+                                          "device, quiet, save_models, pipeline, augment); flags override it."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-run lines; just the summary."),
     pipeline: Optional[str] = typer.Option(None, help="Data pipeline (default fast): fast (images decoded once, "
                                            "batches from memory) or pil (fastai's per-item PIL decode)."),
