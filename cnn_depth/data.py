@@ -234,12 +234,20 @@ def image_items(path: PathLike, folders: Sequence[str], max_per_class: Optional[
     return L(out)
 
 
+def hash_items(h, root: Path, items: Sequence[Path]):
+    """Feed each item's path (relative to ``root``), byte size and mtime (ns) to the hash ``h``; return it.
+
+    What cache keys are made of: a changed, added, removed or touched file changes the key.
+    """
+    for f in items:
+        st = os.stat(f)
+        h.update(f"{Path(f).relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h
+
+
 def _scan_headers(root: Path, files: Sequence[Path]) -> dict:
     """Size and mode of every image from its header, cached by (paths, sizes, mtimes); lists unreadable ones."""
-    h = hashlib.sha256(str(root.resolve()).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h = hash_items(hashlib.sha256(str(root.resolve()).encode()), root, files)
     cache = cache_dir() / "scans" / f"{h.hexdigest()[:24]}.json"
     if cache.exists():
         try:
@@ -321,16 +329,15 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
             root = _single_top_folder(path)
     train_name, valid_name = resolve_splits(root, train_name, valid_name)
     folders = (train_name, valid_name)
-    files = image_items(root, folders)
-    if not files:
-        raise CnnDepthError(f"no images found in {root}/{train_name}/<class>/ or {root}/{valid_name}/<class>/; "
-                            f"put image files (.jpg, .png, ...) in one folder per class")
     # Read the headers of the files the cap keeps; an unreadable one is replaced by the next file of its
     # class, so a small cap over a big dataset reads only a few headers.
     bad: list[str] = []
     while True:
         get_items = partial(image_items, folders=folders, max_per_class=max_per_class, exclude=tuple(bad))
         items = get_items(root)
+        if not items and not bad:  # the first pass excludes nothing, and a cap keeps ≥ 1 per class
+            raise CnnDepthError(f"no images found in {root}/{train_name}/<class>/ or {root}/{valid_name}/<class>/; "
+                                f"put image files (.jpg, .png, ...) in one folder per class")
         scan = _scan_headers(root, items)
         if not scan["bad"]:
             break

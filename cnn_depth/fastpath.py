@@ -35,7 +35,7 @@ from fastai.vision.augment import RandTransform
 from fastcore.basics import noop
 from torch import Tensor
 
-from .data import ImageFolder, cache_dir, image_datablock, load_image
+from .data import ImageFolder, cache_dir, hash_items, image_datablock, load_image
 
 DECODE_VERSION = 1  # bump when the cache layout or the decode changes
 PARALLEL_MIN = 4000  # images: below this one process decodes faster than starting a pool (~117 µs/image)
@@ -48,10 +48,7 @@ CHUNK = 1000  # images per task sent to a decode worker
 
 def decode_key(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]]) -> str:
     """Cache key: the items' relative paths, byte sizes and mtimes (ns), plus channels and resize."""
-    h = hashlib.sha256(f"v{DECODE_VERSION}|n_in={n_in}|size={size}\n".encode())
-    for f in items:
-        st = os.stat(f)
-        h.update(f"{Path(f).relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h = hash_items(hashlib.sha256(f"v{DECODE_VERSION}|n_in={n_in}|size={size}\n".encode()), root, items)
     return h.hexdigest()[:24]
 
 
