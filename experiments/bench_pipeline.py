@@ -20,10 +20,19 @@ checks |a - b| ≤ 1.5 points.
     python experiments/bench_pipeline.py                         # full ../shared/data/cifar10.tgz, 1 epoch
     python experiments/bench_pipeline.py --max-per-class 100     # a quick look
     python experiments/bench_pipeline.py --accuracy              # 2 seeded epochs per path: do accuracies agree?
-    python experiments/bench_pipeline.py --repeats 3             # median of 3 interleaved runs per path
+    python experiments/bench_pipeline.py --repeats 5             # median of 5 interleaved runs per path
+    python experiments/bench_pipeline.py --paths bc --overhead   # what each path costs beyond the model
 
-Timings on a shared machine are noisy (2 torch threads competing with another process for 2 cores can run
-10x slower; ``--threads 1`` degrades more gracefully); compare runs from one quiet machine.
+``--overhead`` swaps the CNN for a model that costs next to nothing (global average pool and one linear
+layer) in every path, so an epoch's time is the per-batch cost of the loader and the training loop itself
+(fastai's callbacks, recorder, metrics and optimiser in (a) and (b), a bare loop in (c)); the table then
+shows milliseconds per batch.
+
+Timings on a shared VM are noisy (a neighbour's load can slow one epoch by 20 % and 2 torch threads competing
+with another process for 2 cores can run 10x slower; ``--threads 1`` degrades more gracefully). Repeats run
+interleaved, in alternating order (abc, cba, ...), so a slow spell hits every path; the table shows each
+path's median and range, and the ratios are given both as ratios of medians and as the median of the
+per-repeat ratios (each repeat's paths ran minutes apart). Compare runs from one quiet machine.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,20 +102,37 @@ class Peak:
             self.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
-def warm_up(model_args: dict, device: torch.device, bs: int, use_amp: bool):
-    """A few untimed steps on random data, so that kernel selection and allocator growth are not timed."""
+def step_ms(model_args: dict, device: torch.device, bs: int, use_amp: bool, steps: int = 20) -> float:
+    """Median ms of a train step (forward, backward, AdamW) of the CNN on random data, after 3 untimed ones.
+
+    The untimed steps keep kernel selection and allocator growth out of the timed paths; the median is a
+    machine check printed at the start and the end of a benchmark: a shared VM's slow spell shows as a
+    higher number, and then every path's time (and a/b) moves with it.
+    """
     model = depth_cnn(**model_args).to(device)
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters())
     x = torch.randn(bs, model_args["n_in"], *model_args["img_size"], device=device)
     y = torch.randint(0, model_args["n_out"], (bs,), device=device)
-    for _ in range(3):
+    times = []
+    for i in range(3 + steps):
+        t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1000
+
+
+def probe_model(n_in: int, n_out: int) -> nn.Module:
+    """``--overhead``: a model that costs next to nothing, so a path's time is its per-batch overhead."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, n_out))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,6 +143,8 @@ def fit_learner(dls, a, use_amp: bool) -> float:
     """(a)/(b): ``fit_one_cycle`` through a fastai Learner; returns the final validation accuracy."""
     set_seed(a.seed, reproducible=True)
     learn = depth_learner(dls, a.depth, arch=a.arch)
+    if a.overhead:  # the same Learner (loss, metrics, callbacks, optimiser) around the probe model
+        learn.model = probe_model(dls.n_in, dls.c).to(dls.device)
     if use_amp:
         learn.to_channelslast(amp_mode="bf16")
     with learn.no_bar(), learn.no_logging():
@@ -129,7 +158,8 @@ def hand_loop(dls, a, use_amp: bool) -> float:
     images, targets, dev = tr.images, tr.targets, tr.images.device
     mean, std = (torch.tensor(s, device=dev).view(1, -1, 1, 1) for s in dls.stats)
     set_seed(a.seed, reproducible=True)
-    model = depth_cnn(a.depth, n_in=dls.n_in, n_out=dls.c, arch=a.arch, img_size=dls.img_size).to(dev)
+    model = (probe_model(dls.n_in, dls.c) if a.overhead else
+             depth_cnn(a.depth, n_in=dls.n_in, n_out=dls.c, arch=a.arch, img_size=dls.img_size)).to(dev)
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]  # fastai: no weight decay on norm and bias
@@ -191,7 +221,7 @@ def main(a):
           flush=True)
     model_args = dict(depth=a.depth, arch=a.arch, n_in=folder.n_in, n_out=len(folder.vocab),
                       img_size=size or folder.uniform_size)
-    warm_up(model_args, device, a.bs, use_amp)
+    check_start = step_ms(model_args, device, a.bs, use_amp)
 
     rows = []  # (phase, setup s, seconds per epoch or None, accuracy or None, Peak)
     with Peak(device) as p:
@@ -205,45 +235,65 @@ def main(a):
              ("b", "(b) fast path, fastai Learner", "fast"),
              ("c", "(c) hand-written PyTorch loop, same tensors", "fast")]
     paths = [p for p in paths if p[0] in a.paths]
-    n_images, runs = None, {key: [] for key, *_ in paths}
-    for r in range(a.repeats):  # interleaved, so that a slow spell on a shared machine hits every path
-        for key, label, pipeline in paths:
+    n_images = n_batches = None
+    runs = {key: [] for key, *_ in paths}
+    for r in range(a.repeats):  # interleaved, alternating order: a slow spell on a shared VM hits every path
+        for key, label, pipeline in (paths if r % 2 == 0 else paths[::-1]):
             with Peak(device) as p:  # memory: the DataLoaders (and their decoded tensors) and the fit
                 set_seed(a.seed, reproducible=True)  # the loaders' shuffling RNGs are drawn here
                 dls = dataloaders(a.src, pipeline=pipeline, **kw)
                 setup = time.perf_counter() - p.t0
                 n_images = (len(dls.train_ds) // a.bs) * a.bs + len(dls.valid_ds)  # drop_last on training
+                n_batches = len(dls.train_ds) // a.bs + math.ceil(len(dls.valid_ds) / a.bs)
                 t0 = time.perf_counter()
                 acc = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 per_epoch = (time.perf_counter() - t0) / a.epochs
             runs[key].append((setup, per_epoch, acc, p))
-            print(f"  run {r + 1}/{a.repeats} {label}: {per_epoch:.1f} s/epoch, accuracy {acc:.4f}", flush=True)
+            print(f"  run {r + 1}/{a.repeats} {label}: {per_epoch:.2f} s/epoch, accuracy {acc:.4f}", flush=True)
             del dls
             gc.collect()
     times, accs = {}, {}
+    rows = [row + ("",) for row in rows]
     for key, label, _ in paths:  # the median run by epoch time (the only run when --repeats 1)
         setup, times[key], accs[key], p = sorted(runs[key], key=lambda run: run[1])[(a.repeats - 1) // 2]
-        rows.append((label, setup, times[key], accs[key], p))
+        spread = f"{min(r[1] for r in runs[key]):.2f}–{max(r[1] for r in runs[key]):.2f}" if a.repeats > 1 else ""
+        rows.append((label, setup, times[key], accs[key], p, spread))
 
     cuda = device.type == "cuda"
     print()
-    print("| phase | setup s | s/epoch | images/s | valid accuracy | peak RSS MB (+ in phase)"
+    print("| phase | setup s | s/epoch | range | ms/batch | images/s | valid accuracy | peak RSS MB (+ in phase)"
           + (" | peak CUDA MB |" if cuda else " |"))
-    print("|---|---:|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
-    for label, setup, per_epoch, acc, p in rows:
-        cells = [label, f"{setup:.2f}", "" if per_epoch is None else f"{per_epoch:.2f}",
-                 "" if per_epoch is None else f"{n_images / per_epoch:,.0f}", "" if acc is None else f"{acc:.4f}",
+    print("|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
+    for label, setup, per_epoch, acc, p, spread in rows:
+        timed = per_epoch is not None
+        cells = [label, f"{setup:.2f}", f"{per_epoch:.2f}" if timed else "", spread,
+                 f"{per_epoch / n_batches * 1000:.2f}" if timed else "",
+                 f"{n_images / per_epoch:,.0f}" if timed else "", "" if acc is None else f"{acc:.4f}",
                  f"{p.rss_mb:,.0f} (+{p.rss_mb - p.start_mb:,.0f})"] + ([f"{p.cuda_mb:,.0f}"] if cuda else [])
         print("| " + " | ".join(cells) + " |")
     print()
-    print("setup: dataloaders() or the cache call; s/epoch: fit (train + validate) / epochs; images/s: "
-          "training (whole batches) + validation images per second")
+    print(f"setup: dataloaders() or the cache call; s/epoch: fit (train + validate) / epochs, the median of "
+          f"{a.repeats} run(s); range: fastest–slowest run; ms/batch: s/epoch over the {n_batches} training "
+          f"and validation batches; images/s: training (whole batches) + validation images per second"
+          + ("; model: the --overhead probe (pool + linear), not the CNN" if a.overhead else ""))
+
+    check_end = step_ms(model_args, device, a.bs, use_amp)
+    print(f"machine check: a train step of the depth-{a.depth} {a.arch} CNN on random data, median of 20: "
+          f"{check_start:.1f} ms at the start, {check_end:.1f} ms at the end")
+
+    def ratio(x, y, target):
+        line = f"{x}/{y} = {times[x] / times[y]:.2f} (ratio of medians" + ("" if a.overhead else f"; target {target}") + ")"
+        if a.repeats > 1:
+            per = sorted(rx[1] / ry[1] for rx, ry in zip(runs[x], runs[y]))
+            line += f"; per repeat: median {per[(len(per) - 1) // 2]:.2f}, range {per[0]:.2f}–{per[-1]:.2f}"
+        print(line)
+
     if "a" in times and "b" in times:
-        print(f"a/b = {times['a'] / times['b']:.2f} (target ≥ 2.3)")
+        ratio("a", "b", "≥ 2.3")
     if "b" in times and "c" in times:
-        print(f"b/c = {times['b'] / times['c']:.2f} (target ≤ 1.10)")
+        ratio("b", "c", "≤ 1.10")
     if a.accuracy and "a" in accs and "b" in accs:
         gap = abs(accs["a"] - accs["b"]) * 100
         print(f"accuracy after {a.epochs} epochs: a {accs['a']:.2%}, b {accs['b']:.2%}"
@@ -267,6 +317,8 @@ if __name__ == "__main__":
     p.add_argument("--accuracy", action="store_true", help="2 seeded epochs; check (a) and (b) agree")
     p.add_argument("--paths", default="abc", help="which paths to run, e.g. 'bc'")
     p.add_argument("--repeats", type=int, default=1, help="runs per path, interleaved; the table shows the median")
+    p.add_argument("--overhead", action="store_true",
+                   help="a near-free model (pool + linear) in every path: time the loader and loop, not the CNN")
     p.add_argument("--workers", type=int, default=None, help="decode processes for the cold cache build")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: fastai's default device)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
