@@ -1,4 +1,5 @@
 """Datasets: the embedded sample, folders and archives, split detection, channels, sizes, bad input."""
+import hashlib
 import io
 import tarfile
 import warnings
@@ -49,6 +50,25 @@ def test_max_per_class_takes_first_files_by_name():
     cats = sorted(p.name for p in f.items if p.parent.name == "cat" and p.parent.parent.name == "train")
     assert cats == ["0000.jpg", "0001.jpg", "0002.jpg"]
     assert f.counts == {"train": 30, "test": 30}
+
+
+def test_items_are_sorted_by_path_and_skip_other_depths(image_folder_factory, monkeypatch):
+    root = image_folder_factory(classes=("b", "a"), n=3)
+    (root / "train" / "a" / "nested").mkdir()  # deeper than <split>/<class>/<file>: not an item
+    (root / "train" / "a" / "10.png").write_bytes((root / "train" / "a" / "0000.png").read_bytes())
+    (root / "train" / "stray.png").write_bytes((root / "train" / "a" / "0000.png").read_bytes())
+    (root / "train" / "a" / "nested" / "x.png").write_bytes((root / "train" / "a" / "0000.png").read_bytes())
+    items = data_mod.image_items(root, ("train", "valid"), exclude=("train/b/0001.png",))
+    rel = [str(p.relative_to(root)) for p in items]
+    assert rel == sorted(rel, key=lambda r: r.split("/"))  # the order sorted() gives the Paths
+    assert rel[:5] == ["train/a/0000.png", "train/a/0001.png", "train/a/0002.png", "train/a/10.png", "train/b/0000.png"]
+    assert "train/b/0001.png" not in rel and "train/stray.png" not in rel and len(rel) == 12
+    # a relative root gives the same items, relative, and the same cache key
+    monkeypatch.chdir(root.parent)
+    rel_items = data_mod.image_items(root.name, ("train", "valid"), exclude=("train/b/0001.png",))
+    assert [root.parent / p for p in rel_items] == list(items)
+    h = lambda r, its: data_mod.hash_items(hashlib.sha256(), r, its).hexdigest()
+    assert h(root.name, rel_items) == h(root, items)
 
 
 def test_grayscale_training_testing_folder_gives_one_channel(image_folder_factory):
