@@ -52,6 +52,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fastai.callback.core import Callback  # noqa: E402
 from fastai.torch_core import default_device, set_seed  # noqa: E402
 
 from cnn_depth import dataloaders, depth_cnn, depth_learner  # noqa: E402
@@ -135,25 +136,53 @@ def probe_model(n_in: int, n_out: int) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, n_out))
 
 
+def median_step_ms(stamps: list) -> float:
+    """Median ms between consecutive training-step ends (``stamps``: one list of times per epoch).
+
+    One step is everything the loop does per batch (fetch, transfer, forward, backward, optimiser,
+    callbacks). A median over ~800 steps barely moves when the machine is busy for part of an epoch,
+    where the epoch time does: the robust number to compare paths by on a shared VM.
+    """
+    steps = sorted(t1 - t0 for epoch in stamps for t0, t1 in zip(epoch, epoch[1:]))
+    return steps[len(steps) // 2] * 1000 if steps else float("nan")
+
+
+class StepClock(Callback):
+    """Time-stamps the end of every training batch of a fastai fit, one list per epoch."""
+
+    def before_fit(self):
+        self.stamps = []
+
+    def before_epoch(self):
+        self.stamps.append([])
+
+    def after_batch(self):
+        if self.training:
+            self.stamps[-1].append(time.perf_counter())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The three paths
 
 
-def fit_learner(dls, a, use_amp: bool) -> float:
-    """(a)/(b): ``fit_one_cycle`` through a fastai Learner; returns the final validation accuracy."""
+def fit_learner(dls, a, use_amp: bool) -> tuple[float, list]:
+    """(a)/(b): ``fit_one_cycle`` through a fastai Learner; returns the final validation accuracy and the
+    step time stamps (:class:`StepClock`)."""
     set_seed(a.seed, reproducible=True)
     learn = depth_learner(dls, a.depth, arch=a.arch)
     if a.overhead:  # the same Learner (loss, metrics, callbacks, optimiser) around the probe model
         learn.model = probe_model(dls.n_in, dls.c).to(dls.device)
     if use_amp:
         learn.to_channelslast(amp_mode="bf16")
+    clock = StepClock()
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(a.epochs, a.lr)
-    return float(learn.recorder.values[-1][2])
+        learn.fit_one_cycle(a.epochs, a.lr, cbs=clock)
+    return float(learn.recorder.values[-1][2]), clock.stamps
 
 
-def hand_loop(dls, a, use_amp: bool) -> float:
-    """(c): the same model trained and validated by a plain PyTorch loop over ``dls``' uint8 tensors."""
+def hand_loop(dls, a, use_amp: bool) -> tuple[float, list]:
+    """(c): the same model trained and validated by a plain PyTorch loop over ``dls``' uint8 tensors;
+    returns the final validation accuracy and the step time stamps, as :func:`fit_learner`."""
     tr, va = dls.train, dls.valid
     images, targets, dev = tr.images, tr.targets, tr.images.device
     mean, std = (torch.tensor(s, device=dev).view(1, -1, 1, 1) for s in dls.stats)
@@ -178,8 +207,10 @@ def hand_loop(dls, a, use_amp: bool) -> float:
             x = flip_pad_crop(x)
         return (x.float().div_(255) - mean) / std, targets.index_select(0, g)
 
+    stamps = []
     for _ in range(a.epochs):
         model.train()
+        stamps.append([])
         perm = tr.index[torch.randperm(len(tr.index), device=dev)]
         for i in range(steps):
             x, y = batch(perm[i * a.bs:(i + 1) * a.bs])
@@ -189,6 +220,7 @@ def hand_loop(dls, a, use_amp: bool) -> float:
             loss.backward()
             opt.step()
             sched.step()
+            stamps[-1].append(time.perf_counter())
         model.eval()
         correct = total = loss_sum = 0
         with torch.no_grad():
@@ -199,7 +231,7 @@ def hand_loop(dls, a, use_amp: bool) -> float:
                     loss_sum += F.cross_entropy(out, y, reduction="sum")  # as fastai's valid_loss
                 correct += (out.argmax(1) == y).sum()  # summed on the device: no sync per batch
                 total += len(y)
-    return int(correct) / total
+    return int(correct) / total, stamps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,37 +278,42 @@ def main(a):
                 n_images = (len(dls.train_ds) // a.bs) * a.bs + len(dls.valid_ds)  # drop_last on training
                 n_batches = len(dls.train_ds) // a.bs + math.ceil(len(dls.valid_ds) / a.bs)
                 t0 = time.perf_counter()
-                acc = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
+                acc, stamps = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 per_epoch = (time.perf_counter() - t0) / a.epochs
-            runs[key].append((setup, per_epoch, acc, p))
-            print(f"  run {r + 1}/{a.repeats} {label}: {per_epoch:.2f} s/epoch, accuracy {acc:.4f}", flush=True)
+            step = median_step_ms(stamps) if device.type == "cpu" else float("nan")  # CUDA: steps are async
+            runs[key].append((setup, per_epoch, acc, p, step))
+            print(f"  run {r + 1}/{a.repeats} {label}: {per_epoch:.2f} s/epoch, median train step {step:.2f} ms, "
+                  f"accuracy {acc:.4f}", flush=True)
             del dls
             gc.collect()
-    times, accs = {}, {}
-    rows = [row + ("",) for row in rows]
+    times, accs, steps = {}, {}, {}
+    rows = [row + ("", None) for row in rows]
     for key, label, _ in paths:  # the median run by epoch time (the only run when --repeats 1)
-        setup, times[key], accs[key], p = sorted(runs[key], key=lambda run: run[1])[(a.repeats - 1) // 2]
+        setup, times[key], accs[key], p, _ = sorted(runs[key], key=lambda run: run[1])[(a.repeats - 1) // 2]
+        steps[key] = sorted(r[4] for r in runs[key])[(a.repeats - 1) // 2]
         spread = f"{min(r[1] for r in runs[key]):.2f}–{max(r[1] for r in runs[key]):.2f}" if a.repeats > 1 else ""
-        rows.append((label, setup, times[key], accs[key], p, spread))
+        rows.append((label, setup, times[key], accs[key], p, spread, steps[key]))
 
     cuda = device.type == "cuda"
     print()
-    print("| phase | setup s | s/epoch | range | ms/batch | images/s | valid accuracy | peak RSS MB (+ in phase)"
-          + (" | peak CUDA MB |" if cuda else " |"))
-    print("|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
-    for label, setup, per_epoch, acc, p, spread in rows:
+    print("| phase | setup s | s/epoch | range | ms/batch | train step ms | images/s | valid accuracy "
+          "| peak RSS MB (+ in phase)" + (" | peak CUDA MB |" if cuda else " |"))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:" + ("|---:|" if cuda else "|"))
+    for label, setup, per_epoch, acc, p, spread, step in rows:
         timed = per_epoch is not None
         cells = [label, f"{setup:.2f}", f"{per_epoch:.2f}" if timed else "", spread,
                  f"{per_epoch / n_batches * 1000:.2f}" if timed else "",
+                 f"{step:.2f}" if step is not None and not math.isnan(step) else "",
                  f"{n_images / per_epoch:,.0f}" if timed else "", "" if acc is None else f"{acc:.4f}",
                  f"{p.rss_mb:,.0f} (+{p.rss_mb - p.start_mb:,.0f})"] + ([f"{p.cuda_mb:,.0f}"] if cuda else [])
         print("| " + " | ".join(cells) + " |")
     print()
     print(f"setup: dataloaders() or the cache call; s/epoch: fit (train + validate) / epochs, the median of "
           f"{a.repeats} run(s); range: fastest–slowest run; ms/batch: s/epoch over the {n_batches} training "
-          f"and validation batches; images/s: training (whole batches) + validation images per second"
+          f"and validation batches; train step ms: median time from one training step's end to the next's "
+          f"(median over runs); images/s: training (whole batches) + validation images per second"
           + ("; model: the --overhead probe (pool + linear), not the CNN" if a.overhead else ""))
 
     check_end = step_ms(model_args, device, a.bs, use_amp)
@@ -288,6 +325,8 @@ def main(a):
         if a.repeats > 1:
             per = sorted(rx[1] / ry[1] for rx, ry in zip(runs[x], runs[y]))
             line += f"; per repeat: median {per[(len(per) - 1) // 2]:.2f}, range {per[0]:.2f}–{per[-1]:.2f}"
+        if not math.isnan(steps[x] / steps[y]):
+            line += f"; by median train step: {steps[x] / steps[y]:.2f}"
         print(line)
 
     if "a" in times and "b" in times:
