@@ -32,7 +32,10 @@ Timings on a shared VM are noisy (a neighbour's load can slow one epoch by 20 % 
 with another process for 2 cores can run 10x slower; ``--threads 1`` degrades more gracefully). Repeats run
 interleaved, in alternating order (abc, cba, ...), so a slow spell hits every path; the table shows each
 path's median and range, and the ratios are given both as ratios of medians and as the median of the
-per-repeat ratios (each repeat's paths ran minutes apart). Compare runs from one quiet machine.
+per-repeat ratios (each repeat's paths ran minutes apart). On the CPU each path also reports its median train
+step (from one training step's end to the next's, loader included), which a busy spell that covers part of an
+epoch hardly moves, and the ratios by it. A machine check (a train step of the CNN on random data) at the
+start and the end says how busy the machine was. Compare runs from one quiet machine.
 """
 from __future__ import annotations
 
