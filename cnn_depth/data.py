@@ -221,9 +221,9 @@ def image_items(path: PathLike, folders: Sequence[str], max_per_class: Optional[
     path, skip, folders = Path(path), set(exclude), set(folders)
     # Work on the relative path's parts as strings: pathlib per file costs ~1 s on CIFAR-10's 60,000 files.
     # Sorting by the parts tuple is the order sorted() gives the Paths themselves.
-    kept = []
+    kept, root = [], str(path)
     for f in get_image_files(path, folders=list(folders)):
-        rel = _relative(f, str(path))
+        rel = _relative(f, root)
         parts = tuple(rel.split(os.sep))
         if len(parts) == 3 and parts[0] in folders and rel not in skip:
             kept.append((parts, f))
