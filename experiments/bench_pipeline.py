@@ -106,6 +106,12 @@ class Peak:
             self.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
+def middle(values, key=None):
+    """The middle value of ``values`` once sorted (the lower of the two middles for an even count)."""
+    ordered = sorted(values, key=key)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def step_ms(model_args: dict, device: torch.device, bs: int, use_amp: bool, steps: int = 20) -> float:
     """Median ms of a train step (forward, backward, AdamW) of the CNN on random data, after 3 untimed ones.
 
@@ -131,7 +137,7 @@ def step_ms(model_args: dict, device: torch.device, bs: int, use_amp: bool, step
             torch.cuda.synchronize(device)
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1000
+    return middle(times) * 1000
 
 
 def probe_model(n_in: int, n_out: int) -> nn.Module:
@@ -146,8 +152,8 @@ def median_step_ms(stamps: list) -> float:
     callbacks). A median over ~800 steps barely moves when the machine is busy for part of an epoch,
     where the epoch time does: the robust number to compare paths by on a shared VM.
     """
-    steps = sorted(t1 - t0 for epoch in stamps for t0, t1 in zip(epoch, epoch[1:]))
-    return steps[len(steps) // 2] * 1000 if steps else float("nan")
+    steps = [t1 - t0 for epoch in stamps for t0, t1 in zip(epoch, epoch[1:])]
+    return middle(steps) * 1000 if steps else float("nan")
 
 
 class StepClock(Callback):
@@ -258,13 +264,13 @@ def main(a):
                       img_size=size or folder.uniform_size)
     check_start = step_ms(model_args, device, a.bs, use_amp)
 
-    rows = []  # (phase, setup s, seconds per epoch or None, accuracy or None, Peak)
+    rows = []  # (phase, setup s, s/epoch or None, accuracy or None, Peak, s/epoch range, train step ms or None)
     with Peak(device) as p:
         decoded_images(folder.root, items, folder.n_in, size, workers=a.workers, rebuild=True)
-    rows.append(("cache build, cold: decode all, write .npy", p.seconds, None, None, p))
+    rows.append(("cache build, cold: decode all, write .npy", p.seconds, None, None, p, "", None))
     with Peak(device) as p:
         decoded_images(folder.root, items, folder.n_in, size)
-    rows.append(("cache build, warm: load .npy", p.seconds, None, None, p))
+    rows.append(("cache build, warm: load .npy", p.seconds, None, None, p, "", None))
 
     paths = [("a", "(a) stock fastai DataBlock, PIL per item", "pil"),
              ("b", "(b) fast path, fastai Learner", "fast"),
@@ -292,10 +298,9 @@ def main(a):
             del dls
             gc.collect()
     times, accs, steps = {}, {}, {}
-    rows = [row + ("", None) for row in rows]
     for key, label, _ in paths:  # the median run by epoch time (the only run when --repeats 1)
-        setup, times[key], accs[key], p, _ = sorted(runs[key], key=lambda run: run[1])[(a.repeats - 1) // 2]
-        steps[key] = sorted(r[4] for r in runs[key])[(a.repeats - 1) // 2]
+        setup, times[key], accs[key], p, _ = middle(runs[key], key=lambda run: run[1])
+        steps[key] = middle(r[4] for r in runs[key])
         spread = f"{min(r[1] for r in runs[key]):.2f}–{max(r[1] for r in runs[key]):.2f}" if a.repeats > 1 else ""
         rows.append((label, setup, times[key], accs[key], p, spread, steps[key]))
 
@@ -326,8 +331,8 @@ def main(a):
     def ratio(x, y, target):
         line = f"{x}/{y} = {times[x] / times[y]:.2f} (ratio of medians" + ("" if a.overhead else f"; target {target}") + ")"
         if a.repeats > 1:
-            per = sorted(rx[1] / ry[1] for rx, ry in zip(runs[x], runs[y]))
-            line += f"; per repeat: median {per[(len(per) - 1) // 2]:.2f}, range {per[0]:.2f}–{per[-1]:.2f}"
+            per = [rx[1] / ry[1] for rx, ry in zip(runs[x], runs[y])]
+            line += f"; per repeat: median {middle(per):.2f}, range {min(per):.2f}–{max(per):.2f}"
         if not math.isnan(steps[x] / steps[y]):
             line += f"; by median train step: {steps[x] / steps[y]:.2f}"
         print(line)
