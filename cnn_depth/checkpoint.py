@@ -26,24 +26,14 @@ import torch
 from torch import nn
 
 from .errors import CnnDepthError
+from .files import PathLike, atomic_write
+from .loaders import data_info
 from .models import depth_cnn
+from .records import MODELS_DIR, model_path, run_id  # noqa: F401  (model_path, run_id: part of this API)
 
 FORMAT = "cnn-depth-model"
 VERSION = 1
-MODELS_DIR = "models"  # under the run folder
 _FILE_RE = re.compile(r"^(?P<arch>.+)-d(?P<depth>\d+)-s(?P<seed>-?\d+)\.pt$")
-
-PathLike = Union[str, os.PathLike]
-
-
-def run_id(arch: str, depth: int, seed: int) -> str:
-    """The id of one run of a sweep, also the stem of its saved model: ``{arch}-d{depth}-s{seed}``."""
-    return f"{arch}-d{depth}-s{seed}"
-
-
-def model_path(run_dir: PathLike, arch: str, depth: int, seed: int) -> Path:
-    """Where a sweep saves the model of one run: ``<run_dir>/models/{run_id}.pt``."""
-    return Path(run_dir) / MODELS_DIR / f"{run_id(arch, depth, seed)}.pt"
 
 
 def _plain(obj, where: str):
@@ -66,10 +56,10 @@ def _plain(obj, where: str):
 
 
 def _stats(dls) -> Optional[dict]:
-    """Per-channel mean and std: ``dls.stats`` (our DataLoaders) or the ``Normalize`` in ``after_batch``."""
-    stats = getattr(dls, "stats", None)
-    if stats is not None:
-        return dict(mean=[float(v) for v in stats[0]], std=[float(v) for v in stats[1]])
+    """Per-channel mean and std: our DataLoaders' ``data_info`` or the ``Normalize`` in ``after_batch``."""
+    info = data_info(dls)
+    if info is not None:
+        return dict(mean=[float(v) for v in info.stats[0]], std=[float(v) for v in info.stats[1]])
     from fastai.vision.augment import Normalize
     for t in getattr(getattr(dls, "after_batch", None), "fs", []):
         if isinstance(t, Normalize):
@@ -78,29 +68,23 @@ def _stats(dls) -> Optional[dict]:
 
 
 def _source(dls) -> Optional[dict]:
-    folder = getattr(dls, "source", None)
-    if folder is None:
+    info = data_info(dls)
+    if info is None:
         return None
-    keywords = getattr(getattr(folder, "get_items", None), "keywords", {}) or {}
-    return dict(name=str(folder.name), root=str(Path(folder.root).resolve()),
-                max_per_class=keywords.get("max_per_class"), train_name=folder.train_name,
-                valid_name=folder.valid_name)
+    src = info.source
+    return dict(name=str(src.name), root=str(Path(src.root).resolve()), max_per_class=src.max_per_class,
+                train_name=src.train_name, valid_name=src.valid_name)
 
 
-def save_run_model(path: PathLike, learn_or_model, dls=None, **meta) -> Path:
-    """Save a trained model as a state dict plus the plain data needed to rebuild and explain it.
+def checkpoint_dict(learn_or_model, dls=None, **meta) -> dict:
+    """A trained model as the plain data :func:`save_run_model` writes (see the module docstring).
 
     Args:
-        path: the file to write, by convention ``model_path(run_dir, arch, depth, seed)``.
         learn_or_model: a fastai ``Learner`` (its ``dls`` is used when ``dls`` is None) or a model built by
             ``depth_cnn`` (it carries ``model.config``).
         dls: the DataLoaders it was trained on: gives the vocab, normalisation stats and data source.
         **meta: plain data kept under ``meta`` (run_id, seed, dataset, ...). ``vocab=``, ``stats=`` (a
             (mean, std) pair) and ``max_per_class=`` override what ``dls`` says.
-
-    Returns:
-        the path written. The file is written to a temporary name first, so a killed run leaves no
-        half-written model behind.
     """
     model = getattr(learn_or_model, "model", learn_or_model)
     if not isinstance(model, nn.Module):
@@ -124,19 +108,34 @@ def save_run_model(path: PathLike, learn_or_model, dls=None, **meta) -> Path:
     import fastai
 
     from . import __version__
-    ckpt = dict(format=FORMAT, version=VERSION,
+    return dict(format=FORMAT, version=VERSION,
                 state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 config=_plain(dict(config), "config"),
                 vocab=[str(v) for v in vocab] if vocab is not None else None,
                 stats=_plain(stats, "stats"), source=_plain(source, "source"), meta=_plain(meta, "meta"),
                 versions=dict(cnn_depth=str(__version__), torch=str(torch.__version__),
                               fastai=str(fastai.__version__)))
+
+
+def write_checkpoint(path: PathLike, ckpt: dict) -> Path:
+    """Write a :func:`checkpoint_dict` to ``path``, aside then renamed: a killed run leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def save_run_model(path: PathLike, learn_or_model, dls=None, **meta) -> Path:
+    """Save a trained model as a state dict plus the plain data needed to rebuild and explain it.
+
+    Args:
+        path: the file to write, by convention ``model_path(run_dir, arch, depth, seed)``.
+        learn_or_model, dls, **meta: see :func:`checkpoint_dict`.
+
+    Returns:
+        the path written. The file is written to a temporary name first, so a killed run leaves no
+        half-written model behind.
+    """
+    return write_checkpoint(path, checkpoint_dict(learn_or_model, dls, **meta))
 
 
 def saved_models(run_dir: PathLike) -> list[dict]:
@@ -215,7 +214,7 @@ def read_run_model(path: PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, or pickled code weights_only refuses
         raise CnnDepthError(f"cannot read saved model {path} ({type(e).__name__}: {_one_line(e)}); the file is "
-                            f"damaged or not a cnn-depth model: rerun the sweep with --save-models") from None
+                            f"damaged or not a cnn-depth model: rerun the sweep with --save-models") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt:
         raise CnnDepthError(f"{path} is not a cnn-depth model file (no {FORMAT!r} format tag); rerun the sweep "
                             f"with --save-models")
@@ -233,7 +232,7 @@ def model_from_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> nn.Modul
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (CnnDepthError, TypeError, RuntimeError, KeyError) as e:
         raise CnnDepthError(f"{path} does not rebuild: its weights do not match its config {config} "
-                            f"({_one_line(e)}); rerun the sweep with --save-models") from None
+                            f"({_one_line(e)}); rerun the sweep with --save-models") from e
     vocab = ckpt.get("vocab")
     model.vocab = list(vocab) if vocab is not None else [str(i) for i in range(config["n_out"])]
     return model.eval()
