@@ -25,13 +25,14 @@ import numpy as np
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.external import URLs, untar_data
 from fastai.data.transforms import GrandparentSplitter, get_image_files, parent_label
-from fastai.vision.augment import CropPad, FlipItem, Normalize, PadMode, RandomCrop, Resize, ResizeMethod
+from fastai.vision.augment import CropPad, FlipItem, PadMode, RandomCrop, Resize, ResizeMethod
 from fastai.vision.core import PILImage, PILImageBW
 from fastai.vision.data import ImageBlock
 from fastcore.foundation import L
 from PIL import Image
 
-from .errors import CnnDepthError
+from .errors import CnnDepthError, check_int
+from .files import PathLike, atomic_write, cache_dir
 
 DEFAULT_SOURCE = "cifar10-sample"
 DEFAULT_SIZE = 32  # px: what mixed-size images are resized to when no size is given
@@ -40,14 +41,6 @@ ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 STATS_SAMPLE = 1000  # training images decoded to compute the per-channel mean and std
 PIPELINES = ("fast", "pil")  # dataloaders(pipeline=...): decoded tensors in memory, or a PIL decode per item
 SAMPLE_ARCHIVE = "cifar10_sample.tgz"  # package data: see experiments/make_cifar10_sample.py
-
-PathLike = Union[str, os.PathLike]
-
-
-def cache_dir() -> Path:
-    """Where extracted archives and scan results live: ``$CNN_DEPTH_CACHE`` or ``~/.cache/cnn_depth``."""
-    return Path(os.environ.get("CNN_DEPTH_CACHE", Path.home() / ".cache" / "cnn_depth")).expanduser()
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Archives
@@ -58,8 +51,9 @@ def is_archive(path: Path) -> bool:
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """A short key for one file: its resolved path, byte size and mtime (see :func:`hash_items`)."""
+    path = path.resolve()
+    return hash_items(hashlib.sha256(str(path).encode()), path.parent, [path]).hexdigest()[:16]
 
 
 def _check_member(dest: Path, name: str, archive: Path) -> None:
@@ -96,7 +90,7 @@ def extract_archive(archive: PathLike, dest: Optional[PathLike] = None) -> Path:
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CnnDepthError(f"cannot read archive {archive} ({e}); check the file or pass an extracted "
-                                f"folder instead") from None
+                                f"folder instead") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -160,7 +154,7 @@ def _download(url: str, name: str, hint: str) -> Path:
         return untar_data(url)
     except Exception as e:  # URLError, timeouts, HTTP errors: all mean "no copy here and no download"
         raise CnnDepthError(f"cannot download {name} ({type(e).__name__}: {str(e)[:80]}); offline, use a local "
-                            f"copy instead: {hint}") from None
+                            f"copy instead: {hint}") from e
 
 
 @register_dataset("cifar10-sample", "train", "test",
@@ -276,9 +270,7 @@ def _scan_headers(root: Path, files: Sequence[Path]) -> dict:
             bad.append(str(f.relative_to(root)))
     scan = dict(sizes=dict(sizes), modes=dict(modes), bad=bad)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(scan))
-    tmp.replace(cache)
+    atomic_write(cache, json.dumps(scan), durable=False)
     return scan
 
 
@@ -286,14 +278,14 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 @dataclass
-class ImageFolder:
+class ImageSource:
     """A resolved image dataset: root, split names, the items and what a scan of them found.
 
     ``items`` are the files the DataBlock will use (unreadable ones dropped, ``max_per_class`` applied);
     ``get_items`` is the picklable function that yields them.
     """
 
-    name: str
+    name: str  # what it was asked for by: a registry name or the path given
     root: Path
     train_name: str
     valid_name: str
@@ -302,6 +294,7 @@ class ImageFolder:
     n_in: int  # channels: 1 when every image is grayscale, else 3
     sizes: dict  # "WxH" -> count
     n_bad: int
+    max_per_class: Optional[int] = None
     vocab: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)  # split -> number of items
 
@@ -314,31 +307,38 @@ class ImageFolder:
         return h, w
 
 
-def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int] = None,
-                 train_name: Optional[str] = None, valid_name: Optional[str] = None) -> ImageFolder:
-    """Resolve a dataset name, folder or archive into an :class:`ImageFolder` (validated, scanned)."""
-    if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int)
-                                      or max_per_class < 1):
-        raise CnnDepthError(f"max_per_class must be a whole number ≥ 1, got {max_per_class!r}")
-    name = str(source)
+def resolve_source(source: PathLike) -> Union[str, Path]:
+    """A registry name as it is, or the absolute path of an existing folder or archive; else a one-line
+    error (an unknown name lists the known ones)."""
     if isinstance(source, str) and source in _SOURCES:
-        spec = _SOURCES[source]
+        return source
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.resolve()
+    if isinstance(source, str) and "/" not in source and "." not in source:
+        raise CnnDepthError(f"unknown dataset {source!r}; choose one of: {', '.join(list_datasets())}, "
+                            f"or give a folder or archive with --data PATH")
+    raise CnnDepthError(f"no such file or folder: {path}; check the path given to --data")
+
+
+def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int] = None,
+                 train_name: Optional[str] = None, valid_name: Optional[str] = None) -> ImageSource:
+    """Resolve a dataset name, folder or archive into an :class:`ImageSource` (validated, scanned)."""
+    if max_per_class is not None:
+        max_per_class = check_int(max_per_class, "max_per_class")
+    name = str(source)
+    resolved = resolve_source(source)
+    if isinstance(resolved, str):
+        spec = _SOURCES[resolved]
         root = spec.fetch()
         train_name, valid_name = train_name or spec.train_name, valid_name or spec.valid_name
+    elif resolved.is_file():
+        if not is_archive(resolved):
+            raise CnnDepthError(f"{resolved} is a file but not an archive; give a folder or a "
+                                f"{'/'.join(ARCHIVE_SUFFIXES)} file")
+        root = extract_archive(resolved)
     else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            if isinstance(source, str) and "/" not in source and "." not in source:
-                dataset_spec(source)  # raises: unknown dataset, lists the known ones
-            raise CnnDepthError(f"no such file or folder: {path}; check the path (or pick a dataset: "
-                                f"{', '.join(list_datasets())})")
-        if path.is_file():
-            if not is_archive(path):
-                raise CnnDepthError(f"{path} is a file but not an archive; give a folder or a "
-                                    f"{'/'.join(ARCHIVE_SUFFIXES)} file")
-            root = extract_archive(path)
-        else:
-            root = _single_top_folder(path)
+        root = _single_top_folder(resolved)
     train_name, valid_name = resolve_splits(root, train_name, valid_name)
     folders = (train_name, valid_name)
     # Read the headers of the files the cap keeps; an unreadable one is replaced by the next file of its
@@ -372,12 +372,12 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
         raise CnnDepthError(f"classes {sorted(valid_classes - train_classes)} are in {valid_name}/ but not in "
                             f"{train_name}/; every validation class needs training images")
     n_in = 1 if set(scan["modes"]) <= GRAY_MODES else 3
-    return ImageFolder(name, root, train_name, valid_name, items, get_items, n_in, scan["sizes"], len(bad),
-                       vocab=sorted(train_classes), counts={train_name: counts[train_name],
-                                                            valid_name: counts[valid_name]})
+    return ImageSource(name, root, train_name, valid_name, items, get_items, n_in, scan["sizes"], len(bad),
+                       max_per_class=max_per_class, vocab=sorted(train_classes),
+                       counts={train_name: counts[train_name], valid_name: counts[valid_name]})
 
 
-def _image_size(folder: ImageFolder, size) -> Optional[tuple[int, int]]:
+def _image_size(folder: ImageSource, size) -> Optional[tuple[int, int]]:
     """The (h, w) to resize to, or None to use images as they are."""
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else size
@@ -400,7 +400,7 @@ def load_image(path: Path, n_in: int, size: Optional[tuple[int, int]] = None) ->
     return a[..., None] if a.ndim == 2 else a
 
 
-def channel_stats(folder: ImageFolder, size: Optional[tuple[int, int]] = None) -> tuple[list, list]:
+def channel_stats(folder: ImageSource, size: Optional[tuple[int, int]] = None) -> tuple[list, list]:
     """Per-channel mean and std (0-1 scale) over up to STATS_SAMPLE training images, evenly spaced."""
     train = [f for f in folder.items if f.parent.parent.name == folder.train_name]
     idx = np.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).round().astype(int)
@@ -430,7 +430,7 @@ def augment_item_tfms(size: tuple[int, int], pad: int = 4) -> list:
             FlipItem(0.5)]
 
 
-def image_datablock(folder: ImageFolder, size: Optional[tuple[int, int]] = None, batch_tfms=None,
+def image_datablock(folder: ImageSource, size: Optional[tuple[int, int]] = None, batch_tfms=None,
                     augment: bool = False) -> DataBlock:
     """The DataBlock for ``folder``: image files, grandparent split, parent-folder label.
 
@@ -445,54 +445,3 @@ def image_datablock(folder: ImageFolder, size: Optional[tuple[int, int]] = None,
                      get_y=parent_label,
                      item_tfms=item_tfms or None,
                      batch_tfms=batch_tfms)
-
-
-def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: Optional[int] = None,
-                size=None, train_name: Optional[str] = None, valid_name: Optional[str] = None,
-                num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False, **kw):
-    """fastai ``DataLoaders`` for a dataset name, a folder or an archive.
-
-    Args:
-        source: a name from ``list_datasets()`` (default: the embedded CIFAR-10 sample), or the path of a
-            folder or .tgz/.tar.gz/.zip laid out ``<root>/<train>/<class>/*``, ``<root>/<valid>/<class>/*``.
-        bs: batch size.
-        max_per_class: keep the first N images (by file name) of each class in each split.
-        size: resize every image to this (int or (h, w)); by default images of one size are used as they
-            are and mixed sizes are resized to 32×32.
-        train_name, valid_name: split folder names; detected when omitted.
-        num_workers: loader worker processes for ``pipeline="pil"`` (0 decodes in the main process); the
-            fast pipeline has nothing to decode per batch and always uses 0.
-        device: where batches go; fastai's default device (CUDA when available) when None.
-        pipeline: ``"fast"`` (default): every image decoded once into a uint8 tensor cached on disk, batches
-            sliced from memory and converted, normalised and augmented on ``device``
-            (:mod:`cnn_depth.fastpath`); ``"pil"``: the stock DataBlock pipeline, a PIL decode per item
-            every epoch. Both give the same items, split, labels and (without ``augment``) the same batches.
-        augment: random left-right flip and pad-4-and-random-crop on the training set (never validation):
-            per batch on the device in the fast pipeline, per item with fastai's ``FlipItem``, ``CropPad``
-            and ``RandomCrop`` in the pil pipeline (same distribution, different random draws).
-        **kw: passed on to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
-
-    Returns:
-        ``DataLoaders`` with extra attributes ``n_in``, ``img_size``, ``stats``, ``source``, ``pipeline``
-        and ``augment``.
-    """
-    if pipeline not in PIPELINES:
-        raise CnnDepthError(f"unknown pipeline {pipeline!r}; choose one of: {', '.join(PIPELINES)}")
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise CnnDepthError(f"bs must be a whole number ≥ 1, got {bs!r}")
-    folder = image_folder(source, max_per_class, train_name, valid_name)
-    img_size = _image_size(folder, size)
-    stats = channel_stats(folder, img_size)
-    if pipeline == "fast":
-        from .fastpath import tensor_dataloaders
-        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device, **kw)
-    else:
-        dblock = image_datablock(folder, img_size, batch_tfms=[Normalize.from_stats(*stats)], augment=augment)
-        dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
-    dls.n_in = folder.n_in
-    dls.img_size = img_size or folder.uniform_size
-    dls.stats = stats
-    dls.source = folder
-    dls.pipeline = pipeline
-    dls.augment = augment
-    return dls

@@ -35,7 +35,8 @@ from fastai.vision.augment import RandTransform
 from fastcore.basics import noop
 from torch import Tensor
 
-from .data import ImageFolder, cache_dir, hash_items, image_datablock, load_image
+from .data import ImageSource, hash_items, image_datablock, load_image
+from .files import atomic_write, cache_dir
 
 DECODE_VERSION = 1  # bump when the cache layout or the decode changes
 PARALLEL_MIN = 4000  # images: below this one process decodes faster than starting a pool (~117 µs/image)
@@ -115,14 +116,9 @@ def decoded_images(root: Path, items: Sequence[Path], n_in: int, size: Optional[
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(version=DECODE_VERSION, root=str(root), n=len(items), shape=list(arr.shape), n_in=n_in,
                 size=list(size) if size else None, seconds=round(seconds, 2), first=str(items[0].relative_to(root)))
-    tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp")
-    try:  # write aside, then rename: a reader never sees half a file
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    # written aside, then renamed: a reader never sees half a file (a lost entry is decoded again: no fsync)
+    atomic_write(path, lambda f: np.save(f, arr), durable=False)
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1), durable=False)
     return torch.from_numpy(arr)
 
 
@@ -218,7 +214,7 @@ class TensorDL(TfmdDL):
             yield TensorImage(self.images.index_select(0, g)), TensorCategory(self.targets.index_select(0, g))
 
 
-def tensor_dataloaders(folder: ImageFolder, size: Optional[tuple[int, int]], stats: tuple[list, list],
+def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], stats: tuple[list, list],
                        bs: int = 64, augment: bool = False, device=None, workers: Optional[int] = None, **kw):
     """fastai ``DataLoaders`` for ``folder`` served from decoded uint8 tensors (see :func:`decoded_images`).
 

@@ -6,6 +6,7 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 
+from .loaders import data_info
 from .models import depth_cnn
 
 
@@ -21,8 +22,10 @@ def depth_learner(dls, depth=None, arch: str = "bn", **kw) -> Learner:
     ``n_in`` (channels), ``n_out`` (``dls.c``) and the image size come from ``dls``. The model goes to
     the DataLoaders' device, which is fastai's default: CUDA when available, else CPU.
     """
-    n_in, img_size = getattr(dls, "n_in", None), getattr(dls, "img_size", None)
-    if n_in is None or img_size is None:  # DataLoaders not made by us: read one batch
+    info = data_info(dls)
+    if info is not None:
+        n_in, img_size = info.n_in, info.img_size
+    else:  # DataLoaders not made by us: read one batch
         xb = dls.one_batch()[0]
         n_in, img_size = xb.shape[1], tuple(xb.shape[-2:])
     model = depth_cnn(depth, n_in=n_in, n_out=dls.c, arch=arch, img_size=img_size)
