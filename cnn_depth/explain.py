@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import operator
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -27,15 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.hook import Hooks, hook_outputs
+from fastai.torch_core import TensorImage, one_param
+from fastai.vision.augment import Normalize
 from torch import nn
 
 from .checkpoint import load_run_model
 from .errors import CnnDepthError
+from .models import eval_mode
 
 PathLike = Union[str, os.PathLike]
 N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
 TOP_K = 3  # predictions shown on input.png
-ACTIVATION_COLUMNS = ["layer", "stage", "index", "mean", "std", "frac_zero", "shape"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -51,11 +52,6 @@ def conv_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return stages
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` as a float batch (N, C, H, W) on the model's device."""
     x = torch.as_tensor(x)
@@ -63,25 +59,14 @@ def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = x[None]
     if x.ndim != 4:
         raise CnnDepthError(f"expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    return x.float().to(_device(model))
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Run a model in eval mode (BN running stats, no dropout), then restore its previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+    return x.float().to(one_param(model).device)
 
 
 def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """The output of each conv stage for ``x`` (an image or a batch): ``[(stage name, (N, C, H, W)), ...]``."""
     stages = conv_stages(model)
     xb = _batch(model, x)
-    with _eval_mode(model), hook_outputs([m for _, m in stages]) as hooks, torch.no_grad():
+    with eval_mode(model), hook_outputs([m for _, m in stages]) as hooks, torch.no_grad():
         model(xb)
         return [(name, h.stored) for (name, _), h in zip(stages, hooks)]
 
@@ -94,12 +79,12 @@ def class_index(target, vocab: Optional[Sequence[str]], n_out: int) -> int:
             return list(vocab).index(target)
         try:
             target = int(target)
-        except ValueError:
-            raise CnnDepthError(f"unknown target class {target!r}; choose one of{names or f' 0-{n_out - 1}'}") from None
+        except ValueError as e:
+            raise CnnDepthError(f"unknown target class {target!r}; choose one of{names or f' 0-{n_out - 1}'}") from e
     try:
         i = operator.index(target)
-    except TypeError:
-        raise CnnDepthError(f"target must be a class name or index, got {target!r}") from None
+    except TypeError as e:
+        raise CnnDepthError(f"target must be a class name or index, got {target!r}") from e
     if not 0 <= i < n_out:
         raise CnnDepthError(f"target index {i} is out of range: the model has {n_out} classes (0-{n_out - 1}){names}")
     return i
@@ -129,7 +114,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
     name = stage or list(stages)[-1]
     if name not in stages:
         raise CnnDepthError(f"unknown stage {name!r}; choose one of: {', '.join(stages)}")
-    with _eval_mode(model), Hooks([stages[name]], lambda m, i, o: o, detach=False) as hooks, torch.enable_grad():
+    with eval_mode(model), Hooks([stages[name]], lambda m, i, o: o, detach=False) as hooks, torch.enable_grad():
         logits = model(xb.detach().requires_grad_(True))  # the input needs grad when the weights are frozen
         t = (int(logits[0].argmax()) if target is None
              else class_index(target, vocab if vocab is not None else getattr(model, "vocab", None), logits.shape[1]))
@@ -169,7 +154,7 @@ def activation_stats(model: nn.Module, xb: torch.Tensor) -> list[dict]:
         pixels) and ``shape`` ("CxHxW").
     """
     relus = relu_layers(model)
-    with _eval_mode(model), Hooks([m for _, _, m in relus], _relu_stats) as hooks, torch.no_grad():
+    with eval_mode(model), Hooks([m for _, _, m in relus], _relu_stats) as hooks, torch.no_grad():
         model(_batch(model, xb))
         stored = list(hooks.stored)
     return [dict(layer=name, stage=stage, index=i, **s)
@@ -204,56 +189,6 @@ def _show_image(ax, a: np.ndarray) -> None:
         ax.imshow(a)
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def plot_activations(activations, out_png: PathLike) -> Path:
-    """Plot ``activations.csv`` (a path or DataFrame): zero fraction and std by conv layer, a line per depth.
-
-    Seeds are averaged; archs get their own line style. Returns the PNG path.
-    """
-    import pandas as pd
-
-    df = activations if isinstance(activations, pd.DataFrame) else pd.read_csv(activations)
-    missing = [c for c in ("index", "frac_zero", "std") if c not in df.columns]
-    if missing or df.empty:
-        raise CnnDepthError(f"activations table {'is empty' if df.empty else 'lacks columns ' + ', '.join(missing)}; "
-                            f"expected the columns of a sweep's activations.csv (index, frac_zero, std, ...)")
-    df = df.assign(depth=df["depth"] if "depth" in df else 0, arch=df["arch"] if "arch" in df else "")
-    n_seeds = int(df.groupby(["arch", "depth"])["seed"].nunique().max()) if "seed" in df else 1
-    g = df.groupby(["arch", "depth", "index"], as_index=False)[["frac_zero", "std"]].mean()
-    depths = sorted(g["depth"].unique())
-    archs = sorted(g["arch"].unique())
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    styles = ["-", "--", ":", "-."]
-    fig = _figure(11, 4.2)
-    ax_z, ax_s = fig.subplots(1, 2)
-    for (arch, depth), d in g.groupby(["arch", "depth"]):
-        colour = cmap(depths.index(depth) / max(len(depths) - 1, 1) * 0.9)
-        kw = dict(color=colour, ls=styles[archs.index(arch) % len(styles)], marker="o", ms=3,
-                  label=f"{arch} d{depth}".strip())
-        ax_z.plot(d["index"], d["frac_zero"], **kw)
-        ax_s.plot(d["index"], d["std"], **kw)
-    ax_z.set(xlabel="conv layer (1 = first, input side)", ylabel="fraction of ReLU outputs = 0", ylim=(-0.02, 1.02),
-             title="dead units: fraction of zero activations")
-    ax_s.set(xlabel="conv layer (1 = first, input side)", ylabel="std of ReLU outputs",
-             title="activation scale: std")
-    s = g["std"][np.isfinite(g["std"])]
-    if len(s) and s.min() > 0 and s.max() / s.min() > 50:  # deep plain nets: scales vanish by orders of magnitude
-        ax_s.set_yscale("log")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (ax_z, ax_s):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_s.legend(fontsize=8, ncol=1 + len(g.groupby(["arch", "depth"])) // 12, loc="best")
-    fig.suptitle(f"Activations after training on a fixed validation batch"
-                 f"{f' (seeds averaged: up to {n_seeds} per depth)' if n_seeds > 1 else ''}")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return out_png
 
 
 def _plot_input(path: Path, a: np.ndarray, probs: torch.Tensor, vocab: list, title: str, label: Optional[str]):
@@ -326,7 +261,7 @@ def _read_image(path: PathLike, n_in: int, size: Sequence[int]) -> np.ndarray:
     try:
         return load_image(path, n_in, (int(size[0]), int(size[1])))
     except Exception as e:  # PIL raises several types for non-images and truncated files
-        raise CnnDepthError(f"cannot read {path} as an image ({type(e).__name__}); give a .png/.jpg file") from None
+        raise CnnDepthError(f"cannot read {path} as an image ({type(e).__name__}); give a .png/.jpg file") from e
 
 
 def valid_items(source: Optional[dict]) -> list[Path]:
@@ -343,18 +278,17 @@ def valid_items(source: Optional[dict]) -> list[Path]:
         folder = image_folder(src, source.get("max_per_class"), source.get("train_name"), source.get("valid_name"))
     except CnnDepthError as e:
         raise CnnDepthError(f"cannot rebuild the run's dataset to pick --index ({e}); pass --image PATH "
-                            f"instead") from None
+                            f"instead") from e
     return [f for f in folder.items if f.parent.parent.name == folder.valid_name]
 
 
 def normalise(a: np.ndarray, stats: Optional[dict]) -> torch.Tensor:
-    """A (h, w, c) uint8 image as a (c, h, w) float tensor on the 0-1 scale, normalised with saved stats."""
-    x = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float() / 255
+    """A (h, w, c) uint8 image as a (c, h, w) float tensor on the 0-1 scale, normalised with saved stats
+    by fastai's ``Normalize`` (as the DataLoaders did in training)."""
+    x = TensorImage(torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float().div_(255))[None]
     if stats:
-        mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None, None]
-        std = torch.tensor(stats["std"], dtype=torch.float32)[:, None, None]
-        x = (x - mean) / std
-    return x
+        x = Normalize.from_stats(stats["mean"], stats["std"], cuda=False)(x)
+    return x[0].as_subclass(torch.Tensor)
 
 
 def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,

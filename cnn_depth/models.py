@@ -15,14 +15,16 @@ size. The head is global average pooling and one linear layer: it never depends 
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
+from fastai.callback.hook import total_params
 from fastai.layers import ConvLayer, Flatten, NormType
 from torch import nn
 
-from .errors import CnnDepthError
+from .errors import CnnDepthError, check_int
 
 STEM_WIDTH = 16  # channels of the first conv
 STAGE_WIDTHS = (32, 64, 128)  # one per downsampling stage: halve the map, double the width
@@ -126,9 +128,9 @@ class TutorialCNN(nn.Sequential):
         try:
             with torch.no_grad():
                 n_flat = features(torch.zeros(1, n_in, h, w)).numel()
-        except RuntimeError:
+        except RuntimeError as e:
             raise CnnDepthError(f"preset {name} cannot take {h}×{w} images: its {len(widths)} conv+pool "
-                                f"stages need larger inputs; resize them (size=32) or pick another arch") from None
+                                f"stages need larger inputs; resize them (size=32) or pick another arch") from e
         fcs, nf_in = [], n_flat
         for nf in fc:
             fcs += [nn.Linear(nf_in, nf), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
@@ -200,22 +202,11 @@ def model_spec(arch: str) -> ModelSpec:
 
 
 def check_depth(depth, arch: str = "bn") -> int:
-    """Validate ``depth`` for ``arch`` and return it (a preset's own depth when ``depth`` is None)."""
+    """Validate ``depth`` (an int) for ``arch`` and return it (a preset's own depth when ``depth`` is None)."""
     spec = model_spec(arch)
     if depth is None and spec.depth is not None:
         return spec.depth
-    if isinstance(depth, bool) or not isinstance(depth, int):
-        try:
-            ok = float(depth).is_integer()
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise CnnDepthError(f"depth must be a whole number ≥ 1, got {depth!r}")
-        depth = int(float(depth))
-    if depth < 1:
-        raise CnnDepthError(f"depth must be ≥ 1 (the number of conv layers), got {depth}")
-    if depth > MAX_DEPTH:
-        raise CnnDepthError(f"depth {depth} is over the limit of {MAX_DEPTH} conv layers; pick a smaller depth")
+    depth = check_int(depth, "depth", 1, MAX_DEPTH, hint=" (the number of conv layers)")
     if spec.depth is not None and depth != spec.depth:
         raise CnnDepthError(f"preset {arch} has a fixed depth of {spec.depth}; use depth {spec.depth} "
                             f"or a family arch (plain, bn, residual) for depth {depth}")
@@ -237,20 +228,33 @@ def depth_cnn(depth: Optional[int] = None, n_in: int = 3, n_out: int = 10, arch:
         the model, with ``model.config`` holding the constructor arguments (for checkpoints).
     """
     depth = check_depth(depth, arch)
-    if n_in < 1 or n_out < 1:
-        raise CnnDepthError(f"n_in and n_out must be ≥ 1, got n_in={n_in}, n_out={n_out}")
+    n_in, n_out = check_int(n_in, "n_in"), check_int(n_out, "n_out")
     model = model_spec(arch).build(depth, n_in, n_out, img_size)
     model.config = dict(arch=arch, depth=depth, n_in=n_in, n_out=n_out, img_size=list(_pair(img_size)))
     return model
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (fastai's ``total_params``: trainable or not, so freezing does not change it)."""
+    return total_params(model)[0]
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run a model in eval mode (BN running stats, no dropout), then restore its previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[dict]:
-    """One row per leaf layer: name, type, output shape (batch 1) and parameters, from a real forward pass."""
+    """One row per leaf layer: name, type, output shape (batch 1) and parameters, from a real forward pass.
+
+    (fastai's ``layer_info`` does this for a ``Learner``; this works on a bare model, with no data.)
+    """
     rows, hooks = [], []
     for name, mod in model.named_modules():
         if name and not list(mod.children()):
@@ -258,13 +262,10 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[dict]:
                 rows.append(dict(layer=name, type=type(m).__name__, output_shape=tuple(out.shape),
                                  params=sum(p.numel() for p in m.parameters(recurse=False))))
             hooks.append(mod.register_forward_hook(_hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return rows

@@ -10,10 +10,10 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 from .errors import CnnDepthError
-from .explain import plot_activations
 
 GROUP = ["dataset", "arch", "epochs"]  # one line per group in plots; a summary row per group and depth
 KEYS = GROUP + ["depth"]
@@ -35,7 +35,7 @@ def load_results(path: PathLike) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise CnnDepthError(f"cannot read {path} as CSV ({type(e).__name__}); give the results.csv of a "
-                            f"sweep") from None
+                            f"sweep") from e
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise CnnDepthError(f"{path} is not a sweep's results.csv (no column {', '.join(missing)}); give the "
@@ -158,6 +158,54 @@ def plot_curves(history: pd.DataFrame, results: pd.DataFrame, path: PathLike) ->
     return path
 
 
+def plot_activations(activations, out_png: PathLike) -> Path:
+    """Plot ``activations.csv`` (a path or DataFrame): zero fraction and std by conv layer, a line per depth.
+
+    Seeds are averaged; archs get their own line style. Returns the PNG path.
+    """
+    df = activations if isinstance(activations, pd.DataFrame) else pd.read_csv(activations)
+    missing = [c for c in ("index", "frac_zero", "std") if c not in df.columns]
+    if missing or df.empty:
+        raise CnnDepthError(f"activations table {'is empty' if df.empty else 'lacks columns ' + ', '.join(missing)}; "
+                            f"expected the columns of a sweep's activations.csv (index, frac_zero, std, ...)")
+    df = df.assign(depth=df["depth"] if "depth" in df else 0, arch=df["arch"] if "arch" in df else "")
+    n_seeds = int(df.groupby(["arch", "depth"])["seed"].nunique().max()) if "seed" in df else 1
+    g = df.groupby(["arch", "depth", "index"], as_index=False)[["frac_zero", "std"]].mean()
+    depths = sorted(g["depth"].unique())
+    archs = sorted(g["arch"].unique())
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    cmap = colormaps["viridis"]
+    styles = ["-", "--", ":", "-."]
+    fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
+    ax_z, ax_s = fig.subplots(1, 2)
+    for (arch, depth), d in g.groupby(["arch", "depth"]):
+        colour = cmap(depths.index(depth) / max(len(depths) - 1, 1) * 0.9)
+        kw = dict(color=colour, ls=styles[archs.index(arch) % len(styles)], marker="o", ms=3,
+                  label=f"{arch} d{depth}".strip())
+        ax_z.plot(d["index"], d["frac_zero"], **kw)
+        ax_s.plot(d["index"], d["std"], **kw)
+    ax_z.set(xlabel="conv layer (1 = first, input side)", ylabel="fraction of ReLU outputs = 0", ylim=(-0.02, 1.02),
+             title="dead units: fraction of zero activations")
+    ax_s.set(xlabel="conv layer (1 = first, input side)", ylabel="std of ReLU outputs",
+             title="activation scale: std")
+    s = g["std"][np.isfinite(g["std"])]
+    if len(s) and s.min() > 0 and s.max() / s.min() > 50:  # deep plain nets: scales vanish by orders of magnitude
+        ax_s.set_yscale("log")
+    for ax in (ax_z, ax_s):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_s.legend(fontsize=8, ncol=1 + len(g.groupby(["arch", "depth"])) // 12, loc="best")
+    fig.suptitle(f"Activations after training on a fixed validation batch"
+                 f"{f' (seeds averaged: up to {n_seeds} per depth)' if n_seeds > 1 else ''}")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    return out_png
+
+
 def write_reports(out: PathLike) -> pd.DataFrame:
     """From ``<out>/results.csv``, ``history.csv`` and ``activations.csv``: ``summary.csv``,
     ``accuracy_vs_depth.png``, ``curves.png`` and ``activations.png``. Returns the summary."""
@@ -220,7 +268,7 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None) -> pd.Data
         summary.to_csv(out / "summary.csv", index=False)
     except OSError as e:
         raise CnnDepthError(f"cannot write to {out} ({e.strerror or e}); pick a folder you can write to with "
-                            f"--out") from None
+                            f"--out") from e
     plot_accuracy_vs_depth(summary, out / "comparison.png", title="accuracy vs depth, compared")
     folders = [Path(p).expanduser() if Path(p).expanduser().is_dir() else Path(p).expanduser().parent for p in paths]
     activations = _read_activations([f / "activations.csv" for f in folders])
