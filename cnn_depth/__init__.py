@@ -9,24 +9,43 @@ The public API, shared by the CLI and notebooks::
 
     from cnn_depth import run_sweep
     df = run_sweep(depths=[2, 3, 4], seeds=[0], epochs=1, max_per_class=50, out="runs/x")   # one row per run
-"""
-__version__ = "0.1.0"
 
+Names are imported on first use (PEP 562), so ``import cnn_depth`` and the CLI's start are quick and a
+Ctrl-C during start-up is a one-line message, not an interrupted import of torch.
+"""
+from __future__ import annotations
+
+import importlib
 import warnings as _warnings
+
+__version__ = "0.1.0"
 
 # fastai's import triggers torch's own deprecation notice for torch.jit.script; it is not ours to act on.
 _warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-from .checkpoint import load_run_model, save_run_model
-from .config import SweepConfig
-from .data import dataloaders, image_folder, list_datasets
-from .errors import CnnDepthError
-from .explain import activation_stats, feature_maps, grad_cam
-from .learner import depth_learner
-from .models import count_params, depth_cnn, layer_table, list_models
-from .reports import report, summarize
-from .sweep import run_sweep
+# public name -> the module that holds it
+_API = {
+    "CnnDepthError": "errors",
+    "SweepConfig": "config",
+    "DataInfo": "loaders", "dataloaders": "loaders",
+    "image_folder": "data", "list_datasets": "data",
+    "activation_stats": "explain", "feature_maps": "explain", "grad_cam": "explain",
+    "depth_learner": "learner",
+    "count_params": "models", "depth_cnn": "models", "layer_table": "models", "list_models": "models",
+    "load_run_model": "checkpoint", "save_run_model": "checkpoint",
+    "plot_activations": "reports", "report": "reports", "summarize": "reports",
+    "run_sweep": "sweep",
+}
+__all__ = sorted(_API)
 
-__all__ = ["CnnDepthError", "SweepConfig", "activation_stats", "count_params", "dataloaders", "depth_cnn",
-           "depth_learner", "feature_maps", "grad_cam", "image_folder", "layer_table", "list_datasets", "list_models",
-           "load_run_model", "report", "run_sweep", "save_run_model", "summarize"]
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value  # next time, a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,83 +1,76 @@
 """The ``cnn-depth`` command line: a thin typer layer over the library functions notebooks call too.
 
-Every command parses its options, calls one library function and prints. A :class:`CnnDepthError` (bad
-input a user can fix) becomes one line on stderr and exit code 2, never a traceback.
+Every command parses its options, calls one library function and prints. Errors a user can cause (a
+:class:`CnnDepthError` from the library, or a usage error from typer) become one line on stderr and exit code
+2, never a traceback: :class:`OneLineErrors` is the one place that does it. The sweep's options take their
+defaults and help from :class:`~cnn_depth.config.SweepConfig`, and ``--config`` is merged with the flags given
+by ``SweepConfig.from_toml``.
 """
 from __future__ import annotations
 
-import functools
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .config import config_field, config_keys, default, shown_default
 from .errors import CnnDepthError
-
-# The click exception classes typer parses with (typer 0.29 vendors its own click as typer._click, a private
-# module): reached through the public typer.BadParameter, whose bases they are.
-_CLICK = {c.__name__: c for c in typer.BadParameter.__mro__}
-UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
+from .models import check_depth, list_models
 
 
 class OneLineErrors(TyperGroup):
-    """Usage errors (``--depth x``, an unknown option) as one line and exit code 2, like a CnnDepthError,
-    instead of typer's boxed usage text."""
+    """Usage errors (``--depth x``, an unknown option) and :class:`CnnDepthError` as one line on stderr and
+    exit code 2, instead of typer's boxed usage text or a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except ClickException as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # `cnn-depth` alone: the help (rich already printed it)
-                if e.format_message().strip():
-                    e.show()
-                sys.exit(e.exit_code)
-            message = " ".join(e.format_message().split())
+        except typer.TyperException as e:  # click's usage errors (typer vendors click; this is its public base)
+            if type(e).__name__ == "NoArgsIsHelpError":  # `cnn-depth` alone: the help, already printed
+                sys.exit(0)
             ctx = getattr(e, "ctx", None)
-            hint = f" (see: {ctx.command_path} --help)" if isinstance(e, UsageError) and ctx else ""
-            typer.echo(f"error: {message}{hint}", err=True)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None and hasattr(e, "cmd") else ""
+            echo_error(" ".join(e.format_message().split()) + hint)
             sys.exit(e.exit_code)
+        except CnnDepthError as e:
+            echo_error(str(e))
+            sys.exit(2)
         except typer.Abort:
-            typer.echo("aborted", err=True)
+            echo_error("aborted")
             sys.exit(1)
-        # Without standalone mode click returns typer.Exit's code instead of exiting with it.
+        # typer turns a KeyboardInterrupt inside a command into exit code 130; say so unless a command did
+        if rv == 130 and not _said_interrupted:
+            echo_error("interrupted; nothing was changed", code=130)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
 app = typer.Typer(help="How does a CNN's depth change what it learns, and what does it cost?", cls=OneLineErrors,
                   add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+_said_interrupted = False
+
+
+def echo_error(message: str, code: int = 2) -> None:
+    """Print ``error: message`` as one line on stderr (on a line of its own after a progress bar)."""
+    global _said_interrupted
+    if code == 130:
+        _said_interrupted = True
+        if sys.stdout.isatty():  # a progress bar may have left the cursor mid-line
+            typer.echo("")
+    typer.echo(f"error: {message}", err=True)
 
 
 def fail(message: str, code: int = 2):
-    """Print one line naming the fix and exit."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one line naming the fix and exit with ``code``."""
+    echo_error(message, code)
     raise typer.Exit(code)
 
 
-def command(*args, **kw):
-    """``app.command`` that turns a CnnDepthError into one line and exit code 2."""
-    def deco(f):
-        @functools.wraps(f)
-        def wrapper(*a, **k):
-            try:
-                return f(*a, **k)
-            except CnnDepthError as e:
-                fail(str(e))
-        return app.command(*args, **kw)(wrapper)
-    return deco
-
-
-def _model_help() -> str:
-    from .models import list_models
-    return ", ".join(list_models())
-
-
-@command("models")
+@app.command("models")
 def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the family models' parameters."),
                n_in: int = typer.Option(3, help="Input channels (3 RGB, 1 grayscale)."),
                img_size: int = typer.Option(32, help="Image size in px (the presets' flatten size depends on it)."),
@@ -86,7 +79,7 @@ def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the fa
 
     Example: cnn-depth models --depth 20
     """
-    from .models import check_depth, count_params, depth_cnn, list_models, model_spec
+    from .models import count_params, depth_cnn, model_spec
 
     check_depth(depth)
     typer.echo(f"{'arch':<13} {'depth':>5} {'params':>10}  description")
@@ -97,7 +90,7 @@ def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the fa
         typer.echo(f"{name:<13} {d:>5} {n:>10,}  {spec.description}" + ("" if spec.depth else " (any depth)"))
 
 
-@command("datasets")
+@app.command("datasets")
 def datasets_cmd():
     """List the registered datasets (any folder or .tgz/.zip path works with --data too)."""
     from .data import dataset_spec, list_datasets
@@ -108,9 +101,9 @@ def datasets_cmd():
     typer.echo("PATH            a folder or .tgz/.tar.gz/.zip laid out <root>/<train>/<class>/*, <root>/<valid>/<class>/*")
 
 
-@command("summary")
+@app.command("summary")
 def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv layers (a preset's own when omitted)."),
-                arch: str = typer.Option("bn", help=f"Model: {_model_help()}."),
+                arch: str = typer.Option("bn", help=f"Model: {', '.join(list_models())}."),
                 n_in: int = typer.Option(3, help="Input channels (3 RGB, 1 grayscale)."),
                 img_size: int = typer.Option(32, help="Image size in px."),
                 n_out: int = typer.Option(10, help="Number of classes.")):
@@ -118,10 +111,11 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
 
     Example: cnn-depth summary --depth 7 --arch residual
     """
-    from .models import count_params, depth_cnn, layer_table
+    from .models import count_params, depth_cnn, layer_table, model_spec
 
-    if depth is None and arch in ("plain", "bn", "residual"):
-        fail("--depth is required for the family archs (plain, bn, residual), e.g. --depth 4")
+    if depth is None and model_spec(arch).depth is None:
+        fail(f"--depth is required for the family archs ({', '.join(n for n in list_models() if model_spec(n).depth is None)})"
+             f", e.g. --depth 4")
     model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size)
     typer.echo(f"{arch} depth={model.config['depth']} input=({n_in}, {img_size}, {img_size})")
     typer.echo(f"{'layer':<28} {'type':<18} {'output shape':<20} {'params':>9}")
@@ -130,15 +124,19 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
     typer.echo(f"total params: {count_params(model):,}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# cnn-depth sweep
+
+
 LIST_OPTIONS = ("--depths", "--seeds")
 
 
 def gather_list_values(args: list[str], names=LIST_OPTIONS) -> list[str]:
     """``--depths 2 3 4`` -> ``--depths 2,3,4``: the values after a list option, up to the next option.
 
-    click gives an option one value; joining them first lets the shell form work exactly as typed, next to
-    ``--depths 2,3,4`` and ``--depths 2-8``. A negative number counts as a value (so ``--depths -1`` is
-    reported as a bad depth, not as an unknown option).
+    click gives an option one value (it has no public hook for an option with several), so the shell form is
+    joined before parsing; it then works exactly as typed, next to ``--depths 2,3,4`` and ``--depths 2-8``. A
+    negative number counts as a value (so ``--depths -1`` is reported as a bad depth, not an unknown option).
     """
     out, i = [], 0
     while i < len(args):
@@ -166,35 +164,41 @@ class ListOptionsCommand(TyperCommand):
         return super().parse_args(ctx, gather_list_values(list(args)))
 
 
-@command("sweep", cls=ListOptionsCommand)
+def option(name: str, *decls: str, typed: bool = True, **kw):
+    """A ``sweep`` option for the SweepConfig field ``name``: its help and default come from the config.
+
+    ``typed=False`` for the options parsed from a string at this boundary (depths, seeds, lr): their default
+    is shown from the config but given as None.
+    """
+    value = default(name)
+    flag = isinstance(value, bool)
+    if flag and not decls:
+        decls = (f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",)
+    return typer.Option(value if typed else None, *decls, help=config_field(name).metadata["help"],
+                        show_default=shown_default(name), metavar="" if flag else None, **kw)
+
+
+@app.command("sweep", cls=ListOptionsCommand)
 def sweep_cmd(
-    depths: Optional[str] = typer.Option(None, "--depths", help="Depths to train: 2 3 4, 2,3,4 or 2-8 "
-                                         "(default 2 3 4; a preset's own depth)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, one run each per depth (default 0): 0 1 2 or 0-2."),
-    epochs: Optional[int] = typer.Option(None, help="fit_one_cycle epochs per run (default 5)."),
-    lr: Optional[str] = typer.Option(None, help="Peak learning rate (default 3e-3), or 'find': lr_find's valley "
-                                     "per depth."),
-    bs: Optional[int] = typer.Option(None, help="Batch size (default 64)."),
-    arch: Optional[str] = typer.Option(None, help=f"Model (default bn): {_model_help()}."),
-    dataset: Optional[str] = typer.Option(None, help="A registered dataset (default cifar10-sample); see "
-                                          "cnn-depth datasets."),
-    data: Optional[str] = typer.Option(None, help="Or a folder / .tgz / .zip laid out <train>/<class>/*, "
-                                       "<valid>/<class>/*."),
-    max_per_class: Optional[int] = typer.Option(None, help="Keep the first N images per class and split."),
-    out: Optional[str] = typer.Option(None, help="Folder for the reports (default runs/<dataset>-<arch>-d<depths>-"
-                                      "s<seeds>-e<epochs>[...]); rerun with it to resume."),
-    device: Optional[str] = typer.Option(None, help="auto (CUDA when available), cpu or cuda; bf16 mixed "
-                                         "precision on CUDA."),
-    config: Optional[Path] = typer.Option(None, help="A TOML file of these options (keys as in SweepConfig: "
-                                          "depths, seeds, epochs, lr, bs, arch, dataset, max_per_class, out, "
-                                          "device, quiet, save_models, pipeline, augment); flags override it."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-run lines; just the summary."),
-    pipeline: Optional[str] = typer.Option(None, help="Data pipeline (default fast): fast (images decoded once, "
-                                           "batches from memory) or pil (fastai's per-item PIL decode)."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flip + pad-4-and-crop of "
-                                           "training batches (default off)."),
-    save_models: bool = typer.Option(False, "--save-models", help="Keep each trained model in OUT/models/ "
-                                     "(for cnn-depth explain)."),
+    ctx: typer.Context,
+    depths: Optional[str] = option("depths", typed=False),
+    seeds: Optional[str] = option("seeds", typed=False),
+    epochs: int = option("epochs"),
+    lr: Optional[str] = option("lr", typed=False),
+    bs: int = option("bs"),
+    arch: str = option("arch"),
+    dataset: str = option("dataset"),
+    data: Optional[str] = typer.Option(None, help="A folder or .tgz/.tar.gz/.zip laid out <train>/<class>/*, "
+                                                  "<valid>/<class>/* (instead of --dataset)."),
+    max_per_class: Optional[int] = option("max_per_class"),
+    pipeline: str = option("pipeline"),
+    augment: bool = option("augment"),
+    out: Optional[str] = option("out"),
+    device: str = option("device"),
+    quiet: bool = option("quiet"),
+    save_models: bool = option("save_models"),
+    config: Optional[Path] = typer.Option(None, help=f"A TOML file of these options, keys as in SweepConfig: "
+                                                     f"{', '.join(config_keys())}; flags given override it."),
 ):
     """Train one model per depth and seed; write results.csv, history.csv, summary.csv, sweep.json, plots.
 
@@ -206,22 +210,22 @@ def sweep_cmd(
     Exit code: 0 when every run is ok, 1 when one diverged or failed, 2 for bad options, 130 when interrupted
     (rerun the same command to resume).
     """
-    from .config import SweepConfig, read_toml
+    from .config import SweepConfig
     from .reports import format_summary
-    from .sweep import SweepInterrupted, run_sweep
+    from .sweep import run_sweep
 
-    if dataset is not None and data is not None:
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    if "dataset" in given and "data" in given:
         fail("give --dataset NAME or --data PATH, not both")
-    flags = dict(depths=depths, seeds=seeds, epochs=epochs, lr=lr, bs=bs, arch=arch,
-                 dataset=data if data is not None else dataset, max_per_class=max_per_class, out=out,
-                 device=device, quiet=quiet or None, save_models=save_models or None, pipeline=pipeline,
-                 augment=augment)
-    options = {**(read_toml(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
-    cfg = SweepConfig(**options)
+    if "data" in given:
+        given["dataset"] = given.pop("data")
+    given.pop("config", None)
     try:
+        cfg = SweepConfig.from_toml(config, **given)
         results = run_sweep(cfg, log=typer.echo)
-    except SweepInterrupted as e:
-        fail(str(e), code=130)
+    except KeyboardInterrupt as e:  # SweepInterrupted says what was kept; before the first run nothing was
+        fail(str(e) if str(e) else "interrupted before any run started; nothing was written", code=130)
     typer.echo(format_summary(results.attrs["summary"]))
     bad = results[results["status"] != "ok"]
     typer.echo(f"reports: {results.attrs['out']}/ (results.csv, history.csv, summary.csv, sweep.json, "
@@ -232,7 +236,7 @@ def sweep_cmd(
              f"results.csv; rerun the same command to retry them", code=1)
 
 
-@command("report")
+@app.command("report")
 def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files (or sweep folders)."),
                out: Optional[Path] = typer.Option(None, help="Folder for summary.csv and comparison.png "
                                                   "(default runs/report).")):
@@ -248,7 +252,7 @@ def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files
     typer.echo(f"reports: {summary.attrs['out']}/ (summary.csv, comparison.png)")
 
 
-@command("explain")
+@app.command("explain")
 def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote with --save-models (it holds models/*.pt)."),
                 depth: Optional[int] = typer.Option(None, help="Depth of the model to explain (may be left out when "
                                                                "the run holds one depth)."),
@@ -272,19 +276,3 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote w
                         log=lambda s: typer.echo(s, err=True))
     for p in paths:
         typer.echo(str(p))
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=file or sys.stderr)
-
-
-def main():
-    """Console-script entry point."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.showwarning = _one_line_warning
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -2,78 +2,86 @@
 
 ``asdict(SweepConfig)`` goes into every ``sweep.json`` next to the results, together with the environment
 (versions, device, git commit), so every number in the reports can be traced to how it was made.
+
+This module is also the one source of truth for the sweep's options: each field's default and help text
+are read by the CLI (``cnn-depth sweep --help``) and by the TOML reader, and a test checks the options table
+in ``docs/cli.md`` against them. Strings from a command line or a TOML file are turned into typed values
+once, by :func:`coerce_options`; ``SweepConfig`` itself takes typed values only.
 """
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
-from .data import ARCHIVE_SUFFIXES, DEFAULT_SOURCE, PIPELINES, list_datasets
-from .errors import CnnDepthError
-from .models import check_depth, model_spec
+from .data import ARCHIVE_SUFFIXES, DEFAULT_SOURCE, PIPELINES, list_datasets, resolve_source
+from .errors import CnnDepthError, check_int
+from .models import MAX_DEPTH, check_depth, model_spec
 
-DEFAULT_DEPTHS = [2, 3, 4]  # the README's main job; a preset arch defaults to its own depth
-DEFAULT_EPOCHS = 5  # ≈ 40 s per depth (2-4) on 2 busy CPU cores over the embedded sample (5,000 train images)
-# Peak lr of fit_one_cycle. Safe for the plain nets too; on the sample, bn depths 3 and 4 gained 2-3 points of
-# accuracy with 1e-2 (one seed, within noise of ±1.6 points on 1,000 images): try --lr find or --lr 1e-2.
-DEFAULT_LR = 3e-3
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1  # numpy's seed range, which fastai's set_seed feeds
+MAX_RUNS = 10_000  # depths × seeds: a guard against typos such as --seeds 0-30000000
 
-# The fields that decide what a run's numbers are. A sweep folder holds runs of one setting of these;
-# resuming into a folder made with other values is refused. depths and seeds only pick which runs exist
-# (a sweep may be extended with more of them); device is recorded per row; out and quiet change nothing.
-RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment")
+
+def _field(default, help: str, shown: Optional[str] = None, factory=None) -> Field:
+    """A config field with its help text (for ``--help`` and the docs) and how its default is shown."""
+    meta = dict(help=help, shown=shown)
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
 @dataclass
 class SweepConfig:
     """A depth sweep: one run per (depth, seed). Build it with keywords or from a TOML file (``from_toml``)."""
 
-    depths: Optional[list[int]] = None  # conv layers per model; None: [2, 3, 4] (a preset: its own depth)
-    seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed and depth; set_seed(seed)
-    epochs: int = DEFAULT_EPOCHS  # fit_one_cycle epochs per run
-    lr: Union[float, str] = DEFAULT_LR  # peak learning rate, or "find": lr_find's valley, once per depth
-    bs: int = 64  # batch size
-    arch: str = "bn"  # a name from list_models(): plain, bn, residual or a tutorial preset
-    dataset: str = DEFAULT_SOURCE  # a name from list_datasets(), or the path of a folder or archive
-    max_per_class: Optional[int] = None  # keep the first N images per class and split (None: all)
-    pipeline: str = "fast"  # fast: images decoded once, batches from memory; pil: fastai's per-item PIL decode
-    augment: bool = False  # random flip + pad-4-and-crop of training batches
-    out: Optional[str] = None  # where the reports go; None: runs/<default_out_name()>
-    device: str = "auto"  # auto (CUDA when available, else CPU), cpu or cuda; bf16 mixed precision on CUDA
-    quiet: bool = False  # no progress bars and no per-run lines
-    save_models: bool = False  # keep each trained model in <out>/models/{run_id}.pt (state dict + plain data)
+    depths: Optional[list[int]] = _field(
+        None, "Depths to train (conv layers per model): 2 3 4, 2,3,4 or 2-8.", shown="2 3 4; a preset: its own depth")
+    seeds: list[int] = _field(None, "Seeds, one run each per depth: 0 1 2 or 0-2.", shown="0", factory=lambda: [0])
+    epochs: int = _field(5, "fit_one_cycle epochs per run.")  # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
+    # Peak lr of fit_one_cycle: safe for the plain nets too; on the sample, bn depths 3 and 4 gained 2-3 points
+    # of accuracy with 1e-2 (one seed, within noise of ±1.6 points on 1,000 images).
+    lr: Union[float, str] = _field(3e-3, "Peak learning rate, or 'find': lr_find's valley, once per depth.")
+    bs: int = _field(64, "Batch size.")
+    arch: str = _field("bn", "Model: a name from cnn-depth models (plain, bn, residual or a preset).")
+    dataset: str = _field(DEFAULT_SOURCE, "A registered dataset (cnn-depth datasets), or the path of a folder or "
+                                          "archive (--data).")
+    max_per_class: Optional[int] = _field(None, "Keep the first N images per class and split.", shown="all")
+    pipeline: str = _field("fast", "Data pipeline: fast (images decoded once, batches from memory) or pil "
+                                   "(fastai's per-item PIL decode).")
+    augment: bool = _field(False, "Random flip + pad-4-and-crop of training batches.")
+    out: Optional[str] = _field(None, "Folder for the reports; rerun with it to resume.",
+                                shown="runs/<dataset>-<arch>-d<depths>-s<seeds>-e<epochs>[...]")
+    device: str = _field("auto", "auto (CUDA when available), cpu or cuda; bf16 mixed precision on CUDA.")
+    quiet: bool = _field(False, "No progress bars or per-run lines; just the summary.")
+    save_models: bool = _field(False, "Keep each trained model in OUT/models/ (for cnn-depth explain).")
 
     def __post_init__(self):
-        self.arch = str(self.arch)
-        model_spec(self.arch)  # raises: unknown arch, lists the known ones
-        spec_depth = model_spec(self.arch).depth
-        if self.depths is None or (isinstance(self.depths, (list, tuple)) and not self.depths):
-            self.depths = [spec_depth] if spec_depth else list(DEFAULT_DEPTHS)
-        self.depths = [check_depth(d, self.arch) for d in parse_int_list(self.depths, "depths")]
-        self.seeds = parse_int_list(self.seeds, "seeds")
-        if any(s < 0 for s in self.seeds):
-            raise CnnDepthError(f"seeds must be whole numbers ≥ 0, got {self.seeds}")
-        self.epochs = _whole(self.epochs, "epochs")
-        self.bs = _whole(self.bs, "bs")
+        self.arch = _typed(self.arch, str, "arch")
+        spec_depth = model_spec(self.arch).depth  # raises: unknown arch, lists the known ones
+        if self.depths is None:
+            self.depths = [spec_depth] if spec_depth else [2, 3, 4]
+        self.depths = [check_depth(d, self.arch) for d in _int_list(self.depths, "depths")]
+        self.seeds = [check_int(s, "seeds", 0, MAX_SEED) for s in _int_list(self.seeds, "seeds")]
+        if len(self.depths) * len(self.seeds) > MAX_RUNS:
+            raise CnnDepthError(f"{len(self.depths)} depths × {len(self.seeds)} seeds is over {MAX_RUNS:,} runs; "
+                                f"give fewer depths or seeds")
+        self.epochs = check_int(self.epochs, "epochs")
+        self.bs = check_int(self.bs, "bs")
         if self.max_per_class is not None:
-            self.max_per_class = _whole(self.max_per_class, "max_per_class")
-        self.lr = parse_lr(self.lr)
-        self.dataset = resolve_dataset(self.dataset)
-        if self.device not in DEVICES:
-            raise CnnDepthError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            self.max_per_class = check_int(self.max_per_class, "max_per_class")
+        self.lr = self.lr if self.lr == "find" else _positive(self.lr, "lr")
+        self.dataset = str(resolve_source(_typed(self.dataset, (str, os.PathLike), "dataset")))
+        for name, choices in (("device", DEVICES), ("pipeline", PIPELINES)):
+            if getattr(self, name) not in choices:
+                raise CnnDepthError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.out is not None:
-            self.out = str(self.out)
-        self.quiet = bool(self.quiet)
-        if self.pipeline not in PIPELINES:
-            raise CnnDepthError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
-        self.augment = bool(self.augment)
-        self.save_models = bool(self.save_models)
+            self.out = str(_typed(self.out, (str, os.PathLike), "out"))
+        for name in ("augment", "quiet", "save_models"):
+            _typed(getattr(self, name), bool, name)
 
     @property
     def dataset_label(self) -> str:
@@ -87,13 +95,13 @@ class SweepConfig:
         so two commands that differ in a result-defining option never share a folder by default.
         """
         name = f"{self.dataset_label}-{self.arch}-d{compact_ints(self.depths)}-s{compact_ints(self.seeds)}-e{self.epochs}"
-        if self.lr != DEFAULT_LR:
+        if self.lr != default("lr"):
             name += f"-lr{self.lr:g}" if isinstance(self.lr, float) else f"-lr{self.lr}"
-        if self.bs != 64:
+        if self.bs != default("bs"):
             name += f"-bs{self.bs}"
         if self.max_per_class is not None:
             name += f"-m{self.max_per_class}"
-        if self.pipeline != "fast":
+        if self.pipeline != default("pipeline"):
             name += f"-{self.pipeline}"
         if self.augment:
             name += "-aug"
@@ -107,26 +115,64 @@ class SweepConfig:
         return asdict(self)
 
     @classmethod
-    def from_toml(cls, path: Union[str, os.PathLike], **overrides) -> "SweepConfig":
-        """Read a TOML file of SweepConfig fields (``max-per-class`` or ``max_per_class``); ``overrides`` win."""
-        return cls(**{**read_toml(path), **{k: v for k, v in overrides.items() if v is not None}})
+    def from_toml(cls, path: Optional[Union[str, os.PathLike]] = None, **overrides) -> "SweepConfig":
+        """The fields in a TOML file (``max-per-class`` or ``max_per_class``), overridden by ``overrides``
+        (None values are left out), each turned into its type by :func:`coerce_options`.
+
+        This is how the CLI merges ``--config`` with the flags given on the command line; ``path`` may be None.
+        """
+        options = coerce_options(read_toml(path), f"in {path}") if path is not None else {}
+        options.update(coerce_options({k: v for k, v in overrides.items() if v is not None}))
+        return cls(**options)
+
+
+# The fields that decide what a run's numbers are. A sweep folder holds runs of one setting of these;
+# resuming into a folder made with other values is refused. depths and seeds only pick which runs exist
+# (a sweep may be extended with more of them); device is recorded per row; out and quiet change nothing.
+RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment")
 
 
 def config_keys() -> list[str]:
+    """The names of SweepConfig's fields: the TOML keys and (with ``-`` for ``_``) the CLI options."""
     return [f.name for f in fields(SweepConfig)]
 
 
+def config_field(name: str) -> Field:
+    return next(f for f in fields(SweepConfig) if f.name == name)
+
+
+def default(name: str) -> Any:
+    """The default value of a SweepConfig field."""
+    f = config_field(name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def shown_default(name: str) -> str:
+    """A field's default as ``--help`` and the docs show it (``3e-3``, ``off``, ``2 3 4 (a preset: its own)``)."""
+    f = config_field(name)
+    if f.metadata.get("shown"):
+        return f.metadata["shown"]
+    value = default(name)
+    return "off" if value is False else "on" if value is True else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The boundary: command-line strings and TOML values into typed fields
+
+
 def read_toml(path: Union[str, os.PathLike]) -> dict:
-    """The SweepConfig fields in a TOML file; unknown keys are a one-line error listing the valid ones."""
+    """The SweepConfig fields in a TOML file as written; unknown keys are a one-line error listing the valid
+    ones."""
     path = Path(path).expanduser()
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise CnnDepthError(f"no such config file: {path}; check the path given to --config") from None
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CnnDepthError(f"no such config file: {path}; check the path given to --config") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise CnnDepthError(f"cannot read config file {path} ({e}); check the path given to --config") from None
+        raise CnnDepthError(f"cannot read config file {path} ({type(e).__name__}: {e}); check the path given to "
+                            f"--config") from e
     except tomllib.TOMLDecodeError as e:
-        raise CnnDepthError(f"{path} is not valid TOML ({e}); fix the file, e.g. depths = [2, 3, 4]") from None
+        raise CnnDepthError(f"{path} is not valid TOML ({e}); fix the file, e.g. depths = [2, 3, 4]") from e
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(config_keys()))
     if unknown:
@@ -134,35 +180,68 @@ def read_toml(path: Union[str, os.PathLike]) -> dict:
     return data
 
 
-def _whole(value, name: str) -> int:
-    """A whole number ≥ 1 (ints and integral floats or strings), else a one-line error."""
-    try:
-        ok = not isinstance(value, bool) and float(value) == int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok or int(float(value)) < 1:
-        raise CnnDepthError(f"{name} must be a whole number ≥ 1, got {value!r}")
-    return int(float(value))
+def coerce_options(options: dict, where: str = "") -> dict:
+    """Options from a command line or a TOML file as SweepConfig's types, strictly; one-line errors.
+
+    ``depths`` and ``seeds`` take a list of whole numbers or a string (``"2 3 4"``, ``"2,3,4"``, ``"2-8"``);
+    ``lr`` a number or ``"find"`` (or a string holding a number, from the command line); booleans must be
+    booleans (``augment = "false"`` is refused, not taken as true); numbers must be whole where the field is.
+    ``where`` names the source in messages (``"in sweep.toml"``; empty for the command line).
+    """
+    out = {}
+    for name, value in options.items():
+        if name in ("depths", "seeds"):
+            out[name] = parse_int_list(value, name, where)
+        elif name == "lr":
+            out[name] = parse_lr(value, where)
+        elif name in ("epochs", "bs", "max_per_class"):
+            out[name] = _typed(value, int, name, where)
+        elif name in ("augment", "quiet", "save_models"):
+            out[name] = _typed(value, bool, name, where)
+        else:
+            out[name] = _typed(value, str, name, where)
+    return out
+
+
+_TYPE_NAMES = {int: "a whole number", bool: "true or false", str: "a string", float: "a number"}
+
+
+def _typed(value, types, name: str, where: str = ""):
+    """``value`` if it is of ``types`` (a bool is not an int), else a one-line error naming the type wanted."""
+    types = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return value
+    wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types if t in _TYPE_NAMES) or "a path"
+    got = type(value).__name__ if isinstance(value, (datetime.date, datetime.time, dict, list)) else repr(value)
+    raise CnnDepthError(f"{_named(name, where)} must be {wanted}, got {got}")
+
+
+def _named(name: str, where: str) -> str:
+    return f"{name} {where}" if where else name
 
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-def parse_int_list(value, name: str = "depths") -> list[int]:
-    """``[2, 3, 4]``, ``"2 3 4"``, ``"2,3,4"``, ``"2-8"`` or mixes (``"1,3-5 8"``) -> ints, duplicates dropped."""
+def parse_int_list(value, name: str = "depths", where: str = "") -> list[int]:
+    """``[2, 3, 4]``, ``"2 3 4"``, ``"2,3,4"``, ``"2-8"`` or mixes (``"1,3-5 8"``) -> ints, duplicates dropped.
+
+    Floats, booleans and dates are refused; a range may not hold more than ``MAX_RUNS`` numbers (so a typo
+    such as ``0-300000000`` is an error, not a list that fills the memory).
+    """
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        _typed(value, (list, str), name, where)
     out: list[int] = []
     for item in value:
-        if isinstance(item, bool):
-            raise CnnDepthError(f"{name}: {item!r} is not a whole number; e.g. --{name} 2 3 4")
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             out.append(item)
             continue
-        if isinstance(item, float) and item.is_integer():
-            out.append(int(item))
-            continue
-        for tok in re.split(r"[,\s]+", str(item).strip()):
+        if not isinstance(item, str):
+            raise CnnDepthError(f"{_named(name, where)}: {item!r} is not a whole number; e.g. --{name} 2 3 4 or "
+                                f"{name} = [2, 3, 4]")
+        for tok in re.split(r"[,\s]+", item.strip()):
             if not tok:
                 continue
             m = _RANGE.match(tok)
@@ -174,37 +253,42 @@ def parse_int_list(value, name: str = "depths") -> list[int]:
             lo, hi = int(m[1]), int(m[2] or m[1])
             if hi < lo:
                 raise CnnDepthError(f"{name}: range {tok} goes down; write it low-high, e.g. {hi}-{lo}")
+            limit = MAX_DEPTH if name == "depths" else MAX_SEED
+            if hi > limit or hi - lo >= MAX_RUNS:
+                raise CnnDepthError(f"{name}: range {tok} is too large (at most {min(limit, MAX_RUNS):,} values, "
+                                    f"up to {limit:,}); give a smaller range")
             out.extend(range(lo, hi + 1))
     if not out:
         raise CnnDepthError(f"{name}: give at least one, e.g. --{name} 2 3 4")
     return list(dict.fromkeys(out))
 
 
-def parse_lr(value) -> Union[float, str]:
-    """A positive finite learning rate, or the string ``"find"``."""
+def parse_lr(value, where: str = "") -> Union[float, str]:
+    """A positive finite learning rate (a number, or a string holding one), or ``"find"``."""
     if isinstance(value, str) and value.strip().lower() == "find":
         return "find"
-    try:
-        lr = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        lr = math.nan
-    if not (lr > 0 and math.isfinite(lr)):
-        raise CnnDepthError(f"lr must be a positive number (e.g. 3e-3) or 'find', got {value!r}")
-    return lr
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    return _positive(number, "lr", where, given=value)
 
 
-def resolve_dataset(dataset) -> str:
-    """A registry name as it is; a path made absolute (it must exist), else a one-line error."""
-    name = str(dataset)
-    if name in list_datasets():
-        return name
-    path = Path(name).expanduser()
-    if path.exists():
-        return str(path.resolve())
-    if "/" not in name and "." not in name:
-        raise CnnDepthError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}, "
-                            f"or give a folder or archive with --data PATH")
-    raise CnnDepthError(f"no such file or folder: {path}; check the path given to --data")
+def _positive(value, name: str, where: str = "", given=None) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        given = value if given is None else given
+        raise CnnDepthError(f"{_named(name, where)} must be a positive number (e.g. 3e-3) or 'find', got {given!r}")
+    return float(value)
+
+
+def _int_list(value, name: str) -> list[int]:
+    """A list (or tuple) of values for ``depths``/``seeds``, as given to SweepConfig from Python."""
+    if isinstance(value, (list, tuple)) and value:
+        return list(dict.fromkeys(value))
+    raise CnnDepthError(f"{name} must be a non-empty list of whole numbers, e.g. {name}=[2, 3, 4], got {value!r}")
 
 
 def dataset_label(dataset: str) -> str:
