@@ -1,36 +1,25 @@
 """The depth sweep: one fastai run per (depth, seed), each written as one row the moment it ends.
 
-Under the sweep's folder (``SweepConfig.out``):
-
-- ``sweep.json``: the config (``asdict(SweepConfig)``) and the environment (versions, device, git commit);
-- ``results.csv``: one row per run (``RESULT_COLUMNS``), appended, flushed and fsync'd as each run ends;
-- ``history.csv``: one row per run and epoch (``HISTORY_COLUMNS``);
-- ``summary.csv``, ``accuracy_vs_depth.png``, ``curves.png``: from :func:`cnn_depth.reports.write_reports`.
-
-Resume: finished (``ok``) runs are skipped; ``diverged`` and ``failed`` ones are run again and their new row
-replaces the old one, so results.csv always holds one row per run_id. An interrupt (Ctrl-C, SIGTERM) leaves
-the finished rows and no row for the run it cut short.
+What a sweep writes, and how, is :mod:`cnn_depth.records`; the summary and plots are
+:mod:`cnn_depth.reports`. Resume: finished (``ok``) runs are skipped; ``diverged`` and ``failed`` ones are run
+again and their new row replaces the old one, so results.csv always holds one row per run_id. An interrupt
+(Ctrl-C, SIGTERM) leaves the finished rows and no row for the run it cut short.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import gc
-import json
 import math
-import os
-import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -41,28 +30,15 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.torch_core import find_bs, set_seed
 
-from .checkpoint import model_path, run_id, save_run_model
+from .checkpoint import checkpoint_dict, write_checkpoint
 from .config import RESULT_FIELDS, SweepConfig
-from .data import dataloaders
 from .errors import CnnDepthError
-from .explain import ACTIVATION_COLUMNS, activation_stats, fixed_valid_batch
+from .explain import activation_stats, fixed_valid_batch
 from .learner import depth_learner
+from .loaders import dataloaders
 from .models import count_params
-
-RESULT_COLUMNS = [
-    "run_id", "dataset", "arch", "depth", "seed", "epochs", "lr", "bs", "params",
-    "train_images",       # training images processed by fit_one_cycle (all epochs; fewer if it diverged)
-    "train_seconds",      # wall time of fit_one_cycle, its per-epoch validation passes included
-    "images_per_second",  # train_images / train_seconds
-    "valid_seconds",      # wall time of the final validate()
-    "train_loss",         # fastai's smoothed training loss at the end of the last epoch (as printed)
-    "valid_loss", "accuracy", "error_rate",  # from the final validate(); error_rate = 1 - accuracy
-    "epochs_done", "device", "precision", "pipeline", "augment", "status", "error", "finished",
-]
-ACTIVATION_CSV_COLUMNS = ["run_id", "dataset", "arch", "depth", "seed", *ACTIVATION_COLUMNS]
-HISTORY_COLUMNS = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "epoch", "train_loss", "valid_loss", "accuracy",
-                   "seconds"]
-STATUSES = ("ok", "diverged", "failed")
+from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, environment,
+                      model_path, read_results, run_fields, run_id, write_rows, write_sweep_json)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,163 +63,6 @@ def resolve_device(name: str = "auto") -> Device:
         return Device(torch.device("cpu"), "cpu", "fp32")
     bf16 = torch.cuda.is_bf16_supported()
     return Device(torch.device("cuda"), f"cuda:{torch.cuda.get_device_name()}", "bf16" if bf16 else "fp32")
-
-
-def _git(*args: str) -> Optional[str]:
-    src = Path(__file__).resolve().parent.parent
-    if not (src / "pyproject.toml").exists():  # an installed copy: a git repo around it says nothing about it
-        return None
-    try:
-        r = subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def environment(device: Device) -> dict:
-    """Versions, hardware and the git commit of the code (when it runs from a checkout)."""
-    import fastai
-    import torchvision
-
-    from . import __version__
-
-    commit = _git("rev-parse", "HEAD")
-    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                fastai=fastai.__version__, cnn_depth=__version__, device=device.name, precision=device.precision,
-                platform=platform.platform(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                git_commit=commit, git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no"))
-                if commit else None)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Files: rows that survive interrupts
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def read_rows(path: Path) -> tuple[Optional[list[str]], list[dict]]:
-    """Header and rows of a CSV as strings (exactly as written); (None, []) when it does not exist."""
-    if not path.exists():
-        return None, []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        return reader.fieldnames, list(reader)
-
-
-def write_rows(path: Path, columns: Sequence[str], rows: list[dict], key: str = "run_id",
-               replace: Sequence[str] = ()) -> None:
-    """Add ``rows`` to a CSV, dropping old rows whose ``key`` is in ``replace`` or in ``rows``; durable when
-    it returns.
-
-    The common case appends (then flush and fsync). A retried run, a changed header or a damaged last line
-    rewrites the file to a temporary one that atomically replaces it, so a crash leaves the old or the new
-    file, never half of one.
-    """
-    header, old = read_rows(path)
-    keys = {str(r[key]) for r in rows} | set(replace)
-    clean_end = not path.exists() or path.stat().st_size == 0 or path.read_bytes()[-1:] == b"\n"
-    if header == list(columns) and clean_end and not any(r.get(key) in keys for r in old):
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, columns, extrasaction="ignore").writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        return
-    cols = list(columns) + [c for c in (header or []) if c not in columns]
-    keep = [r for r in old if r.get(key) not in keys and None not in r.values()]  # None: a truncated line
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, cols, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(keep + rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-12)
-    return a == b
-
-
-def check_out(cfg: SweepConfig) -> Path:
-    """The sweep folder, made and writable; an existing one must hold a sweep of the same config."""
-    out = cfg.out_dir
-    meta = out / "sweep.json"
-    if meta.exists():
-        try:
-            old = json.loads(meta.read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CnnDepthError(f"cannot read {meta} ({type(e).__name__}); use another --out, or delete the "
-                                f"folder to start over") from None
-        for name in RESULT_FIELDS:
-            new = getattr(cfg, name)
-            if name in old and not _same(old[name], new):
-                flag = "--data" if name == "dataset" and "/" in str(old[name]) else f"--{name.replace('_', '-')}"
-                same = (f"leave out {flag}" if old[name] is None else
-                        f"--{'' if old[name] else 'no-'}{name}" if isinstance(old[name], bool) else f"{flag} {old[name]}")
-                raise CnnDepthError(f"{out} holds a sweep with {name}={old[name]!r}, not {new!r}; use another "
-                                    f"--out (or {same} to resume that sweep)")
-    elif (out / "results.csv").exists():
-        raise CnnDepthError(f"{out} has a results.csv but no sweep.json, so it cannot be resumed safely; "
-                            f"use another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise CnnDepthError(f"cannot write to {out} ({e.strerror or e}); pick a folder you can write to "
-                            f"with --out") from None
-    return out
-
-
-def write_sweep_json(out: Path, cfg: SweepConfig, device: Device) -> dict:
-    """Write (or update) ``sweep.json``: the config, with depths and seeds grown to every run in the folder."""
-    path = out / "sweep.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    config = cfg.as_dict()
-    config["out"] = str(out)
-    for name in ("depths", "seeds"):
-        config[name] = list(dict.fromkeys(old.get("config", {}).get(name, []) + config[name]))
-    env = environment(device)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    invocations = old.get("invocations", []) + [dict(started=now, argv=sys.argv, depths=cfg.depths,
-                                                     seeds=cfg.seeds, device=device.name)]
-    data = dict(config=config, environment=env, invocations=invocations)
-    _write_json(path, data)
-    return data
-
-
-def read_results(out: Path) -> pd.DataFrame:
-    """``results.csv`` of a sweep folder as a DataFrame (empty, with the columns, when there is none yet)."""
-    path = Path(out) / "results.csv"
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    df = pd.read_csv(path, keep_default_na=True)
-    return df[df["status"].isin(STATUSES)].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,14 +164,43 @@ def seed_run(seed: int, dls) -> None:
         dl.rng = random.Random(seed)
 
 
+def progress_bars() -> bool:
+    """fastai's progress bars only where they redraw in place: a terminal or a notebook. In a log file or a
+    pipe, their carriage-return updates are noise (a 3-run sweep once wrote 88 KB of it)."""
+    from fastprogress.fastprogress import IN_NOTEBOOK
+
+    return IN_NOTEBOOK or sys.stdout.isatty()
+
+
+@contextmanager
+def _quiet(learn, quiet: bool):
+    """fastai's own switches: no progress bar when quiet or not on a terminal, no epoch table when quiet.
+
+    Without the bar (which draws the epoch table's header and aligns it), each epoch is one plain line.
+    """
+    with ExitStack() as stack:
+        if quiet or not progress_bars():
+            stack.enter_context(learn.no_bar())
+        if quiet:
+            stack.enter_context(learn.no_logging())
+        elif not progress_bars():
+            old, learn.logger = learn.logger, functools.partial(_epoch_line, learn, print)
+            stack.callback(setattr, learn, "logger", old)
+        yield learn
+
+
+def _epoch_line(learn, say: Callable[[str], None], values: list) -> None:
+    """One epoch of fastai's table as a plain line: ``epoch 2  train_loss 1.8123  valid_loss ...  time 00:03``."""
+    names = learn.recorder.metric_names
+    cells = [f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v + 1 if n == 'epoch' else v}"
+             for n, v in zip(names, values)]
+    say("  " + "  ".join(cells))
+
+
 def _learner(dls, cfg: SweepConfig, depth: int, device: Device, out: Path, cbs=()):
     learn = depth_learner(dls, depth, cfg.arch, path=out, cbs=list(cbs))
     if device.precision == "bf16":
         learn.to_bf16()
-    if cfg.quiet:
-        if hasattr(learn, "progress"):
-            learn.remove_cb(learn.progress)
-        learn.logger = lambda *a, **k: None
     return learn
 
 
@@ -360,40 +208,45 @@ def find_lr(dls, cfg: SweepConfig, depth: int, seed: int, device: Device, out: P
     """``lr_find`` on a fresh model of ``depth`` (seeded with ``seed``): fastai's ``valley`` suggestion."""
     seed_run(seed, dls)
     learn = _learner(dls, cfg, depth, device, out)
-    with tempfile.TemporaryDirectory(prefix=".lr_find-", dir=out) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".lr_find-", dir=out) as tmp, _quiet(learn, cfg.quiet):
         learn.model_dir = Path(tmp).resolve()  # lr_find saves and restores the weights there
-        lr = float(learn.lr_find(show_plot=False).valley)
-    return lr
+        return float(learn.lr_find(show_plot=False).valley)
 
 
-def _found_lr(cache: dict, dls, cfg: SweepConfig, depth: int, device: Device, out: Path) -> float:
+def _found_lr(cache: dict, dls, cfg: SweepConfig, depth: int, device: Device, out: Path,
+              say: Callable[[str], None] = lambda s: None) -> float:
     """--lr find: one lr per depth, found with the sweep's first seed and reused for its other seeds."""
     if depth not in cache:
+        say(f"lr_find depth={depth} (seed {cfg.seeds[0]}; its valley is this depth's lr for every seed)")
         cache[depth] = find_lr(dls, cfg, depth, cfg.seeds[0], device, out)
+        say(f"lr_find depth={depth}: lr={cache[depth]:.3g}")
     return cache[depth]
 
 
 @dataclass
 class RunResult:
-    learn: object  # the trained fastai Learner (None when it could not be built)
+    """What one run gives: plain data only, so that it can come back from another process."""
+
     row: dict  # one row of results.csv
-    history: list  # rows of history.csv, one per finished epoch
+    history: list = field(default_factory=list)  # rows of history.csv, one per finished epoch
+    activations: list = field(default_factory=list)  # rows of activations.csv, one per conv layer
+    checkpoint: Optional[dict] = None  # the trained model (see checkpoint.checkpoint_dict) with save_models
 
 
 def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Callable[[], float]], device: Device,
               out: Path, cbs: Sequence[Callback] = ()) -> RunResult:
-    """Seed, build, ``fit_one_cycle(epochs, lr)``, ``validate()``: one row, whatever happens in between.
+    """Seed, build, ``fit_one_cycle(epochs, lr)``, ``validate()``: one row, whatever happens in between; then
+    the per-layer activation statistics and (with ``save_models``) the model.
 
     ``lr`` is a number, or a function that finds one (``lr_find``; its failure is the run's failure).
 
     A loss that becomes NaN/inf stops the run (``diverged``); an exception makes it ``failed`` with the
     error text. KeyboardInterrupt is not caught: the sweep stops and writes nothing for this run.
     """
-    rid = run_id(cfg.arch, depth, seed)
+    ident = run_fields(cfg.dataset_label, cfg.arch, depth, seed)
     row = dict.fromkeys(RESULT_COLUMNS, "")
-    row.update(run_id=rid, dataset=cfg.dataset_label, arch=cfg.arch, depth=depth, seed=seed, epochs=cfg.epochs,
-               lr="", bs=cfg.bs, device=device.name, precision=device.precision, epochs_done=0,
-               pipeline=cfg.pipeline, augment=cfg.augment)
+    row.update(ident, epochs=cfg.epochs, lr="", bs=cfg.bs, device=device.name, precision=device.precision,
+               epochs_done=0, pipeline=cfg.pipeline, augment=cfg.augment)
     stats, nan = RunStats(), StopOnNaN()
     learn = None
     try:
@@ -402,12 +255,13 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
         seed_run(seed, dls)
         learn = _learner(dls, cfg, depth, device, out, cbs=[stats, nan, *cbs])
         row["params"] = count_params(learn.model)
-        t0 = time.perf_counter()
-        learn.fit_one_cycle(cfg.epochs, lr)
-        train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible from it
-        t0 = time.perf_counter()
-        valid_loss, acc = learn.validate()[:2]
-        valid_s = time.perf_counter() - t0
+        with _quiet(learn, cfg.quiet):
+            t0 = time.perf_counter()
+            learn.fit_one_cycle(cfg.epochs, lr)
+            train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
+            t0 = time.perf_counter()
+            valid_loss, acc = learn.validate()[:2]
+            valid_s = time.perf_counter() - t0
         train_loss = stats.values[-1][0] if stats.values else math.nan
         row.update(train_images=stats.train_images, train_seconds=train_s,
                    images_per_second=round(stats.train_images / train_s, 1), valid_seconds=round(valid_s, 3),
@@ -423,42 +277,69 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
         if device.torch.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
-    history = []
+    result = RunResult(row)
     if learn is not None:
         for epoch, (vals, secs) in enumerate(zip(stats.values, stats.epoch_seconds), start=1):
             vals = vals + [math.nan] * (3 - len(vals))
-            history.append(dict(run_id=rid, dataset=cfg.dataset_label, arch=cfg.arch, depth=depth, seed=seed,
-                                epochs=cfg.epochs, epoch=epoch, train_loss=vals[0], valid_loss=vals[1], accuracy=vals[2],
-                                seconds=round(secs, 3)))
-    row["epochs_done"] = len(history)
-    return RunResult(learn, row, history)
+            result.history.append(dict(ident, epochs=cfg.epochs, epoch=epoch, train_loss=vals[0],
+                                       valid_loss=vals[1], accuracy=vals[2], seconds=round(secs, 3)))
+    row["epochs_done"] = len(result.history)
+    if learn is not None and row["status"] != "failed":  # a failed run has nothing to measure or keep
+        result.activations = [{**ident, **r} for r in activation_stats(learn.model, fixed_valid_batch(dls))]
+        if cfg.save_models:
+            result.checkpoint = checkpoint_dict(learn, run_id=ident["run_id"], seed=seed, dataset=cfg.dataset_label)
+    return result
 
 
-def _run_line(i: int, n: int, row: dict) -> str:
-    head = f"run {i}/{n}  depth={row['depth']} seed={row['seed']}"
-    if row["status"] == "failed":
-        return f"{head}  failed: {row['error']}"
-    lr = row["lr"]
-    text = (f"{head}  lr={float(lr):.3g}  acc={float(row['accuracy']):.4f}  valid_loss={float(row['valid_loss']):.4f}"
-            f"  {float(row['train_seconds']):.1f} s ({float(row['images_per_second']):.0f} img/s)")
-    return text + (f"  diverged: {row['error']}" if row["status"] == "diverged" else "  ok")
+class Progress:
+    """The sweep's progress lines: one when a run starts and one when it ends, with the sweep's elapsed time
+    and an ETA (the mean wall time of the runs finished so far, times the runs left, over the runs at once)."""
+
+    def __init__(self, say: Callable[[str], None], n: int, todo: int, at_once: int = 1):
+        self.say, self.n, self.todo, self.at_once = say, n, todo, at_once
+        self.t0, self.done, self.busy = time.monotonic(), 0, 0.0
+
+    @staticmethod
+    def clock(seconds: float) -> str:
+        m, s = divmod(int(round(seconds)), 60)
+        return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+    def start(self, i: int, depth: int, seed: int, where: str = "") -> None:
+        self.say(f"start {i}/{self.n}  depth={depth} seed={seed}{where}")
+
+    def end(self, i: int, row: dict, seconds: float) -> None:
+        """``seconds``: the run's wall time, lr_find and measuring included."""
+        self.done += 1
+        self.busy += seconds
+        elapsed = time.monotonic() - self.t0
+        left = self.todo - self.done
+        eta = f", ETA {self.clock(self.busy / self.done * left / self.at_once)}" if left else ""
+        head = f"done  {i}/{self.n}  depth={row['depth']} seed={row['seed']}"
+        if row["status"] == "failed":
+            text = f"{head}  failed: {row['error']}"
+        else:
+            text = (f"{head}  lr={float(row['lr']):.3g}  acc={float(row['accuracy']):.4f}  "
+                    f"valid_loss={float(row['valid_loss']):.4f}  {float(row['train_seconds']):.1f} s "
+                    f"({float(row['images_per_second']):.0f} img/s)  "
+                    + (f"diverged: {row['error']}" if row["status"] == "diverged" else "ok"))
+        self.say(f"{text}  [elapsed {self.clock(elapsed)}{eta}]")
 
 
-def run_extras(result: RunResult, dls, cfg: SweepConfig, out: Path) -> list[dict]:
-    """After a run trains, before its row is written: save the model (``--save-models``) and return its
-    per-layer activation statistics on the fixed validation batch (rows of activations.csv).
+def record_run(out: Path, cfg: SweepConfig, result: RunResult) -> None:
+    """Write one finished run: its model (with ``save_models``) first, then its history and activation rows,
+    then its results.csv row last, so a row on disk means everything of that run is there.
 
-    A run that failed has nothing to save or measure. The model file is written before the row, so an
-    interrupt in between leaves a model without a row, which the rerun retrains and overwrites.
+    An interrupt between the model and the row leaves a model without a row, which the rerun retrains and
+    overwrites.
     """
-    if result.learn is None or result.row["status"] == "failed":
-        return []
-    rid, depth, seed = result.row["run_id"], result.row["depth"], result.row["seed"]
-    if cfg.save_models:
-        save_run_model(model_path(out, cfg.arch, depth, seed), result.learn, run_id=rid, seed=seed,
-                       dataset=cfg.dataset_label)
-    run = dict(run_id=rid, dataset=cfg.dataset_label, arch=cfg.arch, depth=depth, seed=seed)
-    return [{**run, **r} for r in activation_stats(result.learn.model, fixed_valid_batch(dls))]
+    row = result.row
+    if result.checkpoint is not None:
+        write_checkpoint(model_path(out, cfg.arch, row["depth"], row["seed"]), result.checkpoint)
+    row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rid = row["run_id"]
+    write_rows(out / "history.csv", HISTORY_COLUMNS, result.history, replace=[rid])
+    write_rows(out / "activations.csv", ACTIVATION_CSV_COLUMNS, result.activations, replace=[rid])
+    write_rows(out / "results.csv", RESULT_COLUMNS, [row])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -490,7 +371,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     say = (lambda s: None) if cfg.quiet else log
     device = resolve_device(cfg.device)
     fresh = not cfg.out_dir.exists()
-    out = check_out(cfg)
+    out = check_folder(cfg.out_dir, cfg.as_dict(), RESULT_FIELDS)
     try:  # built once: every run sees the same items, statistics and transforms
         dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch,
                           pipeline=cfg.pipeline, augment=cfg.augment)
@@ -498,14 +379,18 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         if fresh:  # leave no empty folder behind for a dataset that cannot be read
             shutil.rmtree(out, ignore_errors=True)
         raise
-    write_sweep_json(out, cfg, device)
+    write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
+                     dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
+                          depths=cfg.depths, seeds=cfg.seeds, device=device.name))
     done = read_results(out)
     ok = done[done["status"] == "ok"]
     finished = set(ok["run_id"])
     found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
     grid = [(d, s) for d in cfg.depths for s in cfg.seeds]
-    say(f"sweep: {len(grid)} runs ({len(grid) - sum(run_id(cfg.arch, d, s) in finished for d, s in grid)} to do) "
-        f"on {device.name}, {len(dls.train_ds)} train / {len(dls.valid_ds)} valid images, writing to {out}")
+    todo = len(grid) - sum(run_id(cfg.arch, d, s) in finished for d, s in grid)
+    say(f"sweep: {len(grid)} runs ({todo} to do) on {device.name}, {len(dls.train_ds)} train / "
+        f"{len(dls.valid_ds)} valid images, writing to {out}")
+    progress = Progress(say, len(grid), todo)
     i, rid = 0, None
     try:
         with _Interrupts() as interrupts:
@@ -513,24 +398,23 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
                 rid = run_id(cfg.arch, depth, seed)
                 if rid in finished:
                     acc = float(ok.loc[ok["run_id"] == rid, "accuracy"].iloc[0])
-                    say(f"run {i}/{len(grid)}  depth={depth} seed={seed}  done earlier (acc={acc:.4f}), skipped")
+                    say(f"skip  {i}/{len(grid)}  depth={depth} seed={seed}  done earlier (acc={acc:.4f})")
                     continue
+                progress.start(i, depth, seed)
+                t0 = time.monotonic()
                 lr = cfg.lr if cfg.lr != "find" else functools.partial(_found_lr, found_lrs, dls, cfg, depth,
-                                                                                   device, out)
+                                                                       device, out, say)
                 result = train_run(dls, cfg, depth, seed, lr, device, out, cbs=cbs)
-                activations = run_extras(result, dls, cfg, out)
-                result.row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 with interrupts.critical():
-                    write_rows(out / "history.csv", HISTORY_COLUMNS, result.history, replace=[rid])
-                    write_rows(out / "activations.csv", ACTIVATION_CSV_COLUMNS, activations, replace=[rid])
-                    write_rows(out / "results.csv", RESULT_COLUMNS, [result.row])
-                say(_run_line(i, len(grid), result.row))
+                    record_run(out, cfg, result)
+                progress.end(i, result.row, time.monotonic() - t0)
+                rid = None
                 del result
     except KeyboardInterrupt as e:
         n_ok = int((read_results(out)["status"] == "ok").sum())
         why = f" ({e.args[0]})" if e.args else ""
         raise SweepInterrupted(f"interrupted{why} during run {i}/{len(grid)} ({rid}); {n_ok} finished run(s) "
-                               f"are saved in {out}; rerun the same command to resume") from None
+                               f"are saved in {out}; rerun the same command to resume") from e
     results = read_results(out)
     results.attrs["out"] = str(out)
     results.attrs["summary"] = write_reports(out)
