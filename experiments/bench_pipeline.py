@@ -180,7 +180,7 @@ def fit_learner(dls, a, use_amp: bool) -> tuple[float, list]:
     set_seed(a.seed, reproducible=True)
     learn = depth_learner(dls, a.depth, arch=a.arch)
     if a.overhead:  # the same Learner (loss, metrics, callbacks, optimiser) around the probe model
-        learn.model = probe_model(dls.n_in, dls.c).to(dls.device)
+        learn.model = probe_model(dls.data_info.n_in, dls.c).to(dls.device)
     if use_amp:
         learn.to_channelslast(amp_mode="bf16")
     clock = StepClock()
@@ -194,10 +194,10 @@ def hand_loop(dls, a, use_amp: bool) -> tuple[float, list]:
     returns the final validation accuracy and the step time stamps, as :func:`fit_learner`."""
     tr, va = dls.train, dls.valid
     images, targets, dev = tr.images, tr.targets, tr.images.device
-    mean, std = (torch.tensor(s, device=dev).view(1, -1, 1, 1) for s in dls.stats)
+    mean, std = (torch.tensor(s, device=dev).view(1, -1, 1, 1) for s in dls.data_info.stats)
     set_seed(a.seed, reproducible=True)
-    model = (probe_model(dls.n_in, dls.c) if a.overhead else
-             depth_cnn(a.depth, n_in=dls.n_in, n_out=dls.c, arch=a.arch, img_size=dls.img_size)).to(dev)
+    model = (probe_model(dls.data_info.n_in, dls.c) if a.overhead else
+             depth_cnn(a.depth, n_in=dls.data_info.n_in, n_out=dls.c, arch=a.arch, img_size=dls.data_info.img_size)).to(dev)
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]  # fastai: no weight decay on norm and bias

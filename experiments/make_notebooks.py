@@ -51,7 +51,7 @@ md("""## The data
 and 100 test images per class). Any folder or archive laid out `train/<class>/`, `test/<class>/` works too."""),
 code("""dls = dataloaders("cifar10-sample", bs=64, max_per_class=MAX_PER_CLASS)
 print(f"{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images, {dls.c} classes, "
-      f"{dls.n_in} channels, {dls.img_size} px")
+      f"{dls.data_info.n_in} channels, {dls.data_info.img_size} px")
 dls.show_batch(max_n=9, figsize=(5, 5))"""),
 md("""## Learners for a few depths
 
@@ -183,5 +183,7 @@ epochs, and the dataset size; `sweep.json` next to each `results.csv` holds the 
 versions, device and git commit that produced the numbers."""),
 ])
 
-nbf.write(nb1, ROOT / "notebooks" / "01_depth_sweep.ipynb")
-nbf.write(nb2, ROOT / "notebooks" / "02_reading_reports.ipynb")
+for nb, name in ((nb1, "01_depth_sweep"), (nb2, "02_reading_reports")):
+    for i, cell in enumerate(nb.cells):  # stable ids: rewriting a notebook changes only what changed
+        cell.id = f"{name[:2]}-{i:02d}"
+    nbf.write(nb, ROOT / "notebooks" / f"{name}.ipynb")

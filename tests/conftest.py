@@ -7,10 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# One cache per test session, so tests never read or write the user's ~/.cache/cnn_depth.
-os.environ.setdefault("CNN_DEPTH_CACHE", tempfile.mkdtemp(prefix="cnn-depth-test-cache-"))
+# One fresh cache per test session, so tests never read or write a user's cache (~/.cache/cnn_depth, or
+# wherever their own CNN_DEPTH_CACHE points).
+os.environ["CNN_DEPTH_CACHE"] = tempfile.mkdtemp(prefix="cnn-depth-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
+# Fixtures that train models: every test using one is marked slow (see pyproject's markers).
+TRAINING_FIXTURES = {"bn_sweep", "straight", "run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 FULL_CIFAR = ROOT.parent / "shared" / "data" / "cifar10.tgz"
 
 

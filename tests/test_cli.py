@@ -29,11 +29,11 @@ def test_summary_prints_layer_table():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["summary", "--depth", "0"], "error: depth must be ≥ 1"),
+    (["summary", "--depth", "0"], "error: depth must be a whole number ≥ 1"),
     (["summary", "--depth", "3", "--arch", "vgg"], "error: unknown arch 'vgg'; choose one of"),
     (["summary", "--depth", "4", "--arch", "simplecnn"], "error: preset simplecnn has a fixed depth of 3"),
     (["summary"], "error: --depth is required"),
-    (["models", "--depth", "-1"], "error: depth must be ≥ 1"),
+    (["models", "--depth", "-1"], "error: depth must be a whole number ≥ 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     r = runner.invoke(app, args)

@@ -9,15 +9,11 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from cnn_depth import CnnDepthError, dataloaders, image_folder, list_datasets
+from cnn_depth import CnnDepthError, dataloaders, image_folder
 from cnn_depth import data as data_mod
 from conftest import FULL_CIFAR
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def test_registry_lists_the_named_sources():
-    assert list_datasets() == ["cifar10-sample", "cifar10", "mnist"]
 
 
 def test_embedded_sample_counts_and_classes():
@@ -74,8 +70,8 @@ def test_items_are_sorted_by_path_and_skip_other_depths(image_folder_factory, mo
 def test_grayscale_training_testing_folder_gives_one_channel(image_folder_factory):
     root = image_folder_factory(splits=("training", "testing"), classes=("0", "1", "2"), size=(28, 28), mode="L")
     dls = dataloaders(root, bs=4, device="cpu")
-    assert (dls.source.train_name, dls.source.valid_name) == ("training", "testing")
-    assert dls.n_in == 1 and dls.c == 3
+    assert (dls.data_info.source.train_name, dls.data_info.source.valid_name) == ("training", "testing")
+    assert dls.data_info.n_in == 1 and dls.c == 3
     xb, _ = dls.one_batch()
     assert xb.shape == (4, 1, 28, 28)
 
@@ -193,6 +189,7 @@ def test_max_per_class_must_be_positive():
         image_folder("cifar10-sample", max_per_class=0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FULL_CIFAR.exists(), reason="../shared/data/cifar10.tgz not present")
 def test_full_archive_path_with_cap():
     f = image_folder(FULL_CIFAR, max_per_class=2)

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 from cnn_depth import (CnnDepthError, activation_stats, dataloaders, depth_cnn, depth_learner, feature_maps,
                        grad_cam, layer_table, list_models, load_run_model, save_run_model)
-from cnn_depth.checkpoint import model_path, run_id
+from cnn_depth.records import ACTIVATION_CSV_COLUMNS, model_path, run_id, write_rows
 from cnn_depth.cli import app
 from cnn_depth.data import load_image
-from cnn_depth.explain import (explain_run, fixed_valid_batch, normalise, plot_activations,
+from cnn_depth.reports import plot_activations
+from cnn_depth.explain import (explain_run, fixed_valid_batch, normalise,
                                relu_layers, valid_items)
 from cnn_depth.models import STAGE_WIDTHS, STEM_WIDTH, model_spec, stage_sizes
-from cnn_depth.sweep import ACTIVATION_CSV_COLUMNS, write_rows
 
 RUNS = [("bn", 2, 0), ("bn", 2, 1), ("bn", 3, 0)]  # (arch, depth, seed)
 MODELS = [(a, model_spec(a).depth or d) for a in list_models() for d in ((1, 6) if model_spec(a).depth is None
@@ -63,7 +63,7 @@ def test_loaded_model_gives_identical_outputs(run, tiny_dls):
         with torch.no_grad():
             assert torch.equal(model(xb), learn.model.eval()(xb))
         assert info["vocab"] == list(tiny_dls.vocab) == model.vocab
-        assert info["stats"] == dict(mean=tiny_dls.stats[0], std=tiny_dls.stats[1])
+        assert info["stats"] == dict(mean=tiny_dls.data_info.stats[0], std=tiny_dls.data_info.stats[1])
         assert info["source"]["name"] == "cifar10-sample" and info["source"]["max_per_class"] == 8
         assert info["meta"] == dict(run_id=info["run_id"], seed=seed, dataset="cifar10-sample")
 
@@ -159,7 +159,7 @@ def test_fixed_valid_batch_is_the_first_validation_images(tiny_dls):
     items = valid_items(dict(name="cifar10-sample", max_per_class=8, train_name="train", valid_name="test"))
     assert items == list(tiny_dls.valid_ds.items)  # --index K is the K-th image of the DataLoaders' valid split
     for k in (0, 19):
-        assert torch.allclose(xb[k], normalise(load_image(items[k], 3), dict(zip(("mean", "std"), tiny_dls.stats))),
+        assert torch.allclose(xb[k], normalise(load_image(items[k], 3), dict(zip(("mean", "std"), tiny_dls.data_info.stats))),
                               atol=1e-5)
 
 
@@ -201,6 +201,7 @@ def test_explain_run_writes_three_pngs(run):
     assert "using seed 0" in notes[0] and "validation image 0 (true: airplane)" in notes[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,depth", [(a, d) for a, d in MODELS if d != 1])
 def test_explain_every_registered_model(arch, depth, tiny_dls, tmp_path):
     save_run_model(model_path(tmp_path, arch, depth, 0), depth_cnn(depth, arch=arch), tiny_dls)
@@ -253,6 +254,7 @@ def test_bad_input_is_one_line_and_exit_2(case, args, message, run, tmp_path):
         assert "saved seeds: 0, 1" in r.output
 
 
+@pytest.mark.slow
 def test_sweep_save_models_then_explain_from_the_cli(tmp_path):
     """End to end: `cnn-depth sweep --save-models` writes loadable models that `cnn-depth explain` reads."""
     out = tmp_path / "sweep"

@@ -32,9 +32,8 @@ def epoch(dl):
 
 def test_fast_is_the_default_and_records_its_pipeline(both, sample_dls):
     pil, fast = both
-    assert (pil.pipeline, fast.pipeline, sample_dls.pipeline) == ("pil", "fast", "fast")
+    assert (pil.data_info.pipeline, fast.data_info.pipeline, sample_dls.data_info.pipeline) == ("pil", "fast", "fast")
     assert isinstance(fast.train, TensorDL) and not isinstance(pil.train, TensorDL)
-    assert PIPELINES == ("fast", "pil")
 
 
 def test_same_items_split_vocab_and_stats(both):
@@ -42,8 +41,9 @@ def test_same_items_split_vocab_and_stats(both):
     assert list(fast.train_ds.items) == list(pil.train_ds.items)
     assert list(fast.valid_ds.items) == list(pil.valid_ds.items)
     assert list(fast.vocab) == list(pil.vocab) and fast.c == pil.c == 10
-    assert fast.stats == pil.stats and fast.n_in == pil.n_in and fast.img_size == pil.img_size
-    assert fast.source.root == pil.source.root
+    fi, pi = fast.data_info, pil.data_info
+    assert fi.stats == pi.stats and fi.n_in == pi.n_in and fi.img_size == pi.img_size
+    assert fast.data_info.source.root == pil.data_info.source.root
 
 
 @pytest.mark.parametrize("split", ["train", "valid"])
@@ -117,7 +117,7 @@ def test_warm_cache_is_loaded_not_decoded(image_folder_factory, monkeypatch):
 def test_changed_file_invalidates_the_cache(image_folder_factory):
     root = image_folder_factory()
     dls = dataloaders(root, bs=4, device="cpu")
-    folder = dls.source
+    folder = dls.data_info.source
     key = decode_key(folder.root, folder.items, folder.n_in, None)
     changed = root / "train" / "b" / "0002.png"
     idx = list(dls.train_ds.items).index(changed)
@@ -159,7 +159,7 @@ def test_flip_pad_crop_is_a_flipped_shifted_crop():
 def test_augment_changes_training_batches_only(pipeline):
     plain = dataloaders(pipeline=pipeline, **SAMPLE)
     aug = dataloaders(pipeline=pipeline, augment=True, **SAMPLE)
-    assert aug.augment and not plain.augment
+    assert aug.data_info.augment and not plain.data_info.augment
     (xa, ya), (xp, yp) = epoch(aug.train), epoch(plain.train)
     assert xa.shape == xp.shape and torch.equal(ya, yp)
     assert (xa != xp).float().mean() > 0.5  # most pixels move
@@ -167,6 +167,7 @@ def test_augment_changes_training_batches_only(pipeline):
     assert torch.equal(va, vp) and torch.equal(vya, vyp)
 
 
+@pytest.mark.slow
 def test_learner_fit_validate_lr_find_show_and_predict(sample_dls, tmp_path):
     dls = sample_dls
     learn = depth_learner(dls, 3)

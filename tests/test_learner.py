@@ -23,6 +23,7 @@ def test_preset_learner_gets_flatten_size_from_data(image_folder_factory):
     assert learn.model(xb).shape == (4, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,depth", [("bn", 3), ("plain", 2), ("residual", 5), ("simplecnn", None)])
 def test_seeded_fit_one_cycle_lowers_training_loss(sample_dls, arch, depth):
     set_seed(0, reproducible=True)

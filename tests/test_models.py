@@ -1,4 +1,6 @@
 """The model family and presets: every registered model, several depths, RGB 32×32 and gray 28×28."""
+import re
+
 import pytest
 import torch
 
@@ -9,11 +11,6 @@ FAMILIES = [m for m in list_models() if model_spec(m).depth is None]
 PRESETS = [m for m in list_models() if model_spec(m).depth is not None]
 DEPTHS = [1, 2, 3, 4, 5, 8, 20]
 SHAPES = [(3, 32, 32), (1, 28, 28)]
-
-
-def test_registry_has_families_and_tutorial_presets():
-    assert set(FAMILIES) == {"plain", "bn", "residual"}
-    assert set(PRESETS) == {"simplecnn", "deepercnn", "tutorial-net", "customcnn"}
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["rgb32", "gray28"])
@@ -85,8 +82,8 @@ def test_config_records_constructor_arguments():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(depth=0), "depth must be ≥ 1"),
-    (dict(depth=-3), "depth must be ≥ 1"),
+    (dict(depth=0), "depth must be a whole number ≥ 1, got 0 (the number of conv layers)"),
+    (dict(depth=-3), "depth must be a whole number ≥ 1"),
     (dict(depth=2.5), "whole number"),
     (dict(depth="x"), "whole number"),
     (dict(depth=3, arch="vgg"), "unknown arch 'vgg'; choose one of: plain, bn, residual"),
@@ -95,6 +92,6 @@ def test_config_records_constructor_arguments():
     (dict(arch="tutorial-net", img_size=8), "cannot take 8×8 images"),
 ])
 def test_bad_model_arguments_give_one_line(kwargs, message):
-    with pytest.raises(CnnDepthError, match=message) as e:
+    with pytest.raises(CnnDepthError, match=re.escape(message)) as e:
         depth_cnn(**kwargs)
     assert "\n" not in str(e.value)

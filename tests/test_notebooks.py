@@ -30,6 +30,7 @@ def test_notebook_is_stored_without_outputs_and_imports_only_the_public_api(path
                 "no hand-written training loop in a notebook"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom_in_quick_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("CNN_DEPTH_QUICK", "1")

@@ -7,7 +7,7 @@ import pytest
 
 from cnn_depth import CnnDepthError, report, summarize
 from cnn_depth.reports import format_summary, write_reports
-from cnn_depth.sweep import RESULT_COLUMNS
+from cnn_depth.records import RESULT_COLUMNS
 
 
 def rows(*specs):
