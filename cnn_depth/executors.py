@@ -511,6 +511,26 @@ def _check_reachable(address: str) -> None:
                             "and that `ray start --head` runs there") from None
 
 
+def ray_capacity(resources: dict, threads: int, runs_per_gpu: int = 1,
+                 use_gpus: Optional[bool] = None) -> tuple[int, float]:
+    """Tasks a Ray cluster with ``resources`` (``ray.cluster_resources()``) runs at once, and the GPU share
+    each asks for: CPUs // threads, and at most GPUs * runs_per_gpu when tasks use GPUs."""
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if use_gpus and not gpus:
+        raise CnnDepthError("the Ray cluster has no GPUs: leave GPUs out, or add nodes that have them")
+    use_gpus = bool(gpus) and use_gpus is not False
+    if runs_per_gpu != 1 and not use_gpus:
+        raise CnnDepthError(f"runs_per_gpu={runs_per_gpu} needs GPUs, and this Ray cluster's tasks get none: "
+                            "leave --runs-per-gpu out")
+    slots = int(cpus // threads)
+    if slots < 1:
+        raise CnnDepthError(f"the Ray cluster has {cpus:g} CPUs, fewer than threads={threads} per task: "
+                            "lower --threads")
+    if use_gpus:
+        return min(slots, int(round(gpus * runs_per_gpu, 6))), 1 / runs_per_gpu  # round: 0.5 GPUs * 2 runs
+    return slots, 0
+
+
 _RAY_DIED = ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError", "LocalRayletDiedError")
 
 
@@ -553,28 +573,12 @@ class RayExecutor(_Executor):
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     raise CnnDepthError(f"cannot join the Ray cluster at {address}: {first}") from None
         try:
-            self.slots, num_gpus_each = self._capacity(threads, runs_per_gpu, use_gpus)
+            self.slots, num_gpus_each = ray_capacity(ray.cluster_resources(), threads, runs_per_gpu, use_gpus)
         except BaseException:
             self.shutdown()
             raise
         self._remote = ray.remote(_ray_task).options(num_cpus=threads, num_gpus=num_gpus_each, max_retries=0,
                                                      retry_exceptions=False)
-
-    def _capacity(self, threads: int, runs_per_gpu: int, use_gpus: Optional[bool]) -> tuple[int, float]:
-        resources = self._ray.cluster_resources()
-        cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-        if use_gpus and not gpus:
-            raise CnnDepthError("the Ray cluster has no GPUs: leave GPUs out, or add nodes that have them")
-        if runs_per_gpu != 1 and not (gpus and use_gpus is not False):
-            raise CnnDepthError(f"runs_per_gpu={runs_per_gpu} needs GPUs, and this Ray cluster's tasks get none: "
-                                "leave --runs-per-gpu out")
-        slots = int(cpus // threads)
-        if slots < 1:
-            raise CnnDepthError(f"the Ray cluster has {cpus:g} CPUs, fewer than threads={threads} per task: "
-                                "lower --threads")
-        if gpus and use_gpus is not False:
-            return min(slots, int(round(gpus * runs_per_gpu, 6))), 1 / runs_per_gpu
-        return slots, 0
 
     def free_slots(self) -> int:
         with self._lock:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from cnn_depth import CnnDepthError
-from cnn_depth.executors import (LocalExecutor, RayExecutor, TaskError, WorkerDied, _visible_gpu, slot_gpus,
-                                 worker_cache, worker_info)
+from cnn_depth.executors import (LocalExecutor, RayExecutor, TaskError, WorkerDied, _visible_gpu, ray_capacity,
+                                 slot_gpus, worker_cache, worker_info)
 
 ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 120  # a worker's first task waits for its imports (seconds on a busy machine)
@@ -56,6 +56,11 @@ class TwoArgError(Exception):
 
 def fail_unpicklable():
     raise TwoArgError("no way back", 3)
+
+
+def return_a_lock():
+    import threading
+    return threading.Lock()
 
 
 def started_then_sleep(marker, seconds):
@@ -154,6 +159,23 @@ def test_gpu_indices_follow_the_drivers_visible_devices(monkeypatch):
         _visible_gpu(2)
 
 
+@pytest.mark.parametrize("resources, kwargs, expected", [
+    (dict(CPU=8), dict(threads=3), (2, 0)),
+    (dict(CPU=16, GPU=2), dict(threads=2, runs_per_gpu=3), (6, 1 / 3)),  # the GPUs bound it
+    (dict(CPU=4, GPU=2), dict(threads=1, runs_per_gpu=4), (4, 0.25)),  # the CPUs bound it
+    (dict(CPU=16, GPU=2), dict(threads=2, use_gpus=False), (8, 0)),
+    (dict(CPU=2), dict(threads=4), r"has 2 CPUs, fewer than threads=4 per task: lower --threads"),
+    (dict(CPU=8), dict(threads=1, runs_per_gpu=2), r"runs_per_gpu=2 needs GPUs.*: leave --runs-per-gpu out"),
+    (dict(CPU=8), dict(threads=1, use_gpus=True), r"has no GPUs"),
+])
+def test_ray_capacity(resources, kwargs, expected):
+    if isinstance(expected, str):
+        with pytest.raises(CnnDepthError, match=expected):
+            ray_capacity(resources, **kwargs)
+    else:
+        assert ray_capacity(resources, **kwargs) == expected
+
+
 def test_ray_not_installed_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(CnnDepthError, match=r"^Ray is not installed: install the extra: pip install 'cnn-depth\[ray\]'$"):
@@ -206,7 +228,12 @@ def test_task_exceptions_come_back_and_the_pool_goes_on(local):
     with pytest.raises(TaskError, match=r"^TwoArgError: no way back \(not sent back as itself") as e:
         fut.result(timeout=START_SECONDS)
     assert "fail_unpicklable" in e.value.remote_traceback
+    with pytest.raises(TypeError, match="cannot pickle '_thread.lock'"):  # a result that does not pickle
+        local.submit(return_a_lock).result(timeout=START_SECONDS)
+    with pytest.raises(Exception, match="pickle"):  # nor does a lambda: the pool's feeder thread says so
+        local.submit(lambda: 1).result(timeout=START_SECONDS)
     assert [f.result()["x"] for f in run_all(local, [(where, 1), (where, 2)])] == [1, 2]
+    assert len(set(local.pids)) == 2  # none of it cost a worker
 
 
 @pytest.mark.slow
@@ -241,7 +268,7 @@ def test_interrupt_cancels_and_leaves_no_worker(tmp_path):
     before = children()
     marker = tmp_path / "pid"
     with pytest.raises(KeyboardInterrupt):
-        with LocalExecutor(workers=2, threads=1) as ex:
+        with LocalExecutor(workers=1, threads=1) as ex:
             fut = ex.submit(started_then_sleep, str(marker), 60)
             pids = set(ex.pids)
             assert int(wait_for_file(marker)) == fut.pid
@@ -249,7 +276,7 @@ def test_interrupt_cancels_and_leaves_no_worker(tmp_path):
     assert fut.cancelled()
     with pytest.raises(CancelledError):
         fut.result()
-    assert not any(alive(p) for p in pids)  # the running worker and the idle one
+    assert not any(alive(p) for p in pids)
     assert children() <= before
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(time.sleep, 0)
@@ -260,7 +287,7 @@ DRIVER = textwrap.dedent("""
     from cnn_depth.executors import LocalExecutor
     if __name__ == "__main__":
         ex = LocalExecutor(workers=1, threads=1)
-        ex.submit(os.getpid).result()  # the worker is up
+        ex.submit(os.getpid).result(timeout=120)  # the worker is up
         fut = ex.submit(time.sleep, 60)
         print(fut.pid, flush=True)
         time.sleep(60)
@@ -288,17 +315,8 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
 # Ray
 
 
-@pytest.fixture
-def ray_path(monkeypatch):
-    """Ray workers import this module by name: Ray passes them the driver's folder and script folder, not
-    the tests folder that pytest put on sys.path; the processes Ray starts here inherit PYTHONPATH."""
-    ray = pytest.importorskip("ray")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    return ray
-
-
 @pytest.mark.ray
-def test_unreachable_ray_address_fails_fast():
+def test_unreachable_ray_address_fails_fast(monkeypatch):
     pytest.importorskip("ray")
     import socket
     with socket.socket() as s:  # a port that nothing listens on
@@ -309,46 +327,68 @@ def test_unreachable_ray_address_fails_fast():
         with pytest.raises(CnnDepthError, match=rf"^cannot reach a Ray cluster at {address} .*ray start --head") as e:
             RayExecutor(address, threads=1)
         assert time.monotonic() - start < 10 and "\n" not in str(e.value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+    if not find_gcs_addresses() and not find_bootstrap_address(None):  # no Ray of anyone's runs here
+        with pytest.raises(CnnDepthError, match=r"^no running Ray cluster found for address 'auto': start one"):
+            RayExecutor("auto", threads=1)
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_local_ray_runs_tasks_and_maps_failures(ray_path):
-    ray = ray_path
-    ex = RayExecutor(None, threads=1, num_cpus=2)
+def test_local_ray_is_started_and_stopped():
+    ray = pytest.importorskip("ray")
+    before = children()
+    with RayExecutor(None, threads=1, num_cpus=2) as ex:
+        assert ray.is_initialized() and ex.slots == 2 and ex.free_slots() == 2
+        assert ray.cluster_resources()["CPU"] == 2
+    assert not ray.is_initialized()
+    assert gone_within(children() - before, 10), "Ray processes outlived shutdown"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray cluster of two nodes with one CPU each, on this machine.
+
+    Its workers import this module by name: Ray gives them the driver's working and script folders, not
+    the tests folder that pytest put on sys.path, but they inherit PYTHONPATH from the processes started here.
+    """
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False))
     try:
-        assert ex.slots == 2 and ex.free_slots() == 2
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+        mp.undo()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_runs_tasks_on_both_nodes_and_maps_failures(cluster):
+    import ray
+    with RayExecutor(cluster.address, threads=1) as ex:
+        assert ex.slots == 2
+        nodes = [f.result() for f in run_all(ex, [(node_and_pid,), (node_and_pid,)])]
+        assert len({node for node, _ in nodes}) == 2  # two one-CPU tasks at once: one on each node
         futures = run_all(ex, [(where, i) for i in range(4)])
         rows = [f.result() for f in futures]
         assert [r["x"] for r in rows] == [0, 1, 2, 3]
-        assert all(r["slot"] == f.slot and r["threads"] == 1 and r["omp"] == "1" for f, r in zip(futures, rows))
+        assert all(r["slot"] == f.slot and (r["threads"], r["interop"], r["omp"]) == (1, 1, "1")
+                   for f, r in zip(futures, rows))
         with pytest.raises(ValueError, match="bad value"):
             ex.submit(fail, "bad value").result(timeout=START_SECONDS)
         with pytest.raises(TaskError, match=r"^TwoArgError: no way back"):
             ex.submit(fail_unpicklable).result(timeout=START_SECONDS)
         with pytest.raises(WorkerDied, match=r"^worker \d died \(WorkerCrashedError"):
             ex.submit(kill_myself).result(timeout=START_SECONDS)
+        assert ex.free_slots() == 2
         running = ex.submit(time.sleep, 60)
         time.sleep(0.5)
-    finally:
         ex.shutdown(cancel=True)
     assert running.cancelled()
-    assert not ray.is_initialized()  # the local Ray started here is stopped
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_ray_cluster_of_two_nodes_runs_tasks_on_both(ray_path):
-    ray = ray_path
-    from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False))
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        with RayExecutor(cluster.address, threads=1) as ex:
-            assert ex.slots == 2
-            results = [f.result() for f in run_all(ex, [(node_and_pid,), (node_and_pid,)])]
-        assert len({node for node, _ in results}) == 2
-        assert not ray.is_initialized()
-    finally:
-        cluster.shutdown()
+    assert not ray.is_initialized()  # disconnected; the cluster itself is the fixture's to stop
