@@ -342,7 +342,9 @@ class LocalExecutor(_Executor):
     Each slot is a ``ProcessPoolExecutor(max_workers=1)``, so a worker that dies breaks only its own
     one-process pool: its task fails with :class:`WorkerDied`, the other slots run on, and the slot gets a
     fresh process on its next submit. Worker processes start at once (their imports take seconds) and
-    stay for the executor's lifetime, so :func:`worker_cache` carries over between their tasks.
+    stay for the executor's lifetime, so :func:`worker_cache` carries over between their tasks. As with
+    any spawned process, a worker re-imports the driver's main module: a driver script needs
+    ``if __name__ == "__main__":`` around its work (console scripts have it).
 
     Args:
         workers: tasks at once (slots), at least 1. With GPUs at most ``len(gpus) * runs_per_gpu``.
@@ -410,9 +412,10 @@ class LocalExecutor(_Executor):
                 oom = ": SIGKILL is often the out-of-memory killer" if code == -signal.SIGKILL else ""
                 died = WorkerDied(f"worker {slot.index} (pid {proc.pid}) died ({_signal_name(code)}) "
                                   f"while running this task{oom}")
-            else:  # the pool broke on the driver's side, e.g. on a result that does not unpickle
+            else:  # the pool's thread failed to unpickle the result, and stopped the worker
                 why = str(exc.__cause__).strip().strip("'").strip().splitlines()[-1]
-                died = WorkerDied(f"worker {slot.index} (pid {proc.pid}) was stopped: its pool broke ({why})")
+                died = WorkerDied(f"worker {slot.index} (pid {proc.pid}) sent back a result that does not "
+                                  f"unpickle here ({why}), and was stopped: return plain data")
             died.__cause__ = exc
             exc = died
         with self._lock:
