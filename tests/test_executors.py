@@ -186,8 +186,34 @@ def test_ray_not_installed_names_the_extra(monkeypatch):
 # Local workers
 
 
+DRIVER = textwrap.dedent("""
+    import os, time
+    from cnn_depth.executors import LocalExecutor
+    if __name__ == "__main__":
+        ex = LocalExecutor(workers=1, threads=1)
+        ex.submit(os.getpid).result(timeout=120)  # the worker is up
+        fut = ex.submit(time.sleep, 600)
+        print(fut.pid, flush=True)
+        time.sleep(600)
+""")
+
+
 @pytest.fixture(scope="module")
-def local():
+def driver(tmp_path_factory):
+    """A driver process running one task on one worker, to be SIGKILLed by a test. Started with the shared
+    executor below, so that its imports (driver, then worker: seconds each) overlap the other tests."""
+    script = tmp_path_factory.mktemp("driver") / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    yield proc
+    proc.kill()  # its worker follows (that is what the test checks)
+    proc.wait()
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def local(driver):
     """Two workers with two threads each, "GPUs" 0 and 1 (only CUDA_VISIBLE_DEVICES: nothing touches CUDA)."""
     ex = LocalExecutor(workers=2, threads=2, gpus=[0, 1])
     yield ex
@@ -282,33 +308,13 @@ def test_interrupt_cancels_and_leaves_no_worker(tmp_path):
         ex.submit(time.sleep, 0)
 
 
-DRIVER = textwrap.dedent("""
-    import os, time
-    from cnn_depth.executors import LocalExecutor
-    if __name__ == "__main__":
-        ex = LocalExecutor(workers=1, threads=1)
-        ex.submit(os.getpid).result(timeout=120)  # the worker is up
-        fut = ex.submit(time.sleep, 60)
-        print(fut.pid, flush=True)
-        time.sleep(60)
-""")
-
-
 @pytest.mark.slow
-def test_workers_exit_when_the_driver_is_killed(tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        worker = int(driver.stdout.readline())
-        assert alive(worker)
-        driver.send_signal(signal.SIGKILL)  # no cleanup runs in the driver
-        driver.wait(10)
-        assert gone_within([worker], 5), "the worker outlived its driver"
-    finally:
-        driver.kill()
-        driver.stdout.close()
+def test_workers_exit_when_the_driver_is_killed(driver):
+    worker = int(driver.stdout.readline())
+    assert alive(worker)
+    driver.send_signal(signal.SIGKILL)  # no cleanup runs in the driver
+    driver.wait(10)
+    assert gone_within([worker], 5), "the worker outlived its driver"
 
 
 # ---------------------------------------------------------------------------------------------------------
