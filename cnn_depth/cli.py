@@ -197,6 +197,10 @@ def sweep_cmd(
     device: str = option("device"),
     quiet: bool = option("quiet"),
     save_models: bool = option("save_models"),
+    workers: Optional[str] = option("workers", typed=False),
+    threads: Optional[str] = option("threads", typed=False),
+    runs_per_gpu: int = option("runs_per_gpu"),
+    ray: Optional[str] = option("ray"),
     config: Optional[Path] = typer.Option(None, help=f"A TOML file of these options, keys as in SweepConfig: "
                                                      f"{', '.join(config_keys())}; flags given override it."),
 ):

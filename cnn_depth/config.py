@@ -58,6 +58,17 @@ class SweepConfig:
     device: str = _field("auto", "auto (CUDA when available), cpu or cuda; bf16 mixed precision on CUDA.")
     quiet: bool = _field(False, "No progress bars or per-run lines; just the summary.")
     save_models: bool = _field(False, "Keep each trained model in OUT/models/ (for cnn-depth explain).")
+    # How runs are spread over the machine (or a Ray cluster). None of these changes a run's numbers, except
+    # threads in the last digits, so each row records its threads.
+    workers: Union[int, str] = _field("auto", "Runs at once on this machine, each in its own process: a number, "
+                                              "or auto (see docs/cli.md).")
+    threads: Union[int, str] = _field("auto", "torch threads per run: a number, or auto (the cores divided "
+                                              "among the workers).")
+    runs_per_gpu: int = _field(1, "Runs at once on each visible GPU (CUDA only; small CNNs leave a GPU mostly "
+                                  "idle).")
+    ray: Optional[str] = _field(None, "Run each run as a Ray task: local (start Ray here), auto (the running "
+                                      "cluster) or ADDRESS; RAY_ADDRESS in the environment counts too.",
+                                shown="off")
 
     def __post_init__(self):
         self.arch = _typed(self.arch, str, "arch")
@@ -82,6 +93,12 @@ class SweepConfig:
             self.out = str(_typed(self.out, (str, os.PathLike), "out"))
         for name in ("augment", "quiet", "save_models"):
             _typed(getattr(self, name), bool, name)
+        for name in ("workers", "threads"):
+            if getattr(self, name) != "auto":
+                setattr(self, name, check_int(getattr(self, name), name, hint=f"; or {name}='auto'"))
+        self.runs_per_gpu = check_int(self.runs_per_gpu, "runs_per_gpu")
+        if self.ray is not None:
+            self.ray = _typed(self.ray, str, "ray").strip() or None
 
     @property
     def dataset_label(self) -> str:
@@ -194,7 +211,9 @@ def coerce_options(options: dict, where: str = "") -> dict:
             out[name] = parse_int_list(value, name, where)
         elif name == "lr":
             out[name] = parse_lr(value, where)
-        elif name in ("epochs", "bs", "max_per_class"):
+        elif name in ("workers", "threads"):
+            out[name] = _auto_or_int(value, name, where)
+        elif name in ("epochs", "bs", "max_per_class", "runs_per_gpu"):
             out[name] = _typed(value, int, name, where)
         elif name in ("augment", "quiet", "save_models"):
             out[name] = _typed(value, bool, name, where)
@@ -214,6 +233,18 @@ def _typed(value, types, name: str, where: str = ""):
     wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types if t in _TYPE_NAMES) or "a path"
     got = type(value).__name__ if isinstance(value, (datetime.date, datetime.time, dict, list)) else repr(value)
     raise CnnDepthError(f"{_named(name, where)} must be {wanted}, got {got}")
+
+
+def _auto_or_int(value, name: str, where: str = ""):
+    """``"auto"`` or a whole number (a string holding one, from the command line)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        if value.strip().isdigit():
+            return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise CnnDepthError(f"{_named(name, where)} must be a whole number ≥ 1 or auto, got {value!r}")
 
 
 def _named(name: str, where: str) -> str:

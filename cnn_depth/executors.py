@@ -335,6 +335,47 @@ class _Executor:
         self.shutdown(cancel=exc_type is not None)
 
 
+class InlineExecutor(_Executor):
+    """One task at a time in this very process, run when it is submitted: no process to start and nothing
+    to pickle (what a sweep with one worker uses). ``threads`` torch threads while the executor is open.
+
+    ``submit`` returns a finished future; an exception of the task is in it, except KeyboardInterrupt,
+    which stops the driver as it always does.
+    """
+
+    slots = 1
+
+    def __init__(self, threads: int):
+        _check_sizes(1, threads, 1)
+        self.threads = threads
+        self._restore: Optional[int] = None
+
+    def __enter__(self):
+        import torch
+
+        self._restore = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        return self
+
+    def free_slots(self) -> int:
+        return 1
+
+    def submit(self, fn: Callable, *args, **kwargs) -> TaskFuture:
+        fut = TaskFuture(0, os.getpid())  # worker_info() stays None: this is the driver, not a worker
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as e:
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self, cancel: bool = True) -> None:
+        if self._restore is not None:
+            import torch
+
+            torch.set_num_threads(self._restore)
+            self._restore = None
+
+
 class LocalExecutor(_Executor):
     """Up to ``workers`` tasks at once, each slot a long-lived worker process of its own (spawned, never
     forked: CUDA must not be initialised in the driver before the workers start).
@@ -546,28 +587,31 @@ class RayExecutor(_Executor):
     there; a GPU task gets a fresh process (Ray's ``max_calls=1`` for GPU tasks), so it does not.
 
     Args:
-        address: ``None`` starts a local Ray (or joins the one RAY_ADDRESS names, as ray.init does);
-            ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` joins a running cluster.
+        address: ``"local"`` starts a Ray of our own here; ``"auto"``, ``"host:port"`` or
+            ``"ray://host:port"`` joins a running cluster; ``None``: the one RAY_ADDRESS names, else local.
         threads: CPUs per task, and torch threads inside it.
         runs_per_gpu: tasks sharing one GPU (a scheduling share, not memory isolation); only with GPUs.
         num_cpus, num_gpus: resources of a local Ray started here (default: all of this machine's).
         use_gpus: ask each task for a GPU share; default: when the cluster has GPUs.
+        max_slots: at most this many tasks at once, even on a larger cluster.
     """
 
     def __init__(self, address: Optional[str] = None, threads: int = 1, runs_per_gpu: int = 1, *,
-                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, use_gpus: Optional[bool] = None):
+                 num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, use_gpus: Optional[bool] = None,
+                 max_slots: Optional[int] = None):
         _check_sizes(1, threads, runs_per_gpu)
         ray = self._ray = _import_ray()
         self.threads = threads
         self._lock = threading.Lock()
         self._closed = False
         self._running: dict[int, tuple[TaskFuture, Any, cf.Future]] = {}  # slot -> (future, ObjectRef, ref's future)
-        address = address or os.environ.get("RAY_ADDRESS") or None
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         self._owner = not ray.is_initialized()  # we disconnect (and stop a local Ray) only if we connected
         if self._owner:
             quiet = dict(log_to_driver=False, logging_level=logging.ERROR)  # the task's output is the driver's to print
-            if address is None:
-                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
+            if address == "local":
+                # always a Ray of our own, never one that another program started on this machine
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
             else:
                 _check_reachable(address)
                 try:
@@ -577,6 +621,8 @@ class RayExecutor(_Executor):
                     raise CnnDepthError(f"cannot join the Ray cluster at {address}: {first}") from None
         try:
             self.slots, num_gpus_each = ray_capacity(ray.cluster_resources(), threads, runs_per_gpu, use_gpus)
+            if max_slots is not None:  # a sweep never needs more slots than it has runs
+                self.slots = max(1, min(self.slots, max_slots))
         except BaseException:
             self.shutdown()
             raise

@@ -19,8 +19,10 @@ import math
 import os
 import platform
 import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 
@@ -154,9 +156,46 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def check_folder(out: Path, config: dict, fields: Sequence[str]) -> Path:
+@contextmanager
+def claim_folder(out: PathLike) -> Iterator[Path]:
+    """Hold the sweep folder ``out`` (made if need be) for as long as this lasts; a second sweep on the same
+    folder is refused with one line instead of interleaving its rows with ours.
+
+    The lock is an OS file lock (``filelock``) on ``out/.sweep.lock``: it is released when the process ends,
+    however it ends, so a killed sweep never leaves the folder locked.
+    """
+    from filelock import FileLock, Timeout
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnDepthError(f"cannot write to {out} ({e.strerror or e}); pick a folder you can write to "
+                            f"with --out") from e
+    if not out.is_dir():
+        raise CnnDepthError(f"{out} is not a folder; pick another --out")
+    lock, owner = FileLock(out / ".sweep.lock"), out / ".sweep.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as e:
+        who = owner.read_text().strip() if owner.exists() else "another process"
+        raise CnnDepthError(f"{out} is in use by another cnn-depth sweep ({who}); wait for it to finish, or use "
+                            f"another --out") from e
+    except OSError as e:
+        raise CnnDepthError(f"cannot lock {out} ({e.strerror or e}); pick a folder you can write to with --out") from e
+    try:
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        owner.write_text(f"pid {os.getpid()} on {platform.node()}, since {started}\n")
+        yield out
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def check_folder(out: Path, config: dict, fields: Sequence[str], save_models: bool = False) -> Path:
     """The sweep folder ``out``, made and writable; an existing one must hold a sweep whose ``fields`` of
-    ``config`` (the settings that decide a run's numbers) are the same."""
+    ``config`` (the settings that decide a run's numbers) are the same. With ``save_models``,
+    ``out/models`` must be a folder (or not exist yet)."""
     meta = out / "sweep.json"
     if meta.exists():
         try:
@@ -175,6 +214,10 @@ def check_folder(out: Path, config: dict, fields: Sequence[str]) -> Path:
     elif (out / "results.csv").exists():
         raise CnnDepthError(f"{out} has a results.csv but no sweep.json, so it cannot be resumed safely; "
                             f"use another --out")
+    models = out / MODELS_DIR
+    if save_models and models.exists() and not models.is_dir():
+        raise CnnDepthError(f"{models} is a file, so models cannot be saved there; move it away, or leave out "
+                            f"--save-models")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"

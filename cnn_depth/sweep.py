@@ -7,10 +7,13 @@ again and their new row replaces the old one, so results.csv always holds one ro
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import functools
 import gc
 import math
+import os
+import platform
 import random
 import shutil
 import signal
@@ -35,10 +38,11 @@ from .config import RESULT_FIELDS, SweepConfig
 from .errors import CnnDepthError
 from .explain import activation_stats, fixed_valid_batch
 from .learner import depth_learner
+from .data import list_datasets
 from .loaders import dataloaders
 from .models import count_params
-from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, environment,
-                      model_path, read_results, run_fields, run_id, write_rows, write_sweep_json)
+from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
+                      environment, model_path, read_results, run_fields, run_id, write_rows, write_sweep_json)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -173,28 +177,35 @@ def progress_bars() -> bool:
 
 
 @contextmanager
-def _quiet(learn, quiet: bool):
-    """fastai's own switches: no progress bar when quiet or not on a terminal, no epoch table when quiet.
+def _quiet(learn, quiet: bool, label: str = ""):
+    """fastai's own switches: no progress bar when quiet, off a terminal or in a worker process (several
+    would draw over each other); no epoch table when quiet.
 
-    Without the bar (which draws the epoch table's header and aligns it), each epoch is one plain line.
+    Without the bar (which draws the epoch table's header and aligns it), each epoch is one plain line,
+    prefixed in a worker with which worker and run it is (``[worker 2 bn-d4-s1]``).
     """
+    from .executors import worker_info
+
+    info = worker_info()
+    plain = not progress_bars() or info is not None
     with ExitStack() as stack:
-        if quiet or not progress_bars():
+        if quiet or plain:
             stack.enter_context(learn.no_bar())
         if quiet:
             stack.enter_context(learn.no_logging())
-        elif not progress_bars():
-            old, learn.logger = learn.logger, functools.partial(_epoch_line, learn, print)
+        elif plain:
+            prefix = f"[worker {info.slot + 1} {label}] " if info is not None else ""
+            old, learn.logger = learn.logger, functools.partial(_epoch_line, learn, prefix)
             stack.callback(setattr, learn, "logger", old)
         yield learn
 
 
-def _epoch_line(learn, say: Callable[[str], None], values: list) -> None:
+def _epoch_line(learn, prefix: str, values: list) -> None:
     """One epoch of fastai's table as a plain line: ``epoch 2  train_loss 1.8123  valid_loss ...  time 00:03``."""
     names = learn.recorder.metric_names
     cells = [f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v + 1 if n == 'epoch' else v}"
              for n, v in zip(names, values)]
-    say("  " + "  ".join(cells))
+    print(f"  {prefix}" + "  ".join(cells), flush=True)  # flushed: a worker's stdout is a pipe, block-buffered
 
 
 def _learner(dls, cfg: SweepConfig, depth: int, device: Device, out: Path, cbs=()):
@@ -208,19 +219,10 @@ def find_lr(dls, cfg: SweepConfig, depth: int, seed: int, device: Device, out: P
     """``lr_find`` on a fresh model of ``depth`` (seeded with ``seed``): fastai's ``valley`` suggestion."""
     seed_run(seed, dls)
     learn = _learner(dls, cfg, depth, device, out)
-    with tempfile.TemporaryDirectory(prefix=".lr_find-", dir=out) as tmp, _quiet(learn, cfg.quiet):
+    with tempfile.TemporaryDirectory(prefix="cnn-depth-lr_find-") as tmp, \
+            _quiet(learn, cfg.quiet, f"lr_find d{depth}"):
         learn.model_dir = Path(tmp).resolve()  # lr_find saves and restores the weights there
         return float(learn.lr_find(show_plot=False).valley)
-
-
-def _found_lr(cache: dict, dls, cfg: SweepConfig, depth: int, device: Device, out: Path,
-              say: Callable[[str], None] = lambda s: None) -> float:
-    """--lr find: one lr per depth, found with the sweep's first seed and reused for its other seeds."""
-    if depth not in cache:
-        say(f"lr_find depth={depth} (seed {cfg.seeds[0]}; its valley is this depth's lr for every seed)")
-        cache[depth] = find_lr(dls, cfg, depth, cfg.seeds[0], device, out)
-        say(f"lr_find depth={depth}: lr={cache[depth]:.3g}")
-    return cache[depth]
 
 
 @dataclass
@@ -255,7 +257,7 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
         seed_run(seed, dls)
         learn = _learner(dls, cfg, depth, device, out, cbs=[stats, nan, *cbs])
         row["params"] = count_params(learn.model)
-        with _quiet(learn, cfg.quiet):
+        with _quiet(learn, cfg.quiet, ident["run_id"]):
             t0 = time.perf_counter()
             learn.fit_one_cycle(cfg.epochs, lr)
             train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
@@ -343,6 +345,162 @@ def record_run(out: Path, cfg: SweepConfig, result: RunResult) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Where runs go: in this process, on local worker processes, or on Ray
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How a sweep's runs are spread: the executor kind, runs at once, torch threads per run, GPUs."""
+
+    kind: str  # "inline" (one after another in this process), "local" (worker processes) or "ray"
+    workers: int  # runs at once (Ray: at most; the cluster's capacity may be smaller)
+    threads: int  # torch threads per run
+    gpus: tuple = ()  # local GPU indices the workers are spread over
+    runs_per_gpu: int = 1
+    ray: Optional[str] = None  # "local", "auto" or an address
+
+    def describe(self) -> str:
+        if self.kind == "inline":
+            return f"in this process, {self.threads} torch thread(s)"
+        where = "on Ray" + ("" if self.ray == "local" else f" at {self.ray}") if self.kind == "ray" else "at once"
+        gpus = f", {self.runs_per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
+        return f"{self.workers} {where}{gpus}, {self.threads} torch thread(s) each"
+
+    def executor(self):
+        from .executors import InlineExecutor, LocalExecutor, RayExecutor
+
+        if self.kind == "inline":
+            return InlineExecutor(self.threads)
+        if self.kind == "local":
+            return LocalExecutor(self.workers, self.threads, self.gpus, self.runs_per_gpu)
+        return RayExecutor(self.ray, self.threads, self.runs_per_gpu, max_slots=self.workers)
+
+
+WORKER_MEMORY = 2 * 1024**3  # bytes to budget per worker process (torch, fastai, a decoded dataset, a model)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity: a container or taskset may give fewer)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None) -> Engine:
+    """The engine for ``cfg``'s ``workers``, ``threads``, ``runs_per_gpu`` and ``ray`` with ``todo`` runs to do.
+
+    ``auto`` on a CPU machine: one worker per core (at most one per run, and as many as the memory holds at
+    ``WORKER_MEMORY`` each), each with the cores divided among them; a single run trains in this process
+    with every core. With CUDA: ``runs_per_gpu`` workers on each visible GPU. Why one thread per worker on
+    CPUs: small CNNs use extra threads poorly, and on a shared host torch's thread pools collapse (see
+    ``experiments/bench_sweep.py`` and docs/cli.md).
+    """
+    cpus = cpus or available_cpus()
+    ray = cfg.ray or os.environ.get("RAY_ADDRESS") or None
+    threads = cfg.threads if cfg.threads != "auto" else None
+    if ray:
+        workers = cfg.workers if cfg.workers != "auto" else max(1, todo)
+        return Engine("ray", max(1, min(workers, todo)), threads or 1, runs_per_gpu=cfg.runs_per_gpu, ray=ray)
+    cuda = resolve_device(cfg.device).torch.type == "cuda"
+    if not cuda and cfg.runs_per_gpu != 1:
+        raise CnnDepthError(f"--runs-per-gpu {cfg.runs_per_gpu} needs CUDA GPUs, and torch sees none here "
+                            f"(--device {cfg.device}); leave --runs-per-gpu out")
+    gpus = tuple(range(torch.cuda.device_count())) if cuda else ()
+    if cfg.workers != "auto":
+        workers = cfg.workers
+    elif gpus:
+        workers = len(gpus) * cfg.runs_per_gpu
+    else:
+        memory = _available_memory()
+        workers = min(cpus, max(1, memory // WORKER_MEMORY) if memory else cpus)
+    workers = max(1, min(workers, todo))
+    threads = threads or max(1, cpus // workers)
+    if workers == 1:
+        return Engine("inline", 1, threads if threads else cpus)
+    return Engine("local", workers, threads, gpus, cfg.runs_per_gpu)
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One task of a sweep: train the run (depth, seed) (``kind="run"``), or find a depth's lr with its
+    first seed (``kind="find"``)."""
+
+    kind: str
+    depth: int
+    seed: int
+    index: int = 0  # the run's place in the grid, 1-based (0 for a find)
+
+
+def worker_dataloaders(cfg: SweepConfig, device: "Device"):
+    """The sweep's DataLoaders in this process, built once and kept for the next job (``worker_cache``):
+    every run sees the same items, statistics and transforms, decoded once per machine (the disk cache)."""
+    from .executors import worker_cache
+
+    key = ("dls", cfg.dataset, cfg.bs, cfg.max_per_class, cfg.pipeline, cfg.augment, str(device.torch))
+    cache = worker_cache()
+    if key not in cache:
+        cache.clear()  # one dataset per worker at a time: never two decoded copies
+        try:
+            cache[key] = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch,
+                                     pipeline=cfg.pipeline, augment=cfg.augment)
+        except CnnDepthError as e:
+            if cfg.dataset in list_datasets() or Path(cfg.dataset).exists():
+                raise
+            raise CnnDepthError(f"{cfg.dataset} is not readable on {platform.node()}: a dataset given by path "
+                                f"must be at the same path on every machine that runs a run ({e})") from e
+    return cache[key]
+
+
+def run_job(cfg: SweepConfig, job: Job, lr: Optional[float], out: Path, cbs: Sequence[Callback] = ()):
+    """What a worker does with one job: a :class:`RunResult` for a run, the lr (a float) for a find.
+
+    It runs in worker processes and Ray tasks as well as in the driver, so it takes plain arguments and
+    builds what it needs where it runs (CUDA sees only the worker's own GPU there).
+    """
+    device = resolve_device(cfg.device)
+    dls = worker_dataloaders(cfg, device)
+    if job.kind == "find":
+        return find_lr(dls, cfg, job.depth, job.seed, device, out)
+    return train_run(dls, cfg, job.depth, job.seed, lr, device, out, cbs=cbs)
+
+
+def failed_result(cfg: SweepConfig, job: Job, lr, error: str, device: str = "") -> RunResult:
+    """The row of a run that never came back (its worker died, its lr_find failed): status ``failed``."""
+    row = dict.fromkeys(RESULT_COLUMNS, "")
+    row.update(run_fields(cfg.dataset_label, cfg.arch, job.depth, job.seed), epochs=cfg.epochs,
+               lr="" if lr is None else lr, bs=cfg.bs, device=device, epochs_done=0, pipeline=cfg.pipeline,
+               augment=cfg.augment, status="failed", error=error.replace("\n", " ")[:500])
+    return RunResult(row)
+
+
+def _jobs(cfg: SweepConfig, finished: set, found_lrs: dict) -> list[Job]:
+    """The jobs of a sweep in grid order: each run not finished, after its depth's lr_find when needed."""
+    jobs, finding = [], set()
+    for i, (depth, seed) in enumerate(((d, s) for d in cfg.depths for s in cfg.seeds), start=1):
+        if run_id(cfg.arch, depth, seed) in finished:
+            continue
+        if cfg.lr == "find" and depth not in found_lrs and depth not in finding:
+            jobs.append(Job("find", depth, cfg.seeds[0]))
+            finding.add(depth)
+        jobs.append(Job("run", depth, seed, i))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sweep
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The sweep
 
 
@@ -350,11 +508,16 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
               log: Callable[[str], None] = print, **kw) -> pd.DataFrame:
     """Train one model per (depth, seed) and write the reports; return every row of the sweep's results.csv.
 
+    This process (the driver) plans the runs, hands them to an engine (this process, local worker processes
+    or Ray: see :func:`choose_engine`) and alone writes the files as runs come back, so resume, extending a
+    sweep and "one row per run_id" hold whatever the engine.
+
     Args:
         config: a :class:`SweepConfig`; or give its fields as keywords (they override ``config``'s), e.g.
             ``run_sweep(depths=[2, 3, 4], seeds=[0], epochs=1, max_per_class=50, out="runs/x")``.
-        cbs: extra fastai callbacks added to every run's Learner.
-        log: where the one-line-per-run progress goes (nothing when ``quiet``).
+        cbs: extra fastai callbacks added to every run's Learner (pickled to the workers when there are
+            several: define them at module level).
+        log: where the progress lines go (nothing when ``quiet``).
         **kw: SweepConfig fields.
 
     Returns:
@@ -362,60 +525,158 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         ``df.attrs["out"]`` the folder and ``df.attrs["summary"]`` the summary table.
 
     Raises:
-        CnnDepthError: bad options, a folder holding another config, an unreadable dataset.
+        CnnDepthError: bad options, a folder holding another config or in use by another sweep, an
+            unreadable dataset.
         SweepInterrupted: Ctrl-C or SIGTERM; finished runs are saved, rerun to resume.
     """
     from .reports import write_reports
 
     cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
-    device = resolve_device(cfg.device)
-    fresh = not cfg.out_dir.exists()
-    out = check_folder(cfg.out_dir, cfg.as_dict(), RESULT_FIELDS)
-    try:  # built once: every run sees the same items, statistics and transforms
-        dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch,
-                          pipeline=cfg.pipeline, augment=cfg.augment)
-    except BaseException:
-        if fresh:  # leave no empty folder behind for a dataset that cannot be read
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
-                     dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
-                          depths=cfg.depths, seeds=cfg.seeds, device=device.name))
-    done = read_results(out)
-    ok = done[done["status"] == "ok"]
-    finished = set(ok["run_id"])
-    found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
-    grid = [(d, s) for d in cfg.depths for s in cfg.seeds]
-    todo = len(grid) - sum(run_id(cfg.arch, d, s) in finished for d, s in grid)
-    say(f"sweep: {len(grid)} runs ({todo} to do) on {device.name}, {len(dls.train_ds)} train / "
-        f"{len(dls.valid_ds)} valid images, writing to {out}")
-    progress = Progress(say, len(grid), todo)
-    i, rid = 0, None
-    try:
-        with _Interrupts() as interrupts:
-            for i, (depth, seed) in enumerate(grid, start=1):
-                rid = run_id(cfg.arch, depth, seed)
-                if rid in finished:
-                    acc = float(ok.loc[ok["run_id"] == rid, "accuracy"].iloc[0])
-                    say(f"skip  {i}/{len(grid)}  depth={depth} seed={seed}  done earlier (acc={acc:.4f})")
-                    continue
-                progress.start(i, depth, seed)
-                t0 = time.monotonic()
-                lr = cfg.lr if cfg.lr != "find" else functools.partial(_found_lr, found_lrs, dls, cfg, depth,
-                                                                       device, out, say)
-                result = train_run(dls, cfg, depth, seed, lr, device, out, cbs=cbs)
-                with interrupts.critical():
-                    record_run(out, cfg, result)
-                progress.end(i, result.row, time.monotonic() - t0)
-                rid = None
-                del result
-    except KeyboardInterrupt as e:
-        n_ok = int((read_results(out)["status"] == "ok").sum())
-        why = f" ({e.args[0]})" if e.args else ""
-        raise SweepInterrupted(f"interrupted{why} during run {i}/{len(grid)} ({rid}); {n_ok} finished run(s) "
-                               f"are saved in {out}; rerun the same command to resume") from e
+    made = _first_missing(cfg.out_dir)  # what claim_folder will create, removed again if no row is written
+    with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made):
+        check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)
+        done = read_results(out)
+        ok = done[done["status"] == "ok"]
+        finished = set(ok["run_id"])
+        found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
+        jobs = _jobs(cfg, finished, found_lrs)
+        todo = sum(job.kind == "run" for job in jobs)
+        engine = choose_engine(cfg, todo)
+        device = resolve_device(cfg.device)
+        # built here first: the dataset is checked (and decoded into the disk cache) before any worker starts
+        dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class,
+                          device=device.torch if engine.kind == "inline" else "cpu", pipeline=cfg.pipeline,
+                          augment=cfg.augment)
+        check_split_sizes(dls, cfg)
+        if engine.kind != "inline":
+            _check_picklable(cbs)
+        write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
+                         dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
+                              depths=cfg.depths, seeds=cfg.seeds, device=device.name, engine=engine.describe()))
+        n = len(cfg.depths) * len(cfg.seeds)
+        say(f"sweep: {n} runs ({todo} to do) on {device.name}, {engine.describe()}; {len(dls.train_ds)} train / "
+            f"{len(dls.valid_ds)} valid images; writing to {out}")
+        if engine.kind == "inline":  # the driver is the worker: it reuses these DataLoaders
+            from .executors import worker_cache
+
+            worker_cache()[("dls", cfg.dataset, cfg.bs, cfg.max_per_class, cfg.pipeline, cfg.augment,
+                            str(device.torch))] = dls
+        else:
+            del dls
+        _drive(cfg, engine, jobs, found_lrs, out, cbs, Progress(say, n, todo, engine.workers), say)
     results = read_results(out)
     results.attrs["out"] = str(out)
     results.attrs["summary"] = write_reports(out)
     return results
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        path, missing = path.parent, path
+    return missing
+
+
+@contextmanager
+def _removed_if_unused(out: Path, made: Optional[Path]):
+    """The folders this sweep made are removed again when it stops before writing a row (bad options, a
+    dataset that cannot be read), so a mistyped command leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        if made is not None and not (out / "results.csv").exists():
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def check_split_sizes(dls, cfg: SweepConfig) -> None:
+    """Refuse a batch size larger than the training split: fastai drops the last partial training batch,
+    so every epoch would train on nothing (and ``lr_find`` would divide by zero)."""
+    n = len(dls.train_ds)
+    if n < cfg.bs:
+        raise CnnDepthError(f"the training split has {n} image(s), fewer than the batch size {cfg.bs}: every epoch "
+                            f"would train on no batch; use --bs {max(1, n)} or less, or more images per class")
+
+
+def _check_picklable(cbs: Sequence[Callback]) -> None:
+    import pickle
+
+    for cb in cbs:
+        try:
+            pickle.dumps(cb)
+        except Exception as e:
+            raise CnnDepthError(f"callback {type(cb).__name__} cannot be sent to worker processes ({type(e).__name__}:"
+                                f" {e}); define it at module level, or run with workers=1") from e
+
+
+def _drive(cfg: SweepConfig, engine: Engine, jobs: list[Job], lrs: dict, out: Path, cbs, progress: "Progress",
+           say: Callable[[str], None]) -> None:
+    """The driver loop, the same for every engine: submit jobs into free slots (a run once its depth's lr is
+    known), write each run's files as it comes back, stop everything on Ctrl-C/SIGTERM."""
+    from .executors import WorkerDied
+
+    pending, running, started = list(jobs), {}, {}
+    failed_finds: dict[int, str] = {}
+    try:
+        with _Interrupts() as interrupts, engine.executor() as ex:
+            while pending or running:
+                while pending and ex.free_slots():
+                    job = next((j for j in pending if j.kind == "find" or j.depth in lrs or j.depth in failed_finds
+                                or cfg.lr != "find"), None)
+                    if job is None:  # every waiting run needs an lr that is being found
+                        break
+                    pending.remove(job)
+                    if job.kind == "run" and job.depth in failed_finds:
+                        _record(out, cfg, failed_result(cfg, job, None, failed_finds[job.depth]), interrupts)
+                        progress.end(job.index, failed_result(cfg, job, None, failed_finds[job.depth]).row, 0.0)
+                        continue
+                    lr = cfg.lr if cfg.lr != "find" else lrs.get(job.depth)
+                    fut = ex.submit(run_job, cfg, job, lr, out, tuple(cbs))
+                    where = f" on worker {fut.slot + 1}" if engine.kind != "inline" else ""
+                    if job.kind == "find":
+                        say(f"lr_find depth={job.depth} (seed {job.seed}; its valley is this depth's lr for every "
+                            f"seed){where}")
+                    else:
+                        progress.start(job.index, job.depth, job.seed, where)
+                    running[fut], started[fut] = job, time.monotonic()
+                if not running:
+                    continue
+                done, _ = cf.wait(list(running), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    job, t0 = running.pop(fut), started.pop(fut)
+                    try:
+                        value = fut.result()
+                    except WorkerDied as e:
+                        value = e
+                    except CnnDepthError:
+                        raise  # the same for every run (say, the dataset is not readable there): stop the sweep
+                    except Exception as e:  # a job's own failure; train_run records its errors itself
+                        value = e
+                    if job.kind == "find":
+                        if isinstance(value, BaseException):
+                            failed_finds[job.depth] = f"lr_find failed: {type(value).__name__}: {value}"
+                            say(f"lr_find depth={job.depth}: failed ({type(value).__name__}: {value})")
+                        else:
+                            lrs[job.depth] = value
+                            say(f"lr_find depth={job.depth}: lr={value:.3g}")
+                        continue
+                    if isinstance(value, BaseException):
+                        value = failed_result(cfg, job, cfg.lr if cfg.lr != "find" else lrs.get(job.depth),
+                                              f"{type(value).__name__}: {value}")
+                    _record(out, cfg, value, interrupts)
+                    progress.end(job.index, value.row, time.monotonic() - t0)
+    except KeyboardInterrupt as e:
+        n_ok = int((read_results(out)["status"] == "ok").sum())
+        why = f" ({e.args[0]})" if e.args else ""
+        cut = sorted((j for j in running.values() if j.kind == "run"), key=lambda j: j.index)
+        where = (f"during run{'s' if len(cut) > 1 else ''} " + ", ".join(f"{j.index}/{progress.n} "
+                 f"({run_id(cfg.arch, j.depth, j.seed)})" for j in cut)) if cut else "between runs"
+        raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
+                               f"same command to resume") from e
+
+
+def _record(out: Path, cfg: SweepConfig, result: RunResult, interrupts: "_Interrupts") -> None:
+    with interrupts.critical():
+        record_run(out, cfg, result)

@@ -1,0 +1,179 @@
+"""Sweeps on several worker processes and on Ray: the same rows as one after another, faults, interrupts,
+no processes left behind, and one-line errors for bad engine options."""
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from fastai.callback.core import Callback
+from typer.testing import CliRunner
+
+from cnn_depth import SweepConfig, run_sweep
+from cnn_depth.cli import app
+from cnn_depth.sweep import choose_engine
+
+TINY = dict(depths=[1, 2], seeds=[0, 1], epochs=1, max_per_class=10, bs=16, device="cpu", quiet=True, threads=1)
+# What may differ between two runs of the same (depth, seed): when and how fast it ran, and where.
+TIMING = ["train_seconds", "images_per_second", "valid_seconds", "finished"]
+runner = CliRunner()
+
+
+class KillWorkerAt(Callback):
+    """SIGKILL the process training depth ``depth`` at its second batch: a worker dying mid-run."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+
+    def after_batch(self):
+        if self.training and self.iter == 1 and self.learn.model.config["depth"] == self.depth:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def by_run(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values("run_id").reset_index(drop=True)
+
+
+def no_children_left():
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not multiprocessing.active_children()
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    return run_sweep(out=str(tmp_path_factory.mktemp("serial")), workers=1, **TINY)
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_rows_of_one_to_the_last_digit(serial, tmp_path):
+    out = tmp_path / "two"
+    df = run_sweep(out=str(out), workers=2, **TINY)
+    a, b = by_run(serial), by_run(df)
+    assert list(b["run_id"]) == ["bn-d1-s0", "bn-d1-s1", "bn-d2-s0", "bn-d2-s1"] and (b["status"] == "ok").all()
+    same = [c for c in a.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(a[same], b[same])
+    for name in ("history.csv", "activations.csv"):  # per-epoch and per-layer numbers too, timing aside
+        h_a = pd.read_csv(serial.attrs["out"] + "/" + name).drop(columns=["seconds"], errors="ignore")
+        h_b = pd.read_csv(out / name).drop(columns=["seconds"], errors="ignore")
+        pd.testing.assert_frame_equal(h_a.sort_values(list(h_a.columns[:5])).reset_index(drop=True),
+                                      h_b.sort_values(list(h_b.columns[:5])).reset_index(drop=True))
+    assert no_children_left()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_run_only_and_the_rerun_retries_it(serial, tmp_path):
+    out = str(tmp_path / "kill")
+    df = run_sweep(out=out, workers=2, cbs=[KillWorkerAt(depth=2)], **{**TINY, "seeds": [0]})
+    status = dict(zip(df["run_id"], df["status"]))
+    assert status == {"bn-d1-s0": "ok", "bn-d2-s0": "failed"}
+    error = df.set_index("run_id").loc["bn-d2-s0", "error"]
+    assert error.startswith("WorkerDied: worker ") and "died (SIGKILL)" in error
+    assert no_children_left()
+    df = run_sweep(out=out, workers=2, **{**TINY, "seeds": [0]})  # retried, without the killer
+    assert dict(zip(df["run_id"], df["status"])) == {"bn-d1-s0": "ok", "bn-d2-s0": "ok"}
+    again = by_run(df).set_index("run_id")
+    assert again.loc["bn-d2-s0", "accuracy"] == by_run(serial).set_index("run_id").loc["bn-d2-s0", "accuracy"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_keeps_finished_rows_and_resumes(tmp_path):
+    """A real driver with two workers: SIGTERM once a run has finished; exit 130, the finished rows kept,
+    no worker left; the same command finishes the sweep."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "cnn_depth", "sweep", "--depths", "1", "2", "3", "--seeds", "0", "1", "--epochs", "2",
+           "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--workers", "2", "--threads", "1",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    children = []
+    for line in proc.stdout:
+        if line.startswith("done "):
+            children = psutil.Process(proc.pid).children(recursive=True)
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted (SIGTERM) ") and "finished run(s) are saved in" in last, err
+    assert "Traceback" not in err
+    _, alive = psutil.wait_procs(children, timeout=10)  # workers and multiprocessing's resource tracker
+    assert children and not alive, [c.cmdline() for c in alive]
+    done = pd.read_csv(out / "results.csv")
+    assert 1 <= len(done) < 6 and (done["status"] == "ok").all() and done["run_id"].is_unique
+    r = runner.invoke(app, cmd[3:] + ["--quiet"])
+    assert r.exit_code == 0, r.output
+    full = pd.read_csv(out / "results.csv")
+    assert sorted(full["run_id"]) == sorted(f"bn-d{d}-s{s}" for d in (1, 2, 3) for s in (0, 1))
+    assert full.iloc[: len(done)].equals(done)
+
+
+def test_auto_engine_fills_the_cores_and_never_spawns_for_one_run():
+    cfg = SweepConfig(device="cpu")
+    one = choose_engine(cfg, todo=1, cpus=2)
+    assert (one.kind, one.workers, one.threads) == ("inline", 1, 2)
+    two = choose_engine(cfg, todo=6, cpus=2)
+    assert (two.kind, two.workers, two.threads) == ("local", 2, 1)
+    many = choose_engine(cfg, todo=3, cpus=16)
+    assert (many.kind, many.workers, many.threads) == ("local", 3, 5)  # never more workers than runs
+    given = choose_engine(SweepConfig(device="cpu", workers=1, threads=3), todo=6, cpus=2)
+    assert (given.kind, given.workers, given.threads) == ("inline", 1, 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--workers", "0"], "workers must be a whole number ≥ 1, got 0"),
+    (["--workers", "two"], "workers must be a whole number ≥ 1 or auto, got 'two'"),
+    (["--threads", "0"], "threads must be a whole number ≥ 1, got 0"),
+    (["--runs-per-gpu", "2", "--device", "cpu"], "--runs-per-gpu 2 needs CUDA GPUs"),
+    (["--ray", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+])
+def test_bad_engine_options_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if args[0] == "--ray":
+        pytest.importorskip("ray")
+    r = runner.invoke(app, ["sweep", "--depths", "1", "--max-per-class", "10", "--epochs", "1", *args])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_without_ray_installed_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    r = runner.invoke(app, ["sweep", "--depths", "1", "2", "--max-per-class", "10", "--ray", "local"])
+    assert r.exit_code == 2 and r.stderr.strip() == ("error: Ray is not installed: install the extra: "
+                                                     "pip install 'cnn-depth[ray]'"), r.output
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_local_ray_gives_the_same_rows(serial, tmp_path):
+    pytest.importorskip("ray")
+    df = run_sweep(out=str(tmp_path / "ray"), ray="local", **TINY)
+    same = [c for c in serial.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(by_run(serial)[same], by_run(df)[same])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_node_ray_cluster_runs_the_sweep(serial, tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1))
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        df = run_sweep(out=str(tmp_path / "cluster"), ray=cluster.address, **TINY)
+        same = [c for c in serial.columns if c not in TIMING]
+        pd.testing.assert_frame_equal(by_run(serial)[same], by_run(df)[same])
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
