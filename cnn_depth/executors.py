@@ -201,22 +201,35 @@ def _exitcode(proc, timeout: float = 2.0) -> Optional[int]:
 
 
 def _watchdog(parent: int) -> None:
-    """Exit when the driver is gone (its pid is no longer our parent): a SIGKILLed driver runs no cleanup,
-    and a worker blocked on the pool's queue would otherwise wait forever."""
+    """Exit when our parent is gone (our parent pid changes): the driver, or the fork server, which exits
+    when the driver does. A SIGKILLed driver runs no cleanup, and a worker blocked on the pool's queue would
+    otherwise wait forever."""
     while os.getppid() == parent:
         time.sleep(WATCHDOG_SECONDS)
     os._exit(1)
 
 
-def _init_worker(slot: int, threads: int, gpu: Optional[str], parent: int) -> None:
+def _init_worker(slot: int, threads: int, gpu: Optional[str]) -> None:
     """The initializer of a local worker process, before its first task."""
     global _INFO
-    threading.Thread(target=_watchdog, args=(parent,), name="cnn-depth-watchdog", daemon=True).start()
+    threading.Thread(target=_watchdog, args=(os.getppid(),), name="cnn-depth-watchdog", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the driver, which stops us with shutdown()
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # already so since spawn; kept for processes started later
+    if gpu is not None:  # before any CUDA call: a forked worker inherits the fork server's environment
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     _set_threads(threads)
     _INFO = WorkerInfo(slot=slot, threads=threads, gpu=gpu)
+
+
+def _context(preload: Sequence[str]):
+    """How worker processes start: from a fork server that has imported ``preload`` once (each worker then
+    starts in milliseconds instead of importing torch and fastai again: seconds each), where the platform
+    has one and there is something to preload; else spawned. Never forked from the driver itself: it may
+    hold CUDA or OpenMP state that a fork cannot carry."""
+    if preload and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(list(preload))  # no effect once the server runs: it keeps its first list
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 _ENV_LOCK = threading.Lock()
@@ -268,17 +281,16 @@ def _visible_gpu(gpu: int) -> str:
 class _Slot:
     """One worker process (a ProcessPoolExecutor with max_workers=1) and the task it runs."""
 
-    def __init__(self, index: int, threads: int, gpu: Optional[str]):
-        self.index, self.threads, self.gpu = index, threads, gpu
+    def __init__(self, index: int, threads: int, gpu: Optional[str], ctx):
+        self.index, self.threads, self.gpu, self.ctx = index, threads, gpu, ctx
         self.pool: Optional[cf.ProcessPoolExecutor] = None
         self.proc = None  # the pool's multiprocessing.Process
         self.future: Optional[TaskFuture] = None  # the task now running here
         self.dead = True  # no live worker: start one on the next submit
 
     def start(self) -> None:
-        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_init_worker,
-                                           initargs=(self.index, self.threads, self.gpu, os.getpid()))
+        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=_init_worker,
+                                           initargs=(self.index, self.threads, self.gpu))
         env = {key: str(self.threads) for key in THREAD_ENV}
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
@@ -377,8 +389,9 @@ class InlineExecutor(_Executor):
 
 
 class LocalExecutor(_Executor):
-    """Up to ``workers`` tasks at once, each slot a long-lived worker process of its own (spawned, never
-    forked: CUDA must not be initialised in the driver before the workers start).
+    """Up to ``workers`` tasks at once, each slot a long-lived worker process of its own, started from a
+    fork server that preloads ``preload`` (or spawned), never forked from the driver: CUDA must not be
+    initialised in the driver before the workers start.
 
     Each slot is a ``ProcessPoolExecutor(max_workers=1)``, so a worker that dies breaks only its own
     one-process pool: its task fails with :class:`WorkerDied`, the other slots run on, and the slot gets a
@@ -393,9 +406,12 @@ class LocalExecutor(_Executor):
         gpus: GPU indices as the driver sees them; slot ``i`` gets ``gpus[i % len(gpus)]`` as its only
             visible GPU (``CUDA_VISIBLE_DEVICES``). Empty: the workers see what the driver sees.
         runs_per_gpu: slots per GPU; only with ``gpus``.
+        preload: modules the fork server imports once for every worker (e.g. ``["cnn_depth.sweep"]``);
+            empty: each worker is spawned and imports what its tasks need itself.
     """
 
-    def __init__(self, workers: int, threads: int, gpus: Sequence[int] = (), runs_per_gpu: int = 1):
+    def __init__(self, workers: int, threads: int, gpus: Sequence[int] = (), runs_per_gpu: int = 1,
+                 preload: Sequence[str] = ()):
         _check_sizes(workers, threads, runs_per_gpu)
         gpus = list(gpus)
         for g in gpus:
@@ -405,7 +421,8 @@ class LocalExecutor(_Executor):
         self.slots, self.threads = workers, threads
         self._lock = threading.Lock()
         self._closed = False
-        self._slots = [_Slot(i, threads, gpu) for i, gpu in enumerate(visible)]
+        ctx = _context(preload)
+        self._slots = [_Slot(i, threads, gpu, ctx) for i, gpu in enumerate(visible)]
         try:
             for slot in self._slots:
                 slot.start()

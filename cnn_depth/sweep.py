@@ -372,7 +372,7 @@ class Engine:
         if self.kind == "inline":
             return InlineExecutor(self.threads)
         if self.kind == "local":
-            return LocalExecutor(self.workers, self.threads, self.gpus, self.runs_per_gpu)
+            return LocalExecutor(self.workers, self.threads, self.gpus, self.runs_per_gpu, preload=[__name__])
         return RayExecutor(self.ray, self.threads, self.runs_per_gpu, max_slots=self.workers)
 
 
@@ -534,7 +534,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
     made = _first_missing(cfg.out_dir)  # what claim_folder will create, removed again if no row is written
-    with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made):
+    with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made), ExitStack() as stack:
         check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)
         done = read_results(out)
         ok = done[done["status"] == "ok"]
@@ -544,6 +544,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         todo = sum(job.kind == "run" for job in jobs)
         engine = choose_engine(cfg, todo)
         device = resolve_device(cfg.device)
+        starting = stack.enter_context(_starting(engine))  # workers start while the driver gets the data ready
         # built here first: the dataset is checked (and decoded into the disk cache) before any worker starts
         dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class,
                           device=device.torch if engine.kind == "inline" else "cpu", pipeline=cfg.pipeline,
@@ -564,7 +565,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
                             str(device.torch))] = dls
         else:
             del dls
-        _drive(cfg, engine, jobs, found_lrs, out, cbs, Progress(say, n, todo, engine.workers), say)
+        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, Progress(say, n, todo, engine.workers), say)
     results = read_results(out)
     results.attrs["out"] = str(out)
     results.attrs["summary"] = write_reports(out)
@@ -611,8 +612,23 @@ def _check_picklable(cbs: Sequence[Callback]) -> None:
                                 f" {e}); define it at module level, or run with workers=1") from e
 
 
-def _drive(cfg: SweepConfig, engine: Engine, jobs: list[Job], lrs: dict, out: Path, cbs, progress: "Progress",
-           say: Callable[[str], None]) -> None:
+@contextmanager
+def _starting(engine: Engine):
+    """The engine's executor, made in a thread (worker processes take seconds to start: importing torch
+    and fastai), so that the driver builds its DataLoaders meanwhile. Yields a future of the executor; the
+    executor is shut down on the way out, however the sweep ends."""
+    pool = cf.ThreadPoolExecutor(1, thread_name_prefix="cnn-depth-start")
+    fut = pool.submit(engine.executor)
+    try:
+        yield fut
+    finally:
+        pool.shutdown(wait=True)
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result().shutdown(cancel=True)  # a no-op after _drive's own shutdown
+
+
+def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job], lrs: dict, out: Path, cbs,
+           progress: "Progress", say: Callable[[str], None]) -> None:
     """The driver loop, the same for every engine: submit jobs into free slots (a run once its depth's lr is
     known), write each run's files as it comes back, stop everything on Ctrl-C/SIGTERM."""
     from .executors import WorkerDied
@@ -620,7 +636,7 @@ def _drive(cfg: SweepConfig, engine: Engine, jobs: list[Job], lrs: dict, out: Pa
     pending, running, started = list(jobs), {}, {}
     failed_finds: dict[int, str] = {}
     try:
-        with _Interrupts() as interrupts, engine.executor() as ex:
+        with _Interrupts() as interrupts, starting.result() as ex:
             while pending or running:
                 while pending and ex.free_slots():
                     job = next((j for j in pending if j.kind == "find" or j.depth in lrs or j.depth in failed_finds
