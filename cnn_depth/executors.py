@@ -547,7 +547,9 @@ class RayExecutor(_Executor):
 
     Args:
         address: ``None`` starts a local Ray (or joins the one RAY_ADDRESS names, as ray.init does);
-            ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` joins a running cluster.
+            ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` (needs the client extra, which
+            ``cnn-depth[ray]`` has) joins a running cluster. Ray sends its token only with ``"auto"``: a
+            cluster with token authentication at an explicit address needs ``RAY_AUTH_MODE=token``.
         threads: CPUs per task, and torch threads inside it.
         runs_per_gpu: tasks sharing one GPU (a scheduling share, not memory isolation); only with GPUs.
         num_cpus, num_gpus: resources of a local Ray started here (default: all of this machine's).
@@ -572,9 +574,14 @@ class RayExecutor(_Executor):
                 _check_reachable(address)
                 try:
                     ray.init(address=address, **quiet)
-                except Exception as e:  # wrong token, version mismatch, a port that is not Ray's ...
+                except Exception as e:  # token, version mismatch, a port that is not Ray's: after ~30 s
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise CnnDepthError(f"cannot join the Ray cluster at {address}: {first}") from None
+                    hint = ""
+                    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                        # Ray sends its token only to a cluster it found itself ('auto'), never to an address
+                        hint = ("; if the cluster uses token authentication (the default of new Ray clusters), "
+                                "set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+                    raise CnnDepthError(f"cannot join the Ray cluster at {address}: {first}{hint}") from None
         try:
             self.slots, num_gpus_each = ray_capacity(ray.cluster_resources(), threads, runs_per_gpu, use_gpus)
         except BaseException:
