@@ -124,7 +124,7 @@ def _set_threads(threads: int) -> None:
     """torch and the OpenMP/BLAS libraries loaded later use ``threads`` threads (inter-op: 1)."""
     for key in THREAD_ENV:
         os.environ[key] = str(threads)
-    import torch  # here, not at import: the driver must not load torch (or CUDA) for the workers' sake
+    import torch  # only in workers: this module itself needs no torch, and must never initialise CUDA
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -409,7 +409,7 @@ class LocalExecutor(_Executor):
         if isinstance(exc, BrokenProcessPool):
             if exc.__cause__ is None:
                 code = _exitcode(proc)
-                oom = ": SIGKILL is often the out-of-memory killer" if code == -signal.SIGKILL else ""
+                oom = ": SIGKILL is often the out-of-memory killer" if code == -getattr(signal, "SIGKILL", 9) else ""
                 died = WorkerDied(f"worker {slot.index} (pid {proc.pid}) died ({_signal_name(code)}) "
                                   f"while running this task{oom}")
             else:  # the pool's thread failed to unpickle the result, and stopped the worker
