@@ -124,7 +124,7 @@ def _set_threads(threads: int) -> None:
     """torch and the OpenMP/BLAS libraries loaded later use ``threads`` threads (inter-op: 1)."""
     for key in THREAD_ENV:
         os.environ[key] = str(threads)
-    import torch  # here, not at import: the driver must not load torch (or CUDA) for the workers' sake
+    import torch  # only in workers: this module itself needs no torch, and must never initialise CUDA
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -467,7 +467,7 @@ class LocalExecutor(_Executor):
         if isinstance(exc, BrokenProcessPool):
             if exc.__cause__ is None:
                 code = _exitcode(proc)
-                oom = ": SIGKILL is often the out-of-memory killer" if code == -signal.SIGKILL else ""
+                oom = ": SIGKILL is often the out-of-memory killer" if code == -getattr(signal, "SIGKILL", 9) else ""
                 died = WorkerDied(f"worker {slot.index} (pid {proc.pid}) died ({_signal_name(code)}) "
                                   f"while running this task{oom}")
             else:  # the pool's thread failed to unpickle the result, and stopped the worker
@@ -605,7 +605,9 @@ class RayExecutor(_Executor):
 
     Args:
         address: ``"local"`` starts a Ray of our own here; ``"auto"``, ``"host:port"`` or
-            ``"ray://host:port"`` joins a running cluster; ``None``: the one RAY_ADDRESS names, else local.
+            ``"ray://host:port"`` (needs the client extra, which ``cnn-depth[ray]`` has) joins a running
+            cluster; ``None``: the one RAY_ADDRESS names, else local. Ray sends its token only with
+            ``"auto"``: a cluster with token authentication at an explicit address needs ``RAY_AUTH_MODE=token``.
         threads: CPUs per task, and torch threads inside it.
         runs_per_gpu: tasks sharing one GPU (a scheduling share, not memory isolation); only with GPUs.
         num_cpus, num_gpus: resources of a local Ray started here (default: all of this machine's).
@@ -633,9 +635,14 @@ class RayExecutor(_Executor):
                 _check_reachable(address)
                 try:
                     ray.init(address=address, **quiet)
-                except Exception as e:  # wrong token, version mismatch, a port that is not Ray's ...
+                except Exception as e:  # token, version mismatch, a port that is not Ray's: after ~30 s
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise CnnDepthError(f"cannot join the Ray cluster at {address}: {first}") from None
+                    hint = ""
+                    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                        # Ray sends its token only to a cluster it found itself ('auto'), never to an address
+                        hint = ("; if the cluster uses token authentication (the default of new Ray clusters), "
+                                "set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+                    raise CnnDepthError(f"cannot join the Ray cluster at {address}: {first}{hint}") from None
         try:
             self.slots, num_gpus_each = ray_capacity(ray.cluster_resources(), threads, runs_per_gpu, use_gpus)
             if max_slots is not None:  # a sweep never needs more slots than it has runs
