@@ -149,7 +149,7 @@ def saved_models(run_dir: PathLike) -> list[dict]:
     if models.is_dir():
         for p in models.glob("*.pt"):
             m = _FILE_RE.match(p.name)
-            if m:
+            if m and p.is_file():  # regular files only: a FIFO or a folder named *.pt is not a model
                 found.append(dict(arch=m["arch"], depth=int(m["depth"]), seed=int(m["seed"]), run_id=p.stem,
                                   path=p))
     if not found:
@@ -210,6 +210,8 @@ def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optiona
 def read_run_model(path: PathLike) -> dict:
     """Read one saved model file with ``weights_only=True`` and check its format; one-line errors."""
     path = Path(path)
+    if not path.is_file():  # a FIFO would block torch.load forever; a folder or a dangling link cannot load
+        raise CnnDepthError(f"{path} is not a regular file; remove it and rerun the sweep with --save-models")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, or pickled code weights_only refuses

@@ -263,7 +263,9 @@ def parse_int_list(value, name: str = "depths", where: str = "") -> list[int]:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)):
-        _typed(value, (list, str), name, where)
+        got = type(value).__name__ if isinstance(value, (datetime.date, datetime.time, dict)) else repr(value)
+        raise CnnDepthError(f"{_named(name, where)} must be whole numbers: a list such as [2, 3, 4] or a string such "
+                            f"as \"2-8\", got {got}")
     out: list[int] = []
     for item in value:
         if isinstance(item, int) and not isinstance(item, bool):

@@ -233,3 +233,94 @@ def test_sigterm_mid_run_keeps_finished_rows_and_resumes(tmp_path):
     full = pd.read_csv(out / "results.csv")
     assert full["run_id"].tolist() == ["bn-d1-s0", "bn-d2-s0", "bn-d3-s0"]
     assert full.iloc[:1].equals(done)
+
+
+@pytest.mark.parametrize("toml,message", [
+    ("depths = 2.5", "depths in {p} must be whole numbers: a list such as [2, 3, 4] or a string such as \"2-8\", got 2.5"),
+    ("depths = true", "depths in {p} must be whole numbers: a list such as [2, 3, 4] or a string such as \"2-8\", got True"),
+    ("depths = 2026-01-01", "depths in {p} must be whole numbers: a list such as [2, 3, 4] or a string such as \"2-8\", got date"),
+    ("seeds = [0.5]", "seeds in {p}: 0.5 is not a whole number"),
+    ('augment = "false"', "augment in {p} must be true or false, got 'false'"),
+    ('save_models = "no"', "save_models in {p} must be true or false, got 'no'"),
+    ('quiet = "no"', "quiet in {p} must be true or false, got 'no'"),
+    ("epochs = 2.0", "epochs in {p} must be a whole number, got 2.0"),
+    ('bs = "64"', "bs in {p} must be a whole number, got '64'"),
+    ("lr = true", "lr in {p} must be a positive number (e.g. 3e-3) or 'find', got True"),
+    ("workers = 0", "workers must be a whole number ≥ 1, got 0"),
+    ("arch = 3", "arch in {p} must be a string, got 3"),
+])
+def test_toml_values_of_the_wrong_type_are_one_line(toml, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "sweep.toml"
+    p.write_text(toml + "\n")
+    r = runner.invoke(app, ["sweep", "--config", str(p)])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and message.format(p=p) in lines[0], r.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--depths", "1-10000000000"], "depths: range 1-10000000000 is too large"),
+    (["--seeds", "0-300000000"], "seeds: range 0-300000000 is too large"),
+    (["--depths", "1-1e10"], "depths: '1-1e10' is not a whole number or a range"),
+    (["--depths", "1-100", "--seeds", "0-200"], "100 depths × 201 seeds is over 10,000 runs"),
+    (["--max-per-class", "2", "--bs", "64"], "the training split has 20 image(s), fewer than the batch size 64"),
+])
+def test_ranges_and_sizes_that_cannot_work_are_refused_at_once(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["sweep", "--device", "cpu", *args])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_models_that_is_a_file_is_refused_before_any_run(tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "models").write_text("not a folder")
+    r = sweep(out, "--depths", "1", "--save-models")
+    assert r.exit_code == 2 and "models is a file, so models cannot be saved there" in r.stderr
+    assert not (out / "results.csv").exists() and (out / "models").read_text() == "not a folder"
+
+
+def test_a_folder_in_use_by_another_sweep_is_refused(tmp_path):
+    from cnn_depth.records import claim_folder
+
+    out = tmp_path / "busy"
+    with claim_folder(out):  # as another sweep would hold it
+        r = sweep(out, "--depths", "1")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == (f"error: {out} is in use by another cnn-depth sweep (pid {os.getpid()} on "
+                                f"{os.uname().nodename}, since " + r.stderr.split(", since ")[1].strip())
+    assert "wait for it to finish, or use another --out" in r.stderr
+    assert not (out / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_on_one_new_folder(tmp_path):
+    """Different --epochs at once on a new --out: one sweeps, the other is refused; the rows agree with
+    sweep.json (the race that once gave sweep.json epochs=1 and rows epochs=2)."""
+    out = tmp_path / "race"
+    base = [sys.executable, "-m", "cnn_depth", "sweep", "--depths", "1", "--max-per-class", "10", "--bs", "16",
+            "--device", "cpu", "--quiet", "--out", str(out)]
+    procs = [subprocess.Popen(base + ["--epochs", e], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for e in ("1", "2")]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert ("in use by another cnn-depth sweep" in refused or "holds a sweep with epochs=" in refused), refused
+    epochs = json.loads((out / "sweep.json").read_text())["config"]["epochs"]
+    assert pd.read_csv(out / "results.csv")["epochs"].tolist() == [epochs]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "cnn_depth", "sweep", "--depths", "1", "--out", str(tmp_path / "x")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # Python is up (its SIGINT handler is set at start), torch and fastai are still loading
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted"), err
+    assert not (tmp_path / "x").exists()
