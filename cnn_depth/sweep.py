@@ -263,7 +263,8 @@ def _macs(arch: str, depth: int, n_in: int, n_out: int, img_size: tuple) -> int:
 
     from .models import depth_cnn
 
-    model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size).eval()
+    with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the run's RNG untouched
+        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, n_in, *img_size))
     return counter.get_total_flops() // 2  # torch counts 2 FLOPs per multiply-accumulate

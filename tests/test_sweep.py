@@ -240,3 +240,17 @@ def test_rerun_with_save_models_saves_the_models_it_lacked(tmp_path):
     rows = (out / "results.csv").read_text()
     run_sweep(depths=[1, 2], out=str(out), save_models=True, **SMALL)  # every model there: nothing to do
     assert (out / "results.csv").read_text() == rows
+
+
+@pytest.mark.slow
+def test_counting_macs_leaves_the_runs_random_numbers_alone(tmp_path):
+    """MACs are counted on a model built once per process: the first run of a depth and a later one with the
+    same seed must see the same random numbers (augmentation draws from torch's RNG)."""
+    from cnn_depth.sweep import _macs
+
+    _macs.cache_clear()
+    settings = dict(SMALL, depths=[2], augment=True)
+    first = run_sweep(out=str(tmp_path / "a"), **settings)
+    again = run_sweep(out=str(tmp_path / "b"), **settings)  # MACs of depth 2 already known: nothing is built
+    assert first["valid_loss"].tolist() == again["valid_loss"].tolist()
+    assert first["accuracy"].tolist() == again["accuracy"].tolist()
