@@ -127,6 +127,21 @@ def test_report_over_two_sweeps(bn_sweep, tmp_path):
     assert r.stdout.count("  note: ") == 2 and r.stdout.splitlines()[0].startswith("bn   (cifar10-sample · 1 ep")
 
 
+def test_report_keeps_sweeps_of_other_image_counts_apart(bn_sweep, tmp_path):
+    """Issue #13: a --max-per-class 20 sweep next to a --max-per-class 10 one: two groups, no row dropped."""
+    out_a, _ = bn_sweep
+    out_b = tmp_path / "m20"
+    assert runner.invoke(app, ["sweep", "--depths", "1", "2", "--epochs", "1", "--max-per-class", "20", "--bs", "16",
+                               "--device", "cpu", "--quiet", "--out", str(out_b)]).exit_code == 0
+    r = runner.invoke(app, ["report", str(out_a), str(out_b), "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0 and r.stderr == "", r.output  # no "appears in more than one file" warning
+    s = pd.read_csv(tmp_path / "cmp" / "summary.csv")
+    assert s[["group", "depth", "runs", "valid_images"]].values.tolist() == [
+        ["bn · 10/class", 1, 1, 100], ["bn · 10/class", 2, 1, 100], ["bn · 10/class", 3, 1, 100],
+        ["bn · 20/class", 1, 1, 200], ["bn · 20/class", 2, 1, 200]]
+    assert r.stdout.splitlines()[0].startswith("bn · 10/class   (cifar10-sample · 1 ep · lr 0.003 · bs 16")
+
+
 @pytest.mark.parametrize("args,expected", [
     (["--depths", "2", "3", "4"], ["--depths", "2,3,4"]),
     (["--depths", "2,3,4", "--quiet"], ["--depths", "2,3,4", "--quiet"]),
