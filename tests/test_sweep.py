@@ -167,6 +167,10 @@ def test_write_rows_appends_replaces_and_survives_a_torn_line(tmp_path):
         f.write("c")  # a line torn by a crash, no newline
     write_rows(path, cols, [dict(run_id="d", x=4)])
     assert [r["run_id"] for r in read_rows(path)[1]] == ["b", "a", "d"]
+    with open(path, "a") as f:
+        f.write("e,12")  # cut inside its last field: every field is there, but not the end of the line
+    write_rows(path, cols, [dict(run_id="f", x=6)])
+    assert [(r["run_id"], r["x"]) for r in read_rows(path)[1]] == [("b", "2"), ("a", "3"), ("d", "4"), ("f", "6")]
 
 
 @pytest.mark.slow
