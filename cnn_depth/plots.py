@@ -120,11 +120,14 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
     ax, ax_cost = fig.subplots(2, 1, sharex=True, height_ratios=[2.4, 1])
     log = _depth_axis(ax, summary["depth"])
     handles, labels = [], []
-    costs = {label: tuple(map(tuple, s[s["group"] == label].sort_values("depth")[["depth", "macs", "params"]]
+    cost_columns = ["depth", "macs", "params"]
+    costs = {label: tuple(map(tuple, summary.loc[summary["group"] == label, cost_columns].sort_values("depth")
                               .astype(float).fillna(-1).to_numpy())) for label in groups}
     same_cost = len(set(costs.values())) == 1  # e.g. one arch under several settings: one cost curve, in grey
     for i, label in enumerate(groups):
-        g = s[s["group"] == label].sort_values("depth")
+        full = summary[summary["group"] == label].sort_values("depth")  # a depth with no ok run breaks the line
+        g = full.assign(**{c: full[c].where(full["runs"] > 0) for c in ("accuracy_mean", "accuracy_low",
+                                                                        "accuracy_high")})
         c = colours[label]
         x = _dodge(g["depth"].to_numpy(float), i, len(groups), log)
         y = g["accuracy_mean"].to_numpy(float)
@@ -132,7 +135,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
         yerr = np.vstack([np.where(np.isnan(low), 0, y - low), np.where(np.isnan(high), 0, high - y)])
         h = ax.errorbar(x, y, yerr=yerr, color=c, marker="o", ms=5, capsize=3, lw=1.6, elinewidth=1.2, zorder=3)
         handles.append(h)
-        labels.append(f"{label} ({_n_seeds(g['runs'])})")
+        labels.append(f"{label} ({_n_seeds(g.loc[g['runs'] > 0, 'runs'])})")
         v = g["verdict"].to_numpy()
         best, top = v == "best", v == "highest mean"
         ring = np.isin(v, ["tied with best", "too few seeds", "above best on shared seeds"])
@@ -141,7 +144,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
         ax.plot(x[ring], y[ring], "o", ms=12, mfc="none", mec=c, mew=1.3, zorder=4)
         if same_cost and i > 0:
             continue
-        macs, params = g["macs"].astype(float).to_numpy(), g["params"].astype(float).to_numpy()
+        macs, params = full["macs"].astype(float).to_numpy(), full["params"].astype(float).to_numpy()
         xc, cc = g["depth"].to_numpy(float), "0.3" if same_cost else c
         if np.isfinite(macs).any():
             ax_cost.plot(xc, macs, "-", color=cc, marker="s", ms=4, lw=1.4)

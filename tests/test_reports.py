@@ -339,3 +339,11 @@ def test_write_reports_from_a_folder(tmp_path):
     assert pd.read_csv(tmp_path / "summary.csv")["verdict"].tolist() == summary["verdict"].tolist()
     for name in ("summary.csv", "accuracy_vs_depth.png", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_a_depth_without_a_finished_run_breaks_the_line_but_keeps_its_cost():
+    s = summarize(frame(row(2, 0, 500), row(3, 0, 0, "failed"), row(4, 0, 600)))
+    ax, ax_cost = accuracy_figure(s).axes[:2]
+    line = ax.lines[0]  # the errorbar's data line
+    assert list(line.get_xdata()) == [2, 3, 4] and math.isnan(line.get_ydata()[1])
+    assert [list(c.get_ydata()) for c in ax_cost.lines] == [[2000, 3000, 4000], [200, 300, 400]]  # MACs, params
