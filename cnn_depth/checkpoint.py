@@ -17,8 +17,10 @@ A run folder written by ``cnn-depth sweep --save-models`` keeps one file per tra
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Optional, Union
 
@@ -138,6 +140,44 @@ def save_run_model(path: PathLike, learn_or_model, dls=None, **meta) -> Path:
     return write_checkpoint(path, checkpoint_dict(learn_or_model, dls, **meta))
 
 
+def resave_command(run_dir: PathLike) -> str:
+    """The command that gives a sweep folder its saved models: the sweep's own settings (from its sweep.json),
+    ``--out`` the folder and ``--save-models``. A rerun with ``--save-models`` trains again (same seeds, same
+    settings) every finished run whose model file is missing, and keeps the others' rows as they are."""
+    from .config import RESULT_FIELDS
+
+    run_dir = Path(run_dir)
+    try:
+        config = json.loads((run_dir / "sweep.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"cnn-depth sweep <the options that made it> --out {shlex.quote(str(run_dir))} --save-models"
+    args = ["cnn-depth", "sweep"]
+    for name in ("depths", "seeds", *RESULT_FIELDS):
+        value = config.get(name)
+        if value is None:
+            continue
+        if name == "dataset":
+            args += ["--data" if "/" in str(value) or "\\" in str(value) else "--dataset", str(value)]
+        elif isinstance(value, bool):
+            args.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
+        elif isinstance(value, list):
+            args += [f"--{name}", *(str(v) for v in value)]
+        else:
+            args += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(args + ["--out", str(run_dir), "--save-models"])
+
+
+def _resave(run_dir: PathLike, what: str = "") -> str:
+    return (f"{what}run `{resave_command(run_dir)}` (it trains again the finished runs whose model is missing, "
+            f"same seeds and settings)")
+
+
+def _replace(path: PathLike) -> str:
+    """The fix for a damaged model file ``<run_dir>/models/x.pt``: delete it, then save it again."""
+    path = Path(path)
+    return _resave(path.parent.parent, "delete it, then ")
+
+
 def saved_models(run_dir: PathLike) -> list[dict]:
     """The models saved in a run folder: one dict (arch, depth, seed, run_id, path) per file, sorted."""
     run_dir = Path(run_dir)
@@ -153,8 +193,8 @@ def saved_models(run_dir: PathLike) -> list[dict]:
                 found.append(dict(arch=m["arch"], depth=int(m["depth"]), seed=int(m["seed"]), run_id=p.stem,
                                   path=p))
     if not found:
-        raise CnnDepthError(f"{run_dir} has no saved models ({MODELS_DIR}/{{arch}}-d{{depth}}-s{{seed}}.pt); "
-                            f"rerun the sweep with --save-models")
+        raise CnnDepthError(f"{run_dir} has no saved models ({MODELS_DIR}/{{arch}}-d{{depth}}-s{{seed}}.pt); to save "
+                            f"them, {_resave(run_dir)}")
     return sorted(found, key=lambda r: (r["arch"], r["depth"], r["seed"]))
 
 
@@ -190,7 +230,8 @@ def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optiona
         depth = depths[0]
     runs_d = [r for r in runs if r["depth"] == depth]
     if not runs_d:
-        raise CnnDepthError(f"depth {depth} is not in {run_dir} (arch {arch}); saved depths: {_join(depths)}")
+        raise CnnDepthError(f"no saved model of depth {depth} in {run_dir} (arch {arch}); saved depths: "
+                            f"{_join(depths)}; to save it, {_resave(run_dir)}")
     seeds = [r["seed"] for r in runs_d]
     note = None
     if seed is None:
@@ -202,7 +243,7 @@ def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optiona
         match = [r for r in runs_d if r["seed"] == seed]
         if not match:
             raise CnnDepthError(f"seed {seed} is not saved for {arch} depth {depth} in {run_dir}; saved seeds: "
-                                f"{_join(seeds)}")
+                                f"{_join(seeds)} (a run with --save-models and that seed saves it)")
         chosen = match[0]
     return chosen, note
 
@@ -216,10 +257,9 @@ def read_run_model(path: PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, or pickled code weights_only refuses
         raise CnnDepthError(f"cannot read saved model {path} ({type(e).__name__}: {_one_line(e)}); the file is "
-                            f"damaged or not a cnn-depth model: rerun the sweep with --save-models") from e
+                            f"damaged or not a cnn-depth model: {_replace(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt:
-        raise CnnDepthError(f"{path} is not a cnn-depth model file (no {FORMAT!r} format tag); rerun the sweep "
-                            f"with --save-models")
+        raise CnnDepthError(f"{path} is not a cnn-depth model file (no {FORMAT!r} format tag); {_replace(path)}")
     if ckpt.get("version", 0) > VERSION:
         raise CnnDepthError(f"{path} was saved by a newer cnn-depth (format version {ckpt['version']}); "
                             f"upgrade cnn-depth")
@@ -234,7 +274,7 @@ def model_from_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> nn.Modul
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (CnnDepthError, TypeError, RuntimeError, KeyError) as e:
         raise CnnDepthError(f"{path} does not rebuild: its weights do not match its config {config} "
-                            f"({_one_line(e)}); rerun the sweep with --save-models") from e
+                            f"({_one_line(e)}); {_replace(path)}") from e
     vocab = ckpt.get("vocab")
     model.vocab = list(vocab) if vocab is not None else [str(i) for i in range(config["n_out"])]
     return model.eval()
@@ -260,7 +300,7 @@ def load_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optiona
     model = model_from_checkpoint(ckpt, entry["path"])
     if (model.config["arch"], model.config["depth"]) != (entry["arch"], entry["depth"]):
         raise CnnDepthError(f"{entry['path']} holds a {model.config['arch']} model of depth "
-                            f"{model.config['depth']}, not what its name says; rerun the sweep with --save-models")
+                            f"{model.config['depth']}, not what its name says; {_replace(entry['path'])}")
     seeds = sorted(r["seed"] for r in saved_models(run_dir)
                    if r["arch"] == entry["arch"] and r["depth"] == entry["depth"])
     info = dict(run_id=entry["run_id"], arch=entry["arch"], depth=entry["depth"], seed=entry["seed"], seeds=seeds,

@@ -244,14 +244,25 @@ def sweep_cmd(
 def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files (or sweep folders)."),
                out: Optional[Path] = typer.Option(None, help="Folder for summary.csv and comparison.png "
                                                   "(default runs/report).")):
-    """Summarise one or several sweeps side by side: a table grouped by dataset, arch, epochs and depth,
-    summary.csv and comparison.png.
+    """Summarise one or several sweeps side by side: per group of settings (labelled by what differs) and
+    depth, mean accuracy with its 95% interval, each depth against the best, the costs; summary.csv and
+    comparison.png.
 
     Example: cnn-depth report runs/a/results.csv runs/b/results.csv --out runs/compare
     """
+    import warnings
+
+    from .records import RowWarning
     from .reports import format_summary, report
 
-    summary = report(results, out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RowWarning)
+        summary = report(results, out)
+    for w in caught:  # rows left out or counted once: one line each, not Python's warning format
+        if issubclass(w.category, RowWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     typer.echo(format_summary(summary))
     typer.echo(f"reports: {summary.attrs['out']}/ (summary.csv, comparison.png)")
 

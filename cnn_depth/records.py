@@ -14,16 +14,20 @@ row of every file starts with the run's identity (:func:`run_fields`), so the fi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import platform
 import subprocess
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .errors import CnnDepthError
@@ -31,15 +35,34 @@ from .files import PathLike, atomic_open, atomic_write
 
 # The fields that identify a run in every file, in this order.
 RUN_FIELDS = ["run_id", "dataset", "arch", "depth", "seed"]
+# What decides a run's numbers besides depth and seed: reports group by these (see reports.GROUP). A row carries
+# every one of them, so rows from different sweeps can be pooled or told apart from the row alone.
+SETTING_COLUMNS = ["source", "epochs", "lr_setting", "bs", "max_per_class", "pipeline", "augment", "threads",
+                   "device", "precision"]
 RESULT_COLUMNS = [
-    *RUN_FIELDS, "epochs", "lr", "bs", "params",
+    *RUN_FIELDS,
+    "source",             # the dataset as resolved: a registry name or the absolute path of its folder or archive
+    "epochs",
+    "lr_setting",         # the --lr given: "find" or a number
+    "lr",                 # the peak lr used (lr_find's valley with --lr find)
+    "bs",
+    "max_per_class",      # images kept per class and split; empty: all
+    "pipeline", "augment",
+    "threads",            # torch.get_num_threads() during the run
+    "params",             # parameters (trainable or not)
+    "macs",               # multiply-accumulates of one image's forward pass (conv and linear layers)
     "train_images",       # training images processed by fit_one_cycle (all epochs; fewer if it diverged)
     "train_seconds",      # wall time of fit_one_cycle, its per-epoch validation passes included
     "images_per_second",  # train_images / train_seconds
     "valid_seconds",      # wall time of the final validate()
+    "peak_memory_mb",     # MiB: CUDA, torch's max allocated during the run; CPU, the process's peak RSS during it
     "train_loss",         # fastai's smoothed training loss at the end of the last epoch (as printed)
-    "valid_loss", "accuracy", "error_rate",  # from the final validate(); error_rate = 1 - accuracy
-    "epochs_done", "device", "precision", "pipeline", "augment", "status", "error", "finished",
+    "valid_loss",         # from the final validate()
+    "classes",            # number of classes (chance accuracy is 1/classes)
+    "valid_images",       # validation images of the final validate()
+    "correct",            # of those, predicted right
+    "accuracy", "error_rate",  # correct / valid_images and 1 - that
+    "epochs_done", "device", "precision", "status", "error", "finished",
 ]
 HISTORY_COLUMNS = [*RUN_FIELDS, "epochs", "epoch", "train_loss", "valid_loss", "accuracy", "seconds"]
 # activation_stats() gives one row per conv layer with these; activations.csv prefixes the run's identity.
@@ -98,6 +121,8 @@ def write_rows(path: PathLike, columns: Sequence[str], rows: list[dict], key: st
             os.fsync(f.fileno())
         return
     cols = list(columns) + [c for c in (header or []) if c not in columns]
+    if not clean_end:  # the last line was cut short (a crash mid-write), even if every field is there
+        old = old[:-1]
     keep = [r for r in old if r.get(key) not in keys and None not in r.values()]  # None: a truncated line
     with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, cols, extrasaction="ignore")
@@ -110,13 +135,327 @@ def write_json(path: PathLike, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_results(out: PathLike) -> pd.DataFrame:
-    """``results.csv`` of a sweep folder as a DataFrame (empty, with the columns, when there is none yet)."""
-    path = Path(out) / "results.csv"
+# ---------------------------------------------------------------------------------------------------------
+# Reading rows back, checked: every column's type and range, one line naming the file and line when wrong
+
+
+class RowWarning(UserWarning):
+    """A row read back was left out: a torn last line, or the older of two rows of one run."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one CSV column reads back.
+
+    ``kind``: ``text``; ``int`` (a whole number); ``number`` (finite); ``float`` (any number, NaN and inf
+    included: losses of diverged runs); ``bool``; ``lr_setting`` (``find`` or a positive number). Numbers
+    must lie in [``low``, ``high``] (finite ones, for ``float``). ``required``: no row may leave it empty.
+    """
+
+    kind: str
+    low: float = -math.inf
+    high: float = math.inf
+    required: bool = False
+
+
+_TEXT, _NEEDED = Column("text"), Column("text", required=True)
+_SECONDS = Column("number", 0)
+_POSITIVE = math.ulp(0.0)  # the lowest bound that refuses 0
+RESULT_SCHEMA = {
+    "run_id": _NEEDED, "dataset": _NEEDED, "arch": _NEEDED, "depth": Column("int", 1, required=True),
+    "seed": Column("int", 0, required=True), "source": _TEXT, "epochs": Column("int", 1, required=True),
+    "lr_setting": Column("lr_setting", _POSITIVE), "lr": Column("number", _POSITIVE), "bs": Column("int", 1),
+    "max_per_class": Column("int", 1), "pipeline": _TEXT, "augment": Column("bool"), "threads": Column("int", 1),
+    "params": Column("int", 0), "macs": Column("int", 0), "train_images": Column("int", 0),
+    "train_seconds": _SECONDS, "images_per_second": _SECONDS, "valid_seconds": _SECONDS,
+    "peak_memory_mb": _SECONDS, "train_loss": Column("float"), "valid_loss": Column("float"),
+    "classes": Column("int", 1), "valid_images": Column("int", 1), "correct": Column("int", 0),
+    "accuracy": Column("number", 0, 1), "error_rate": Column("number", 0, 1), "epochs_done": Column("int", 0),
+    "device": _TEXT, "precision": _TEXT, "status": _NEEDED, "error": _TEXT, "finished": _TEXT,
+}
+# The columns without which a file is not a sweep's results.csv (every cnn-depth version wrote them).
+RESULT_REQUIRED = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "params", "train_seconds", "accuracy",
+                   "status"]
+HISTORY_SCHEMA = {
+    "run_id": _NEEDED, "dataset": _TEXT, "arch": _TEXT, "depth": Column("int", 1, required=True),
+    "seed": Column("int", 0, required=True), "epochs": Column("int", 1), "epoch": Column("int", 1, required=True),
+    "train_loss": Column("float"), "valid_loss": Column("float"), "accuracy": Column("float", 0, 1),
+    "seconds": _SECONDS,
+}
+ACTIVATION_SCHEMA = {
+    "run_id": _NEEDED, "dataset": _TEXT, "arch": _TEXT, "depth": Column("int", 1, required=True),
+    "seed": Column("int", 0, required=True), "layer": _TEXT, "stage": _TEXT,
+    "index": Column("int", 1, required=True), "mean": Column("float"), "std": Column("float", 0),
+    "frac_zero": Column("number", 0, 1, required=True), "shape": _TEXT,
+}
+
+
+def _what(col: Column) -> str:
+    """What a column holds, for messages: ``a whole number ≥ 1``, ``a number between 0 and 1``."""
+    if col.kind == "bool":
+        return "True or False"
+    if col.kind == "lr_setting":
+        return "'find' or a positive number"
+    noun = "a whole number" if col.kind == "int" else "a number" if col.kind == "float" else "a finite number"
+    if col.low == _POSITIVE:
+        return f"a positive {noun[2:]}"
+    if math.isfinite(col.low) and math.isfinite(col.high):
+        return f"{noun} between {col.low:g} and {col.high:g}"
+    return f"{noun} ≥ {col.low:g}" if math.isfinite(col.low) else noun
+
+
+def _show(v) -> str:
+    """A cell's value in a message: text quoted, numbers as numbers, nothing as ``empty``."""
+    if v is None or v is pd.NA:
+        return "empty"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _is_float(v) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class _Where:
+    """Names a row in messages: ``results.csv line 7`` for a file (the header is line 1), else ``row 7``."""
+
+    def __init__(self, where: str, lines: Optional[pd.Series]):
+        self.where, self.lines = where, lines
+
+    def __call__(self, i) -> str:
+        if self.lines is not None:
+            return f"{self.where} line {self.lines[i]}"
+        return f"{self.where} row {i + 1}" if isinstance(i, (int, np.integer)) else f"{self.where} row {i}"
+
+    def fail(self, i, message: str):
+        raise CnnDepthError(f"{self(i)}: {message}; fix or delete that line")
+
+
+def _parse_column(s: pd.Series, name: str, col: Column, at: _Where) -> pd.Series:
+    """One column as its type (``Int64``, float, ``boolean``, text), or a one-line error at its first bad cell."""
+    text = s.astype(object).where(s.notna(), "")
+    empty = text.map(lambda v: isinstance(v, str) and v.strip() == "")
+    if col.required and empty.any():
+        at.fail(empty.idxmax(), f"{name} is empty; every row needs one")
+
+    def refuse(bad: pd.Series):
+        if bad.any():
+            i = bad.idxmax()
+            at.fail(i, f"{name} is {text[i]!r}, not {_what(col)}")
+
+    if col.kind == "text":
+        return text.map(str)
+    if col.kind == "bool":
+        table = {"true": True, "false": False, "1": True, "0": False}
+        key = text.map(lambda v: str(v).strip().lower())
+        refuse(~empty & ~key.isin(list(table)))
+        return key.map(table).where(~empty).astype("boolean")
+    find = text.map(lambda v: isinstance(v, str) and v.strip().lower() == "find") if col.kind == "lr_setting" \
+        else pd.Series(False, index=s.index)
+    num = ~empty & ~find
+    x = pd.to_numeric(text.where(num), errors="coerce").astype(float)
+    finite = num & np.isfinite(x)
+    bad = num & ~text.map(_is_float)  # no number at all ("abc"; "nan" and "inf" are numbers)
+    if col.kind != "float":
+        bad |= num & ~finite
+    bad |= finite & ((x < col.low) | (x > col.high))
+    if col.kind == "int":
+        bad |= finite & (x % 1 != 0)
+    refuse(bad)
+    if col.kind == "int":
+        return x.round().astype("Int64")
+    if col.kind == "lr_setting":
+        return pd.Series([None if e else "find" if f else float(v) for e, f, v in zip(empty, find, x)],
+                         index=s.index, dtype=object)
+    return x
+
+
+def check_frame(df: pd.DataFrame, schema: dict, where: str, lines: Optional[pd.Series] = None) -> pd.DataFrame:
+    """``df`` (strings as read, or values already typed) with every column of ``schema`` it has parsed and
+    range-checked; a one-line :class:`CnnDepthError` naming ``where`` and the line at the first bad cell.
+
+    ``lines``: each row's line in the file it came from (for messages); rows are counted from 1 otherwise.
+    """
+    at = _Where(where, lines)
+    out = df.copy()
+    for name, col in schema.items():
+        if name in out.columns:
+            out[name] = _parse_column(out[name], name, col, at)
+    return out
+
+
+def _read_csv(path: Path, check, required: Sequence[str], key: Sequence[str], kind: str) -> pd.DataFrame:
+    """A CSV written by a sweep, checked line by line: a torn last line (no newline at the end: a crash or a
+    cut copy) is left out with a warning; a row with the wrong number of fields, a bad value, or a missing
+    column is a one-line error naming the file and line; of two rows with the same ``key``, the later is kept
+    (as a rerun's row replaces the old one), with a warning. ``check(df, where, lines)`` types and checks
+    the rows; ``kind`` names the file in messages (``results.csv``)."""
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CnnDepthError(f"cannot read {path} ({type(e).__name__}); give the CSV files a cnn-depth sweep "
+                            f"wrote") from e
+    if not raw.strip():
+        raise CnnDepthError(f"{path} is empty; give the CSV files a cnn-depth sweep wrote")
+    if not raw.endswith("\n"):
+        cut = raw.rfind("\n")
+        warnings.warn(f"{path}: the last line ({raw[cut + 1:][:40]!r}...) has no end of line, so it was cut "
+                      f"short (by a crash or a copy); it is left out", RowWarning, stacklevel=3)
+        raw = raw[:cut + 1] if cut >= 0 else ""
+    reader = csv.reader(io.StringIO(raw, newline=""))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise CnnDepthError(f"{path} has no header line; give the CSV files a cnn-depth sweep wrote")
+        rows, lines = [], []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise CnnDepthError(f"{path} line {reader.line_num}: {len(row)} fields where the header has "
+                                    f"{len(header)}; fix or delete that line")
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise CnnDepthError(f"cannot read {path} as CSV (line {reader.line_num}: {e}); fix or delete that "
+                            f"line") from e
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise CnnDepthError(f"{path} is not a sweep's {kind} (no column {', '.join(missing)}); give the files in "
+                            f"a cnn-depth sweep's --out folder")
+    df = pd.DataFrame(rows, columns=header, dtype=object)
+    line = pd.Series(lines, index=df.index, dtype=int)
+    df = check(df, str(path), line)
+    dup = df.duplicated(list(key), keep="last")
+    if dup.any():
+        i = dup.idxmax()
+        later = df.index[(df[list(key)] == df.loc[i, list(key)]).all(axis=1)][-1]
+        warnings.warn(f"{path}: {int(dup.sum())} line(s) repeat an earlier one's {'/'.join(key)} (first: line "
+                      f"{line[i]}, again on line {line[later]}); the later line of each is used",
+                      RowWarning, stacklevel=3)
+        df = df[~dup]
+    return df.reset_index(drop=True)
+
+
+def check_results(df: pd.DataFrame, where: str = "results", lines: Optional[pd.Series] = None) -> pd.DataFrame:
+    """Rows of results.csv typed and checked (:func:`check_frame`), and what must hold between columns: a
+    known status, a run_id that matches arch, depth and seed, an ok run's finite accuracy and losses,
+    accuracy = correct / valid_images, error_rate = 1 - accuracy. Columns an older version did not write are
+    added, empty."""
+    df = df.copy()
+    given = set(df.columns)
+    for c in RESULT_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
+    df = check_frame(df, RESULT_SCHEMA, where, lines)
+    at = _Where(where, lines)
+
+    def first(bad: pd.Series, message):
+        if bad.any():
+            i = bad.idxmax()
+            at.fail(i, message(df.loc[i]))
+
+    first(~df["status"].isin(STATUSES), lambda r: f"status is {r.status!r}, not one of {', '.join(STATUSES)}")
+    expected = df["arch"] + "-d" + df["depth"].astype(str) + "-s" + df["seed"].astype(str)
+    first(df["run_id"] != expected, lambda r: f"run_id is {r.run_id!r}, but arch, depth and seed make "
+                                              f"{run_id(r.arch, r.depth, r.seed)!r}")
+    ok = df["status"] == "ok"
+    for c in ("accuracy", "params", "train_loss", "valid_loss"):
+        if c in given:
+            v = df[c].astype(float)
+            first(ok & ~np.isfinite(v), lambda r, c=c: f"an ok run needs a finite {c}, not {_show(r[c])}")
+    both = df["correct"].notna() & df["valid_images"].notna()
+    first(both & (df["correct"] > df["valid_images"]),
+          lambda r: f"correct ({r.correct}) is more than valid_images ({r.valid_images})")
+    share = df["correct"].astype(float) / df["valid_images"].astype(float)
+    first(both & df["accuracy"].notna() & ((df["accuracy"] - share).abs() > 1e-6),
+          lambda r: f"accuracy is {r.accuracy:g}, but correct / valid_images is {r.correct}/{r.valid_images}")
+    first(df["accuracy"].notna() & df["error_rate"].notna() & ((df["accuracy"] + df["error_rate"] - 1).abs() > 1e-6),
+          lambda r: f"error_rate ({r.error_rate:g}) is not 1 - accuracy ({r.accuracy:g})")
+    first(df["epochs_done"].notna() & (df["epochs_done"] > df["epochs"]),
+          lambda r: f"epochs_done ({r.epochs_done}) is more than epochs ({r.epochs})")
+    return df
+
+
+def _results_path(path: PathLike) -> Path:
+    path = Path(path).expanduser()
+    return path / "results.csv" if path.is_dir() else path
+
+
+def read_results(path: PathLike) -> pd.DataFrame:
+    """A sweep's results.csv (give the file or its folder), checked and typed (see :func:`check_results`);
+    an empty frame with ``RESULT_COLUMNS`` when there is none yet.
+
+    Rows an older cnn-depth wrote lack ``source``, ``lr_setting``, ``max_per_class`` and ``threads``; they are
+    filled in from the sweep.json beside the file (one sweep folder holds one setting of them), else
+    ``source`` from ``dataset``, ``lr_setting`` from the lr used (``find`` when it differs between rows),
+    with a warning.
+    """
+    path = _results_path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    df = pd.read_csv(path, keep_default_na=True)
-    return df[df["status"].isin(STATUSES)].reset_index(drop=True)
+    return _fill_legacy(_read_csv(path, check_results, RESULT_REQUIRED, ["run_id"], "results.csv"), path)
+
+
+def _fill_legacy(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Fill the settings older rows did not record (those rows have no ``threads``) from sweep.json."""
+    old = df["threads"].isna()
+    if not old.any():
+        return df
+    meta = {}
+    try:
+        meta = json.loads((path.parent / "sweep.json").read_text())
+    except (OSError, ValueError):
+        pass
+    config = meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {}
+    env = meta.get("environment") if isinstance(meta, dict) and isinstance(meta.get("environment"), dict) else {}
+    df = df.copy()
+
+    def fill(column, value):
+        if value is not None and value != "":
+            df.loc[old & (df[column].isna() | (df[column].astype(str) == "")), column] = value
+
+    fill("source", config.get("dataset"))
+    df.loc[old & (df["source"] == ""), "source"] = df.loc[old & (df["source"] == ""), "dataset"]
+    if "lr" in config:
+        lr = config["lr"]
+        fill("lr_setting", "find" if str(lr).lower() == "find" else float(lr))
+    else:  # one folder, one lr setting: a number when every row used the same lr, else lr_find's per depth
+        used = df.loc[old, "lr"].dropna().unique()
+        fill("lr_setting", float(used[0]) if len(used) == 1 else "find" if len(used) else None)
+    for c in ("max_per_class", "bs", "pipeline", "augment"):
+        fill(c, config.get(c))
+    if isinstance(env.get("torch_threads"), int):
+        fill("threads", env["torch_threads"])
+    if not config:
+        warnings.warn(f"{path}: {int(old.sum())} row(s) from an older cnn-depth lack max_per_class and lr_setting, "
+                      f"and there is no sweep.json beside the file: they are taken as all images per class and "
+                      f"lr {df.loc[old, 'lr_setting'].iloc[0]}; put the sweep's sweep.json beside it to be sure",
+                      RowWarning, stacklevel=3)
+    return df
+
+
+def read_history(path: PathLike) -> pd.DataFrame:
+    """A sweep's history.csv, checked and typed; empty (with ``HISTORY_COLUMNS``) when there is none."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    return _read_csv(path, lambda df, w, ln: check_frame(df, HISTORY_SCHEMA, w, ln),
+                     ["run_id", "depth", "seed", "epoch", "train_loss", "valid_loss", "accuracy"], ["run_id", "epoch"],
+                     "history.csv")
+
+
+def read_activations(path: PathLike) -> pd.DataFrame:
+    """A sweep's activations.csv, checked and typed; empty (with ``ACTIVATION_CSV_COLUMNS``) when there is none."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=ACTIVATION_CSV_COLUMNS)
+    return _read_csv(path, lambda df, w, ln: check_frame(df, ACTIVATION_SCHEMA, w, ln),
+                     ["run_id", "depth", "seed", "index", "std", "frac_zero"], ["run_id", "index"],
+                     "activations.csv")
 
 
 # ---------------------------------------------------------------------------------------------------------

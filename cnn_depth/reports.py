@@ -2,9 +2,16 @@
 
 Every number here is computed from the CSV files alone, so a report can be rebuilt (or checked) at any time
 with ``cnn-depth report <out>/results.csv``.
+
+A *group* is one setting of everything that decides a run's numbers except depth and seed (``GROUP``:
+dataset and its source, arch, epochs, the lr setting, bs, max_per_class, pipeline, augment, threads, device
+and precision). Runs are pooled over seeds within a (group, depth) only; two rows are the same run only when
+their group, depth and seed all match. Within a group, depths are compared to the best one paired by seed
+(:mod:`cnn_depth.stats`), and the summary says how sure each comparison is.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -13,197 +20,271 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .errors import CnnDepthError
+from .plots import interval_words, plot_accuracy_vs_depth, plot_activations, plot_curves  # noqa: F401 (this API)
+from .records import (RESULT_COLUMNS, SETTING_COLUMNS, RowWarning, check_results, read_activations, read_history,
+                      read_results)
 
-GROUP = ["dataset", "arch", "epochs"]  # one line per group in plots; a summary row per group and depth
+GROUP = ["dataset", "arch", *SETTING_COLUMNS]  # one line per group in plots; a summary row per group and depth
 KEYS = GROUP + ["depth"]
-REQUIRED = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "params", "train_seconds", "accuracy", "status"]
-SUMMARY_COLUMNS = KEYS + ["runs", "accuracy_mean", "accuracy_std", "params", "train_seconds_mean",
-                          "images_per_second_mean", "not_ok", "best"]
+VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY, VERDICT_NONE = "best", "highest mean", "only depth", "no finished run"
+SUMMARY_COLUMNS = [
+    "group", *GROUP, "depth", "runs", "not_ok", "seeds",
+    "accuracy_mean", "accuracy_std", "accuracy_low", "accuracy_high", "interval", "confidence",
+    "diff_to_best", "diff_low", "diff_high", "paired_seeds", "prob_improvement", "verdict", "best", "note",
+    "params", "macs", "peak_memory_mb", "train_seconds_mean", "images_per_second_mean", "classes", "valid_images",
+]
 
 PathLike = Union[str, os.PathLike]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Reading and grouping
+
+
 def load_results(path: PathLike) -> pd.DataFrame:
-    """A results.csv written by a sweep, checked: a missing file or other CSV is a one-line error."""
+    """A results.csv written by a sweep (or its folder), checked row by row: a missing file, another CSV or a
+    bad value is a one-line error naming the file and line (see :func:`cnn_depth.records.read_results`)."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / "results.csv").exists():
         path = path / "results.csv"
     if not path.is_file():
         raise CnnDepthError(f"no such file: {path}; give the results.csv of a sweep (in its --out folder)")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        raise CnnDepthError(f"cannot read {path} as CSV ({type(e).__name__}); give the results.csv of a "
-                            f"sweep") from e
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise CnnDepthError(f"{path} is not a sweep's results.csv (no column {', '.join(missing)}); give the "
-                            f"results.csv in a cnn-depth sweep's --out folder")
+    if path.stat().st_size == 0:
+        raise CnnDepthError(f"{path} is empty; give the results.csv of a sweep (in its --out folder)")
+    df = read_results(path)
+    df["file"] = str(path)
     return df
 
 
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, arch, epochs, depth): finished runs, mean ± std accuracy over seeds, params, mean seconds.
+def _canon(column: str, v) -> str:
+    """A group setting as one comparable string: ``find`` and ``0.003`` for lr, ``all`` for no max_per_class,
+    ``?`` where an old row did not record it."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == ""):
+        return "all" if column == "max_per_class" else "?"
+    if column == "lr_setting" and not isinstance(v, str):
+        return f"{float(v):.10g}"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
 
-    Only ``ok`` runs are averaged; ``not_ok`` counts the others. ``accuracy_std`` uses ddof=1 (NaN for a
-    single seed). ``best`` marks the depth with the highest mean accuracy within its (dataset, arch, epochs).
+
+def _shown(column: str, v: str) -> str:
+    """A group setting as a label shows it: ``lr find``, ``5 ep``, ``50/class``, ``no augment``."""
+    if column in ("dataset", "arch", "device", "precision"):
+        return v
+    if column == "augment":
+        return {"True": "augment", "False": "no augment"}.get(v, "augment ?")
+    if column == "max_per_class":
+        return "all images" if v == "all" else f"{v}/class"
+    if column == "lr_setting":
+        return f"lr {v}"
+    if column == "source":
+        return f"from {v}"
+    return {"epochs": f"{v} ep", "bs": f"bs {v}", "pipeline": f"{v} pipeline", "threads": f"{v} threads"}[column]
+
+
+def _keys(results: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: [_canon(c, v) for v in results[c]] for c in GROUP}, index=results.index)
+
+
+def _prepare(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows checked and typed (a frame read with pandas works too), what older rows lack filled in, and each
+    row's group (``_group``: its settings as one tuple)."""
+    df = check_results(results.drop(columns=[c for c in ("_group", "_gid") if c in results.columns])
+                       .reset_index(drop=True))
+    no_setting = df["lr_setting"].isna()
+    df.loc[no_setting, "lr_setting"] = df.loc[no_setting, "lr"]  # an older row: the lr it used
+    df.loc[df["source"] == "", "source"] = df.loc[df["source"] == "", "dataset"]
+    df["_group"] = list(map(tuple, _keys(df).values))
+    ids = {g: i for i, g in enumerate(dict.fromkeys(df["_group"]))}
+    df["_gid"] = [ids[g] for g in df["_group"]]  # a number per group, in order of appearance
+    return df
+
+
+def drop_repeated_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Count each run once: rows with the same group, depth and seed are one run (the first ``ok`` row, else
+    the first row), with a warning that names the files."""
+    ident = pd.Series(list(zip(df["_gid"], df["depth"], df["seed"])), index=df.index)
+    order = df.assign(_ok=df["status"] != "ok", _ident=ident).sort_values("_ok", kind="stable")
+    keep = ~order.duplicated("_ident")
+    dropped = order[~keep]
+    if len(dropped):
+        r = dropped.iloc[0]
+        kept = order[keep & (order["_ident"] == r["_ident"])].iloc[0]
+        where = (f" (first: {r['run_id']} in {kept['file']} and {r['file']})" if "file" in df.columns
+                 else f" (first: {r['run_id']})")
+        warnings.warn(f"{len(dropped)} run(s) appear more than once with the same settings, depth and seed{where}; "
+                      f"each is counted once", RowWarning, stacklevel=3)
+    return df.loc[sorted(order.index[keep])]
+
+
+def group_labels(groups: Sequence[tuple]) -> tuple[list[str], str]:
+    """Labels that tell groups apart by what differs between them (``bn · lr find``, ``bn · lr 0.003``), and
+    one line of what they share. A single group is labelled ``arch · dataset · N ep``."""
+    if not groups:
+        return [], ""
+    cols = {c: [g[i] for g in groups] for i, c in enumerate(GROUP)}
+    differs = [c for c in GROUP if len(set(cols[c])) > 1]
+    if "source" in differs and len(set(zip(cols["dataset"], cols["source"]))) == len(set(cols["dataset"])):
+        differs.remove("source")  # the dataset names already tell the sources apart
+    shown = ["arch"] + [c for c in differs if c != "arch"] if len(groups) > 1 else ["arch", "dataset", "epochs"]
+    labels = [" · ".join(_shown(c, cols[c][k]) for c in shown) for k in range(len(groups))]
+    common = [_shown(c, cols[c][0]) for c in GROUP if c not in shown and c not in differs
+              and not (c == "source" and cols["source"][0] == cols["dataset"][0])]
+    return labels, " · ".join(common)
+
+
+def _compact(values) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2 5``: the seeds of a summary row."""
+    vals, parts = sorted(int(v) for v in values), []
+    for v in vals:
+        if parts and v == parts[-1][1] + 1:
+            parts[-1][1] = v
+        else:
+            parts.append([v, v])
+    return " ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The summary: one row per (group, depth), from which the table and the plots are drawn
+
+
+def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (group, depth): runs, mean and spread of accuracy over seeds with its interval, each depth against
+    the best depth of its group, and the costs.
+
+    Args:
+        results: rows of one or several results.csv files (as :func:`load_results` or ``pd.read_csv`` reads them).
+        confidence: of every interval.
+
+    Returns:
+        one row per group and depth (``SUMMARY_COLUMNS``), groups in the order they first appear, depths
+        ascending; ``summary.attrs["context"]`` is what every group shares. Only ``ok`` runs are averaged
+        (``not_ok`` counts the others). Intervals: ``interval`` names the method: a Student-t interval of the
+        mean over seeds, or for one seed a Wilson interval over its ``valid_images``. ``diff_*``,
+        ``paired_seeds`` and ``prob_improvement``: this depth − the group's highest mean, paired by seed, and
+        P(this depth > it) (:func:`cnn_depth.stats.compare_to_best`). ``verdict``: ``best`` only where that
+        depth is above every other depth of its group (paired intervals below 0); else the top depth is the
+        ``highest mean`` and the others ``tied with best``, ``too few seeds``, ``below best`` or ``above best
+        on shared seeds``. ``best`` is True where ``verdict`` is ``best``. ``note``: one line per group
+        (:func:`cnn_depth.stats.best_note`).
     """
     if results.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    ok = results[results["status"] == "ok"]
-    counts = results.groupby(KEYS).size().rename("total")
-    agg = ok.groupby(KEYS).agg(runs=("accuracy", "size"), accuracy_mean=("accuracy", "mean"),
-                               accuracy_std=("accuracy", "std"), params=("params", "first"),
-                               train_seconds_mean=("train_seconds", "mean"),
-                               images_per_second_mean=("images_per_second", "mean"))
-    s = pd.concat([counts, agg], axis=1).reset_index()
-    s["runs"] = s["runs"].fillna(0).astype(int)
-    s["not_ok"] = s["total"] - s["runs"]
-    if s["params"].isna().any():  # a depth whose every run failed: take params from any of its rows
-        first = results.groupby(KEYS)["params"].first().reset_index()
-        s = s.drop(columns="params").merge(first, on=KEYS)
-    s = s.sort_values(KEYS).reset_index(drop=True)
-    s["best"] = False
-    for _, g in s[s["runs"] > 0].groupby(GROUP):
-        s.loc[g["accuracy_mean"].idxmax(), "best"] = True
-    return s[SUMMARY_COLUMNS]
+    df = drop_repeated_runs(_prepare(results))
+    groups = list(dict.fromkeys(df["_group"]))
+    labels, context = group_labels(groups)
+    out = []
+    for gid, label in enumerate(labels):
+        g = df[df["_gid"] == gid]
+        ok = g[(g["status"] == "ok") & g["accuracy"].notna()]
+        runs = {int(d): dict(zip(o["seed"].astype(int), o["accuracy"].astype(float)))
+                for d, o in ok.groupby("depth")}
+        verdicts = stats.compare_to_best(runs, confidence)
+        note = stats.best_note(verdicts)
+        claim = len(verdicts) > 1 and all(v.verdict in (stats.BEST, stats.BELOW) for v in verdicts.values())
+        for depth, d in g.groupby("depth", sort=True):
+            depth = int(depth)
+            o = ok[ok["depth"] == depth]
+            valid = o["valid_images"].dropna()
+            iv = stats.accuracy_interval(o["accuracy"], int(valid.iloc[0]) if len(o) == 1 and len(valid) else None,
+                                         confidence)
+            v = verdicts.get(depth)
+            verdict = (VERDICT_NONE if v is None else VERDICT_ONLY if len(verdicts) == 1
+                       else (VERDICT_BEST if claim else VERDICT_TOP) if v.verdict == stats.BEST else v.verdict)
+            row = dict(zip(GROUP, (d[c].iloc[0] for c in GROUP)), group=label, depth=depth, runs=len(o),
+                       not_ok=len(d) - len(o), seeds=_compact(o["seed"]), accuracy_mean=iv.mean,
+                       accuracy_std=iv.std, accuracy_low=iv.low, accuracy_high=iv.high,
+                       interval=iv.method if len(o) else "", confidence=confidence,
+                       diff_to_best=v.diff_mean if v else math.nan, diff_low=v.diff_low if v else math.nan,
+                       diff_high=v.diff_high if v else math.nan, paired_seeds=v.n_pairs if v else 0,
+                       prob_improvement=v.prob_improvement if v else math.nan, verdict=verdict,
+                       best=verdict == VERDICT_BEST, note=note,
+                       params=_first(d["params"]), macs=_first(d["macs"]), classes=_first(d["classes"]),
+                       valid_images=_first(o["valid_images"]),
+                       peak_memory_mb=o["peak_memory_mb"].max() if len(o) else math.nan,
+                       train_seconds_mean=o["train_seconds"].mean() if len(o) else math.nan,
+                       images_per_second_mean=o["images_per_second"].mean() if len(o) else math.nan)
+            out.append(row)
+    summary = pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+    for c in ("params", "macs", "classes", "valid_images"):
+        summary[c] = summary[c].astype("Int64")
+    summary.attrs["context"] = context
+    return summary
+
+
+def _first(s: pd.Series):
+    s = s.dropna()
+    return s.iloc[0] if len(s) else pd.NA
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The printed table
+
+
+def _num(v, fmt: str, empty: str = "-") -> str:
+    return empty if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _si(v) -> str:
+    """1622336 -> ``1.62M``: MACs at a glance (summary.csv holds the exact count)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    v = float(v)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.0f}"
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a fixed-width text table (accuracy as mean ± std over seeds)."""
-    lines = [f"{'dataset':<16} {'arch':<10} {'epochs':>6} {'depth':>5} {'runs':>4} {'accuracy':<17} "
-             f"{'params':>10} {'train_s':>8} {'img/s':>6}"]
-    for r in summary.itertuples():
-        if r.runs:
-            acc = f"{r.accuracy_mean:.4f}" + (f" ± {r.accuracy_std:.4f}" if r.runs > 1 else "")
-            secs, ips = f"{r.train_seconds_mean:.1f}", f"{r.images_per_second_mean:.0f}"
-        else:
-            acc, secs, ips = "-", "-", "-"
-        params = f"{int(r.params):,}" if pd.notna(r.params) else "-"
-        notes = ("  <- best" if r.best else "") + (f"  ({r.not_ok} not ok)" if r.not_ok else "")
-        lines.append(f"{str(r.dataset):<16} {str(r.arch):<10} {int(r.epochs):>6} {int(r.depth):>5} {r.runs:>4} "
-                     f"{acc:<17} {params:>10} {secs:>8} {ips:>6}{notes}")
+    """The summary as text: per group, a header line, one line per depth (mean accuracy and its interval,
+    the paired difference to the best depth with its interval, P(> best), the verdict, the costs), and the
+    group's note under it. Every number is a column of ``summary`` (summary.csv), rounded."""
+    if summary.empty:
+        return "no runs to summarise"
+    pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
+    head = (f"{'depth':>5} {'runs':>4}  {'accuracy':<8} {pct + ' interval':<17}  {'vs best':>7} "
+            f"{pct + ' interval (paired)':<22} {'P(>best)':>8}  {'verdict':<26} {'params':>10} {'MACs':>7} "
+            f"{'train_s':>8} {'peak_MiB':>8}")
+    lines = []
+    context = summary.attrs.get("context", "")
+    for label, g in summary.groupby("group", sort=False):
+        lines.append(f"{label}" + (f"   ({context})" if context else ""))
+        lines.append(head)
+        for r in g.itertuples():
+            acc = _num(r.accuracy_mean, ".4f")
+            iv = f"[{_num(r.accuracy_low, '.4f')}, {_num(r.accuracy_high, '.4f')}]" if pd.notna(r.accuracy_low) else "-"
+            top = r.verdict in (VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY)
+            diff = "" if top else _num(r.diff_to_best, "+.4f")
+            div = "" if top else (f"[{r.diff_low:+.4f}, {r.diff_high:+.4f}]" if pd.notna(r.diff_low) else "-")
+            p = "" if top else _num(r.prob_improvement, ".2f")
+            params = f"{int(r.params):,}" if pd.notna(r.params) else "-"
+            mark = " *" if r.best else ""
+            extra = f"  ({r.not_ok} not ok)" if r.not_ok else ""
+            lines.append(f"{r.depth:>5} {r.runs:>4}  {acc:<8} {iv:<17}  {diff:>7} {div:<22} {p:>8}  "
+                         f"{r.verdict + mark:<26} {params:>10} {_si(r.macs):>7} {_num(r.train_seconds_mean, '.1f'):>8} "
+                         f"{_num(r.peak_memory_mb, '.0f'):>8}{extra}")
+        lines.append(f"  note: {g['note'].iloc[0]}")
+        if g["runs"].any():
+            lines.append(f"  intervals: accuracy: {interval_words(g[g['runs'] > 0])}; vs best: paired by seed (same "
+                         f"seed, same data order), {pct} t over the shared seeds")
     return "\n".join(lines)
 
 
-def _label(key) -> str:
-    dataset, arch, epochs = key
-    return f"{arch} · {dataset} · {epochs} ep"
+# ---------------------------------------------------------------------------------------------------------
+# Writing reports
 
 
-def plot_accuracy_vs_depth(summary: pd.DataFrame, path: PathLike, title: str = "accuracy vs depth") -> Path:
-    """Mean accuracy vs depth with ± std error bars, one line per (dataset, arch, epochs); parameters
-    (dashed, log scale) on a second axis; the best depth of each line starred."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, safe inside notebooks
-
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
-    ax = fig.subplots()
-    ax2 = ax.twinx()
-    s = summary[summary["runs"] > 0]
-    for i, (key, g) in enumerate(s.groupby(GROUP)):
-        color = f"C{i % 10}"
-        g = g.sort_values("depth")
-        ax.errorbar(g["depth"], g["accuracy_mean"], yerr=g["accuracy_std"].fillna(0), color=color, marker="o",
-                    capsize=3, label=_label(key))
-        best = g[g["best"]]
-        ax.plot(best["depth"], best["accuracy_mean"], "*", color=color, markersize=14)
-        ax2.plot(g["depth"], g["params"], "--", color=color, alpha=0.6, marker=".")
-    ax.set_xlabel("depth (conv layers)")
-    ax.set_ylabel("validation accuracy (mean ± std over seeds)")
-    ax2.set_ylabel("parameters (dashed)")
-    ax2.set_yscale("log")
-    depths = sorted(s["depth"].unique())
-    if depths:
-        ax.set_xticks(depths)
-        ax.legend(loc="best", fontsize="small")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plot_curves(history: pd.DataFrame, results: pd.DataFrame, path: PathLike) -> Path:
-    """Validation loss and accuracy per epoch, one line per depth (mean over the ``ok`` runs' seeds)."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    ok_ids = set(results.loc[results["status"] == "ok", "run_id"])
-    h = history[history["run_id"].isin(ok_ids)]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    groups = list(h.groupby(GROUP))
-    depths = sorted(h["depth"].unique())
-    cmap = colormaps["viridis"]
-    styles = ["-", "--", ":", "-."]
-    for gi, (key, g) in enumerate(groups):
-        for depth, d in g.groupby("depth"):
-            m = d.groupby("epoch")[["valid_loss", "accuracy"]].mean()
-            color = cmap(depths.index(depth) / max(1, len(depths) - 1))
-            label = f"depth {depth}" + (f" · {_label(key)}" if len(groups) > 1 else "")
-            ax_loss.plot(m.index, m["valid_loss"], styles[gi % 4], color=color, marker="o", label=label)
-            ax_acc.plot(m.index, m["accuracy"], styles[gi % 4], color=color, marker="o", label=label)
-    for ax, name in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    if groups:
-        ax_acc.legend(fontsize="small")
-        ax_loss.set_title(f"per epoch, mean over seeds ({_label(groups[0][0]) if len(groups) == 1 else 'all'})")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plot_activations(activations, out_png: PathLike) -> Path:
-    """Plot ``activations.csv`` (a path or DataFrame): zero fraction and std by conv layer, a line per depth.
-
-    Seeds are averaged; archs get their own line style. Returns the PNG path.
-    """
-    df = activations if isinstance(activations, pd.DataFrame) else pd.read_csv(activations)
-    missing = [c for c in ("index", "frac_zero", "std") if c not in df.columns]
-    if missing or df.empty:
-        raise CnnDepthError(f"activations table {'is empty' if df.empty else 'lacks columns ' + ', '.join(missing)}; "
-                            f"expected the columns of a sweep's activations.csv (index, frac_zero, std, ...)")
-    df = df.assign(depth=df["depth"] if "depth" in df else 0, arch=df["arch"] if "arch" in df else "")
-    n_seeds = int(df.groupby(["arch", "depth"])["seed"].nunique().max()) if "seed" in df else 1
-    g = df.groupby(["arch", "depth", "index"], as_index=False)[["frac_zero", "std"]].mean()
-    depths = sorted(g["depth"].unique())
-    archs = sorted(g["arch"].unique())
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    cmap = colormaps["viridis"]
-    styles = ["-", "--", ":", "-."]
-    fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
-    ax_z, ax_s = fig.subplots(1, 2)
-    for (arch, depth), d in g.groupby(["arch", "depth"]):
-        colour = cmap(depths.index(depth) / max(len(depths) - 1, 1) * 0.9)
-        kw = dict(color=colour, ls=styles[archs.index(arch) % len(styles)], marker="o", ms=3,
-                  label=f"{arch} d{depth}".strip())
-        ax_z.plot(d["index"], d["frac_zero"], **kw)
-        ax_s.plot(d["index"], d["std"], **kw)
-    ax_z.set(xlabel="conv layer (1 = first, input side)", ylabel="fraction of ReLU outputs = 0", ylim=(-0.02, 1.02),
-             title="dead units: fraction of zero activations")
-    ax_s.set(xlabel="conv layer (1 = first, input side)", ylabel="std of ReLU outputs",
-             title="activation scale: std")
-    s = g["std"][np.isfinite(g["std"])]
-    if len(s) and s.min() > 0 and s.max() / s.min() > 50:  # deep plain nets: scales vanish by orders of magnitude
-        ax_s.set_yscale("log")
-    for ax in (ax_z, ax_s):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_s.legend(fontsize=8, ncol=1 + len(g.groupby(["arch", "depth"])) // 12, loc="best")
-    fig.suptitle(f"Activations after training on a fixed validation batch"
-                 f"{f' (seeds averaged: up to {n_seeds} per depth)' if n_seeds > 1 else ''}")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return out_png
+def label_runs(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` (checked) with a ``group`` column: each run's group label, as the summary writes it."""
+    df = _prepare(results)
+    labels = group_labels(list(dict.fromkeys(df["_group"])))[0]
+    return df.assign(group=[labels[i] for i in df["_gid"]]).drop(columns=["_group", "_gid"])
 
 
 def write_reports(out: PathLike) -> pd.DataFrame:
@@ -214,10 +295,8 @@ def write_reports(out: PathLike) -> pd.DataFrame:
     summary = summarize(results)
     summary.to_csv(out / "summary.csv", index=False)
     plot_accuracy_vs_depth(summary, out / "accuracy_vs_depth.png", title=f"accuracy vs depth ({out.name})")
-    hist_path = out / "history.csv"
-    history = pd.read_csv(hist_path) if hist_path.exists() and hist_path.stat().st_size else \
-        pd.DataFrame(columns=["run_id", "epoch", "depth", "valid_loss", "accuracy"] + GROUP)
-    plot_curves(history, results, out / "curves.png")
+    plot_curves(read_history(out / "history.csv"), label_runs(results) if len(results) else results,
+                out / "curves.png")
     activations = _read_activations([out / "activations.csv"])
     if activations is not None:
         plot_activations(activations, out / "activations.png")
@@ -225,43 +304,38 @@ def write_reports(out: PathLike) -> pd.DataFrame:
 
 
 def _read_activations(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
-    """The rows of those activations.csv files that exist and are not empty, or None."""
-    frames = [pd.read_csv(p) for p in paths if p.is_file() and p.stat().st_size]
+    """The rows of those activations.csv files that exist and are not empty (checked), or None."""
+    frames = [read_activations(p) for p in paths if p.is_file() and p.stat().st_size]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True).drop_duplicates() if frames else None
 
 
-def report(paths: Sequence[PathLike], out: Optional[PathLike] = None) -> pd.DataFrame:
+def report(paths: Sequence[PathLike], out: Optional[PathLike] = None, confidence: float = 0.95) -> pd.DataFrame:
     """The summary of one or several sweeps side by side, with a comparison plot.
 
     Args:
         paths: results.csv files (or sweep folders holding one).
         out: where ``summary.csv`` and ``comparison.png`` go (default ``runs/report``).
+        confidence: of every interval.
 
     Returns:
-        the summary (see :func:`summarize`) over every row of every file; a run found in two files (same
-        dataset, arch, epochs, lr, bs, depth and seed) is counted once, with a warning.
+        the summary (see :func:`summarize`) over every row of every file, grouped by every setting that
+        decides a run's numbers and labelled by what differs between the groups; a run found twice (same
+        settings, depth and seed) is counted once, with a warning.
     """
     if not paths:
         raise CnnDepthError("give at least one results.csv, e.g. cnn-depth report runs/<sweep>/results.csv")
     frames, seen = [], set()
     for p in paths:
         df = load_results(p)
-        real = Path(p).expanduser().resolve()
+        real = Path(df["file"].iloc[0] if len(df) else p).expanduser().resolve()
         if real in seen:
             continue
         seen.add(real)
-        df["source"] = str(p)
         frames.append(df)
-    results = pd.concat(frames, ignore_index=True)
-    dup_keys = [c for c in KEYS + ["seed", "lr", "bs"] if c in results.columns]
-    dups = results.duplicated(dup_keys)
-    if dups.any():
-        first = results[dups].iloc[0]
-        warnings.warn(f"{int(dups.sum())} run(s) appear in more than one file (first: {first['run_id']} in "
-                      f"{first['source']}); each is counted once", stacklevel=2)
-        results = results[~dups]
-    summary = summarize(results)
+    results = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
+        else pd.DataFrame(columns=RESULT_COLUMNS)
+    summary = summarize(results, confidence)
     out = Path(out) if out is not None else Path("runs") / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +345,7 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None) -> pd.Data
                             f"--out") from e
     plot_accuracy_vs_depth(summary, out / "comparison.png", title="accuracy vs depth, compared")
     folders = [Path(p).expanduser() if Path(p).expanduser().is_dir() else Path(p).expanduser().parent for p in paths]
-    activations = _read_activations([f / "activations.csv" for f in folders])
+    activations = _read_activations(list(dict.fromkeys(f / "activations.csv" for f in folders)))
     if activations is not None:  # the sweeps' per-layer statistics side by side
         plot_activations(activations, out / "activations.png")
     summary.attrs["out"] = str(out)

@@ -118,17 +118,21 @@ class _Interrupts:
 
 
 class RunStats(Callback):
-    """Training images processed and wall seconds per epoch (the epoch's validation pass included), and
-    a copy of the Recorder's per-epoch values, taken before ``validate()`` (which resets the Recorder)."""
+    """Training images processed and wall seconds per epoch (the epoch's validation pass included), a copy
+    of the Recorder's per-epoch values, taken before ``validate()`` (which resets the Recorder), and the
+    validation images and correct predictions of the final ``validate()`` (fastai's ``accuracy``: the argmax
+    equals the label), counted as whole numbers rather than read back from a float32 mean."""
 
     order = 55  # after Recorder (50), so an epoch's values are there when its seconds are stored
 
     def __init__(self):
         self.train_images, self.epoch_seconds, self.values, self.fits, self.fitting = 0, [], [], 0, False
+        self.valid_images = self.correct = 0
 
     def before_fit(self):
         self.fits += 1
         self.fitting = self.fits == 1  # one fit per run; learn.validate() calls before_fit too
+        self.valid_images = self.correct = 0
 
     def after_fit(self):
         self.fitting = False
@@ -139,6 +143,10 @@ class RunStats(Callback):
     def after_batch(self):
         if self.fitting and self.training:
             self.train_images += find_bs(self.yb)
+        elif not self.fitting and not self.training:  # the final validate()
+            y = self.yb[0]
+            self.valid_images += len(y)
+            self.correct += int((self.pred.argmax(dim=-1) == y).sum())
 
     def after_epoch(self):
         if self.fitting:
@@ -225,6 +233,113 @@ def find_lr(dls, cfg: SweepConfig, depth: int, seed: int, device: Device, out: P
         return float(learn.lr_find(show_plot=False).valley)
 
 
+def check_loaders(dls, cfg: SweepConfig) -> None:
+    """Refuse, before any run, DataLoaders a sweep cannot train on: a training split smaller than the batch
+    size gives no full batch (fastai drops the last partial one), so every run would train on nothing; an
+    empty validation split gives no accuracy. One line naming the fix."""
+    n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
+    if n_train < cfg.bs:
+        more = f"more images (--max-per-class {cfg.max_per_class} keeps {n_train})" if cfg.max_per_class else \
+            "a dataset with more images"
+        raise CnnDepthError(f"the training split has {n_train} images, fewer than --bs {cfg.bs}, so there is no "
+                            f"full batch to train on; use --bs {max(n_train, 1)} or less, or {more}")
+    if n_valid == 0:
+        raise CnnDepthError("the validation split has no images, so there is no accuracy to report; give a "
+                            "dataset with validation images")
+
+
+def finished_runs(results: pd.DataFrame, cfg: SweepConfig, out: Path) -> set:
+    """The run_ids a sweep may skip: its ``ok`` runs; with ``save_models``, only those whose model file is
+    there, so that rerunning a sweep with ``--save-models`` trains again (same seed, same settings) the runs
+    that were finished without one, and ``explain`` can use them."""
+    ok = results[results["status"] == "ok"]
+    if not cfg.save_models:
+        return set(ok["run_id"])
+    return {rid for rid, depth, seed in zip(ok["run_id"], ok["depth"], ok["seed"])
+            if model_path(out, cfg.arch, int(depth), int(seed)).exists()}
+
+
+@functools.lru_cache(maxsize=None)
+def _macs(arch: str, depth: int, n_in: int, n_out: int, img_size: tuple) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import depth_cnn
+
+    with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the run's RNG untouched
+        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, n_in, *img_size))
+    return counter.get_total_flops() // 2  # torch counts 2 FLOPs per multiply-accumulate
+
+
+def macs_per_image(config: dict) -> int:
+    """Multiply-accumulates of one image's forward pass through a model built from ``config`` (``model.config``).
+
+    torch's ``FlopCounterMode`` on a batch of one, on the CPU, in eval mode, halved: the convolutions and
+    linear layers (each output element: inputs × kernel area MACs; biases, batch norm, ReLU, pooling and the
+    residual adds are not counted, a few per cent at most). Computed once per (arch, depth, input shape).
+    """
+    h, w = config["img_size"]
+    return _macs(config["arch"], int(config["depth"]), int(config["n_in"]), int(config["n_out"]), (int(h), int(w)))
+
+
+class PeakMemory:
+    """The peak memory of one run, in MiB (2**20 bytes).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting it when the run starts: what the run's tensors
+    held at most (weights, gradients, optimizer state, activations, the batches), not the CUDA context nor
+    the allocator's cache. CPU: the process's peak resident memory (VmHWM) during the run, reset when it starts
+    (Linux's ``/proc/self/clear_refs``): everything the process holds (Python, torch, the decoded images) plus
+    what the run adds; where that reset is not available, ``getrusage``'s peak since the process started.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.since_start = False
+
+    def start(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+        except OSError:
+            self.since_start = True
+        return self
+
+    def mib(self) -> float:
+        if self.cuda:
+            return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        if not self.since_start:
+            try:
+                with open("/proc/self/status") as f:
+                    kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+                return round(kib / 1024, 1)
+            except (OSError, StopIteration, ValueError):
+                pass
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
+def _f32(x: float) -> float:
+    """A float32 value as the number it holds: 7 significant digits (1.8123457, not 1.812345743179321)."""
+    return float(f"{x:.7g}") if math.isfinite(x) else x
+
+
+def new_row(cfg: SweepConfig, depth: int, seed: int, threads, device: str = "", precision: str = "") -> dict:
+    """A results.csv row with what is known before a run trains: its identity and settings."""
+    row = dict.fromkeys(RESULT_COLUMNS, "")
+    row.update(run_fields(cfg.dataset_label, cfg.arch, depth, seed), source=cfg.dataset, epochs=cfg.epochs,
+               lr_setting=cfg.lr, lr="", bs=cfg.bs, max_per_class="" if cfg.max_per_class is None else cfg.max_per_class,
+               pipeline=cfg.pipeline, augment=cfg.augment, threads=threads, device=device, precision=precision,
+               epochs_done=0)
+    return row
+
+
 @dataclass
 class RunResult:
     """What one run gives: plain data only, so that it can come back from another process."""
@@ -246,31 +361,37 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
     error text. KeyboardInterrupt is not caught: the sweep stops and writes nothing for this run.
     """
     ident = run_fields(cfg.dataset_label, cfg.arch, depth, seed)
-    row = dict.fromkeys(RESULT_COLUMNS, "")
-    row.update(ident, epochs=cfg.epochs, lr="", bs=cfg.bs, device=device.name, precision=device.precision,
-               epochs_done=0, pipeline=cfg.pipeline, augment=cfg.augment)
+    row = new_row(cfg, depth, seed, torch.get_num_threads(), device.name, device.precision)
+    row.update(classes=dls.c)
     stats, nan = RunStats(), StopOnNaN()
+    memory = PeakMemory(device.torch)
     learn = None
     try:
         lr = lr() if callable(lr) else lr
         row["lr"] = lr
         seed_run(seed, dls)
         learn = _learner(dls, cfg, depth, device, out, cbs=[stats, nan, *cbs])
-        row["params"] = count_params(learn.model)
+        row.update(params=count_params(learn.model), macs=macs_per_image(learn.model.config))
+        memory.start()
         with _quiet(learn, cfg.quiet, ident["run_id"]):
             t0 = time.perf_counter()
             learn.fit_one_cycle(cfg.epochs, lr)
             train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
             t0 = time.perf_counter()
-            valid_loss, acc = learn.validate()[:2]
+            valid_loss = learn.validate()[0]
             valid_s = time.perf_counter() - t0
         train_loss = stats.values[-1][0] if stats.values else math.nan
+        acc = stats.correct / stats.valid_images if stats.valid_images else math.nan
         row.update(train_images=stats.train_images, train_seconds=train_s,
                    images_per_second=round(stats.train_images / train_s, 1), valid_seconds=round(valid_s, 3),
-                   train_loss=train_loss, valid_loss=float(valid_loss), accuracy=float(acc),
-                   error_rate=1 - float(acc))
+                   peak_memory_mb=memory.mib(), train_loss=_f32(train_loss), valid_loss=_f32(float(valid_loss)),
+                   valid_images=stats.valid_images, correct=stats.correct, accuracy=acc,
+                   error_rate=(stats.valid_images - stats.correct) / stats.valid_images if stats.valid_images else "")
         finite = all(math.isfinite(v) for v in (train_loss, float(valid_loss)))
-        if nan.where or not finite:
+        if stats.train_images == 0:  # not a diverged loss: nothing was trained (check_loaders refuses this first)
+            row.update(status="failed", error=f"no training batch: the training split has {len(dls.train_ds)} "
+                                              f"images, fewer than bs {cfg.bs}; use a smaller bs or more images")
+        elif nan.where or not finite:
             row.update(status="diverged", error=nan.where or "loss is not finite after training")
         else:
             row["status"] = "ok"
@@ -283,8 +404,8 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
     if learn is not None:
         for epoch, (vals, secs) in enumerate(zip(stats.values, stats.epoch_seconds), start=1):
             vals = vals + [math.nan] * (3 - len(vals))
-            result.history.append(dict(ident, epochs=cfg.epochs, epoch=epoch, train_loss=vals[0],
-                                       valid_loss=vals[1], accuracy=vals[2], seconds=round(secs, 3)))
+            result.history.append(dict(ident, epochs=cfg.epochs, epoch=epoch, train_loss=_f32(vals[0]),
+                                       valid_loss=_f32(vals[1]), accuracy=_f32(vals[2]), seconds=round(secs, 3)))
     row["epochs_done"] = len(result.history)
     if learn is not None and row["status"] != "failed":  # a failed run has nothing to measure or keep
         result.activations = [{**ident, **r} for r in activation_stats(learn.model, fixed_valid_batch(dls))]
@@ -474,12 +595,10 @@ def run_job(cfg: SweepConfig, job: Job, lr: Optional[float], out: Path, cbs: Seq
     return train_run(dls, cfg, job.depth, job.seed, lr, device, out, cbs=cbs)
 
 
-def failed_result(cfg: SweepConfig, job: Job, lr, error: str, device: str = "") -> RunResult:
+def failed_result(cfg: SweepConfig, job: Job, lr, error: str, threads) -> RunResult:
     """The row of a run that never came back (its worker died, its lr_find failed): status ``failed``."""
-    row = dict.fromkeys(RESULT_COLUMNS, "")
-    row.update(run_fields(cfg.dataset_label, cfg.arch, job.depth, job.seed), epochs=cfg.epochs,
-               lr="" if lr is None else lr, bs=cfg.bs, device=device, epochs_done=0, pipeline=cfg.pipeline,
-               augment=cfg.augment, status="failed", error=error.replace("\n", " ")[:500])
+    row = new_row(cfg, job.depth, job.seed, threads)
+    row.update(lr="" if lr is None else lr, status="failed", error=error.replace("\n", " ")[:500])
     return RunResult(row)
 
 
@@ -538,7 +657,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)
         done = read_results(out)
         ok = done[done["status"] == "ok"]
-        finished = set(ok["run_id"])
+        finished = finished_runs(done, cfg, out)
         found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
         jobs = _jobs(cfg, finished, found_lrs)
         todo = sum(job.kind == "run" for job in jobs)
@@ -549,7 +668,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class,
                           device=device.torch if engine.kind == "inline" else "cpu", pipeline=cfg.pipeline,
                           augment=cfg.augment)
-        check_split_sizes(dls, cfg)
+        check_loaders(dls, cfg)
         if engine.kind != "inline":
             _check_picklable(cbs)
         write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
@@ -590,15 +709,6 @@ def _removed_if_unused(out: Path, made: Optional[Path]):
         if made is not None and not (out / "results.csv").exists():
             shutil.rmtree(made, ignore_errors=True)
         raise
-
-
-def check_split_sizes(dls, cfg: SweepConfig) -> None:
-    """Refuse a batch size larger than the training split: fastai drops the last partial training batch,
-    so every epoch would train on nothing (and ``lr_find`` would divide by zero)."""
-    n = len(dls.train_ds)
-    if n < cfg.bs:
-        raise CnnDepthError(f"the training split has {n} image(s), fewer than the batch size {cfg.bs}: every epoch "
-                            f"would train on no batch; use --bs {max(1, n)} or less, or more images per class")
 
 
 def _check_picklable(cbs: Sequence[Callback]) -> None:
@@ -645,8 +755,9 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                         break
                     pending.remove(job)
                     if job.kind == "run" and job.depth in failed_finds:
-                        _record(out, cfg, failed_result(cfg, job, None, failed_finds[job.depth]), interrupts)
-                        progress.end(job.index, failed_result(cfg, job, None, failed_finds[job.depth]).row, 0.0)
+                        result = failed_result(cfg, job, None, failed_finds[job.depth], engine.threads)
+                        _record(out, cfg, result, interrupts)
+                        progress.end(job.index, result.row, 0.0)
                         continue
                     lr = cfg.lr if cfg.lr != "find" else lrs.get(job.depth)
                     fut = ex.submit(run_job, cfg, job, lr, out, tuple(cbs))
@@ -680,7 +791,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                         continue
                     if isinstance(value, BaseException):
                         value = failed_result(cfg, job, cfg.lr if cfg.lr != "find" else lrs.get(job.depth),
-                                              f"{type(value).__name__}: {value}")
+                                              f"{type(value).__name__}: {value}", engine.threads)
                     _record(out, cfg, value, interrupts)
                     progress.end(job.index, value.row, time.monotonic() - t0)
     except KeyboardInterrupt as e:

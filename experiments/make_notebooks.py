@@ -79,21 +79,29 @@ md("""## Reading the report back from CSV
 Everything printed above is in the files: read them like any other CSV."""),
 code("""results = pd.read_csv(f"{OUT}/results.csv")
 summary = summarize(results)
-summary[["arch", "depth", "runs", "accuracy_mean", "accuracy_std", "params", "train_seconds_mean", "best"]]"""),
+print(summary["note"].iloc[0])
+summary[["depth", "runs", "accuracy_mean", "accuracy_low", "accuracy_high", "interval", "verdict", "params", "macs",
+         "train_seconds_mean"]]"""),
 code("""history = pd.read_csv(f"{OUT}/history.csv")
 fig, (ax_acc, ax_cost) = plt.subplots(1, 2, figsize=(10, 3.5))
 for depth, h in history.groupby("depth"):
     ax_acc.plot(h["epoch"], h["accuracy"], marker="o", label=f"depth {depth}")
 ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves")
 ax_acc.legend()
-ax_cost.plot(summary["params"], summary["accuracy_mean"], marker="o")
-for _, r in summary.iterrows():
-    ax_cost.annotate(f"d{r['depth']}", (r["params"], r["accuracy_mean"]))
-ax_cost.set(xscale="log", xlabel="parameters", ylabel="validation accuracy", title="what depth costs")
+macs = summary["macs"].astype(float)
+ax_cost.errorbar(macs, summary["accuracy_mean"], marker="o", capsize=3,
+                 yerr=[summary["accuracy_mean"] - summary["accuracy_low"], summary["accuracy_high"] - summary["accuracy_mean"]])
+for m, acc, depth in zip(macs, summary["accuracy_mean"], summary["depth"]):
+    ax_cost.annotate(f"d{depth}", (m, acc))
+ax_cost.set(xscale="log", xlabel="multiply-accumulates per image", ylabel="validation accuracy",
+            title="what depth costs (95% intervals)")
 plt.tight_layout()"""),
-md("""**How to read it.** Each row of `summary` is one depth: `accuracy_mean ± accuracy_std` over seeds (one
-seed here, so no std: run several with `seeds=[0, 1, 2]` before believing a gap of a few points; on 1,000
-test images one standard error is about 1.5 points), the parameter count, and the mean training seconds.
+md("""**How to read it.** Each row of `summary` is one depth: the mean accuracy over seeds with its 95%
+interval (`interval` names the method: with one seed, as here, a Wilson interval over the validation
+images, which cannot show training noise), the `verdict` against the best depth (paired by seed; with one
+seed no depth can be separated from another, and the note above says so: run `seeds=[0, 1, 2]` before
+believing a gap of a few points), the parameters, the multiply-accumulates per image and the mean training
+seconds.
 Going from depth 2 to 4 adds a stage per conv, so parameters grow about 4× per step; whether accuracy
 follows is the question the sweep answers. For deeper models compare `arch="plain"` with `"bn"` and
 `"residual"`: see `02_reading_reports.ipynb`."""),
@@ -103,8 +111,8 @@ nb2 = new_notebook(metadata=meta, cells=[
 md("""# Reading sweep reports: from CSV to a figure
 
 A sweep leaves `results.csv` (one row per run), `history.csv` (per epoch) and `activations.csv` (per conv
-layer) in its folder. This notebook turns several of them into the figures a paper needs: mean ± std
-accuracy per depth, plain vs bn vs residual, and why deep plain nets train worse.
+layer) in its folder. This notebook turns several of them into the figures a paper needs: mean accuracy
+per depth with its 95% interval, plain vs bn vs residual, and why deep plain nets train worse.
 
 Point `SWEEPS` at your own sweep folders. When it is empty (as in CI), the notebook makes three small sweeps
 first, one per arch. `CNN_DEPTH_QUICK=1` makes them tiny (20 images per class, 1 epoch); without it they
@@ -130,37 +138,48 @@ code("""if not SWEEPS:
 SWEEPS"""),
 md("""## One table over all sweeps
 
-Concatenate the CSVs; `summarize` groups by dataset, arch, epochs and depth and averages the seeds of
-finished (`ok`) runs. `report` does the same from files and also writes `summary.csv` and `comparison.png`
-(what `cnn-depth report` prints)."""),
+Concatenate the CSVs; `summarize` groups the runs by every setting that decides their numbers (here only
+the arch differs, so the groups are labelled `plain`, `bn`, `residual`), averages the seeds of finished
+(`ok`) runs with a 95% interval, and compares each depth with the best depth of its group, paired by seed.
+`report` does the same from files and also writes `summary.csv` and `comparison.png` (what `cnn-depth
+report` prints)."""),
 code("""results = pd.concat([pd.read_csv(Path(s) / "results.csv") for s in SWEEPS], ignore_index=True)
 print(results["status"].value_counts().to_dict())
 summary = summarize(results)
-summary[["arch", "depth", "runs", "accuracy_mean", "accuracy_std", "params", "train_seconds_mean", "best"]]"""),
-code("""table = summary.assign(acc=summary.apply(
-    lambda r: f"{r.accuracy_mean:.3f} ± {r.accuracy_std:.3f}" if r.runs > 1 else f"{r.accuracy_mean:.3f}", axis=1))
-table.pivot(index="depth", columns="arch", values="acc")"""),
+for group, g in summary.groupby("group", sort=False):
+    print(f"{group}: {g['note'].iloc[0]}")
+summary[["group", "depth", "runs", "accuracy_mean", "accuracy_low", "accuracy_high", "verdict", "prob_improvement",
+         "params", "macs", "train_seconds_mean"]]"""),
+code("""table = summary.assign(acc=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if n > 0 else "-"
+                             for m, lo, hi, n in zip(summary["accuracy_mean"], summary["accuracy_low"],
+                                                     summary["accuracy_high"], summary["runs"])])
+table.pivot(index="depth", columns="group", values="acc")"""),
 code("""compared = report([Path(s) / "results.csv" for s in SWEEPS], out=tempfile.mkdtemp(prefix="report-"))
 sorted(p.name for p in Path(compared.attrs["out"]).iterdir())"""),
 md("""## Accuracy against depth, one line per arch
 
-Error bars are one standard deviation over seeds (ddof=1)."""),
+Error bars are the summary's 95% interval of the mean over seeds (`interval` says which: t over seeds, or
+Wilson over the validation images for a single seed); `comparison.png` from `report` draws the same with
+the verdicts marked."""),
 code("""fig, ax = plt.subplots(figsize=(6, 4))
-for arch, g in summary.groupby("arch"):
-    ax.errorbar(g["depth"], g["accuracy_mean"], yerr=g["accuracy_std"].fillna(0), marker="o", capsize=3, label=arch)
-ax.set(xlabel="depth (conv layers)", ylabel="validation accuracy", title="accuracy vs depth")
+for group, g in summary[summary["runs"] > 0].groupby("group", sort=False):
+    ax.errorbar(g["depth"], g["accuracy_mean"], marker="o", capsize=3, label=f"{group} (n={g['runs'].max()})",
+                yerr=[g["accuracy_mean"] - g["accuracy_low"], g["accuracy_high"] - g["accuracy_mean"]])
+ax.axhline(1 / summary["classes"].max(), ls="--", color="grey", label="chance")
+ax.set(xlabel="depth (conv layers)", ylabel="validation accuracy (mean, 95% interval)", title="accuracy vs depth")
 ax.legend()
 ax.grid(alpha=0.3)"""),
 md("""## What it costs
 
 Parameters and training time per depth: the cost side of the trade-off."""),
 code("""fig, (ax_p, ax_t) = plt.subplots(1, 2, figsize=(10, 3.5))
-for arch, g in summary.groupby("arch"):
-    ax_p.plot(g["depth"], g["params"], marker="o", label=arch)
-    ax_t.plot(g["depth"], g["train_seconds_mean"], marker="o", label=arch)
-ax_p.set(xlabel="depth", ylabel="parameters", yscale="log", title="parameters")
+for group, g in summary.groupby("group", sort=False):
+    ax_p.plot(g["depth"], g["macs"].astype(float), marker="o", label=f"{group}: MACs per image")
+    ax_p.plot(g["depth"], g["params"].astype(float), ":", marker="^", label=f"{group}: parameters")
+    ax_t.plot(g["depth"], g["train_seconds_mean"], marker="o", label=group)
+ax_p.set(xlabel="depth", ylabel="count", yscale="log", title="multiply-accumulates and parameters")
 ax_t.set(xlabel="depth", ylabel="seconds per run", title="training time")
-ax_p.legend()
+ax_p.legend(fontsize="small")
 plt.tight_layout()"""),
 md("""## Why deep plain nets train worse
 
@@ -178,8 +197,9 @@ ax_s.set(xlabel="conv layer", ylabel="std of ReLU outputs", yscale="log", title=
 ax_z.set(xlabel="conv layer", ylabel="fraction of zeros", ylim=(0, 1), title="dead units")
 ax_s.legend()
 plt.tight_layout()"""),
-md("""**Reading it for a paper.** Quote accuracy as mean ± std over seeds with the number of seeds, the
-epochs, and the dataset size; `sweep.json` next to each `results.csv` holds the full config and the
+md("""**Reading it for a paper.** Quote accuracy as the mean with its 95% interval and the number of seeds,
+the epochs and the dataset size; claim a best depth only where its `verdict` is `best` (every other depth
+below it, paired by seed), and quote the `note` otherwise; `sweep.json` next to each `results.csv` holds the full config and the
 versions, device and git commit that produced the numbers."""),
 ])
 

@@ -60,11 +60,15 @@ def test_reports_written_and_table_reproducible_from_csv(bn_sweep):
     assert history["valid_loss"].round(6).tolist() == results["valid_loss"].round(6).tolist()
     summary = pd.read_csv(out / "summary.csv")
     assert summary["runs"].tolist() == [1, 1, 1] and summary["accuracy_std"].isna().all()
-    assert summary["best"].sum() == 1
-    best = summary.loc[summary["best"], "depth"].item()
-    assert summary.loc[summary["best"], "accuracy_mean"].item() == results["accuracy"].max()
-    best_line = next(line for line in r.stdout.splitlines() if "<- best" in line)
-    assert f" {best} " in best_line and f"{results['accuracy'].max():.4f}" in best_line
+    # one seed: a Wilson interval over the 100 validation images, and no depth can be called best
+    assert (summary["interval"] == "Wilson, 1 seed, 100 images").all() and not summary["best"].any()
+    assert (results["accuracy"] == results["correct"] / results["valid_images"]).all()
+    top = summary.loc[summary["verdict"] == "highest mean"]
+    assert top["accuracy_mean"].item() == results["accuracy"].max()
+    top_line = next(line for line in r.stdout.splitlines() if "highest mean" in line)
+    assert top_line.split()[0] == str(top["depth"].item()) and f"{results['accuracy'].max():.4f}" in top_line
+    assert "  note: 1 seed: not enough to separate depths 1, 2 and 3" in r.stdout.splitlines()
+    assert summary["note"].unique().tolist() == ["1 seed: not enough to separate depths 1, 2 and 3"]
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["config"]["depths"] == [1, 2, 3] and meta["config"]["epochs"] == 1 and meta["config"]["lr"] == 3e-3
     env = meta["environment"]
@@ -111,14 +115,31 @@ def test_report_over_two_sweeps(bn_sweep, tmp_path):
                             str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     s = pd.read_csv(tmp_path / "cmp" / "summary.csv")
-    assert s[["arch", "depth", "runs"]].values.tolist() == [["bn", 1, 1], ["bn", 2, 1], ["bn", 3, 1],
-                                                            ["residual", 1, 2], ["residual", 2, 2]]
+    assert s[["group", "depth", "runs"]].values.tolist() == [["bn", 1, 1], ["bn", 2, 1], ["bn", 3, 1],
+                                                             ["residual", 1, 2], ["residual", 2, 2]]
     res = pd.read_csv(out_b / "results.csv")
     d1 = res.loc[res["depth"] == 1, "accuracy"]
     assert s.loc[3, "accuracy_mean"] == pytest.approx(d1.mean()) and s.loc[3, "accuracy_std"] == pytest.approx(d1.std())
-    assert s.groupby("arch")["best"].sum().tolist() == [1, 1]
+    assert s.loc[3, "interval"] == "t, n=2" and s.loc[3, "accuracy_low"] < s.loc[3, "accuracy_mean"]
+    assert (s.groupby("group")["verdict"].apply(lambda v: (v == "highest mean").sum() + (v == "best").sum())
+            == 1).all()
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
-    assert r.stdout.count("<- best") == 2 and " ± " in r.stdout
+    assert r.stdout.count("  note: ") == 2 and r.stdout.splitlines()[0].startswith("bn   (cifar10-sample · 1 ep")
+
+
+def test_report_keeps_sweeps_of_other_image_counts_apart(bn_sweep, tmp_path):
+    """Issue #13: a --max-per-class 20 sweep next to a --max-per-class 10 one: two groups, no row dropped."""
+    out_a, _ = bn_sweep
+    out_b = tmp_path / "m20"
+    assert runner.invoke(app, ["sweep", "--depths", "1", "2", "--epochs", "1", "--max-per-class", "20", "--bs", "16",
+                               "--device", "cpu", "--quiet", "--out", str(out_b)]).exit_code == 0
+    r = runner.invoke(app, ["report", str(out_a), str(out_b), "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0 and r.stderr == "", r.output  # no "appears in more than one file" warning
+    s = pd.read_csv(tmp_path / "cmp" / "summary.csv")
+    assert s[["group", "depth", "runs", "valid_images"]].values.tolist() == [
+        ["bn · 10/class", 1, 1, 100], ["bn · 10/class", 2, 1, 100], ["bn · 10/class", 3, 1, 100],
+        ["bn · 20/class", 1, 1, 200], ["bn · 20/class", 2, 1, 200]]
+    assert r.stdout.splitlines()[0].startswith("bn · 10/class   (cifar10-sample · 1 ep · lr 0.003 · bs 16")
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -264,7 +285,7 @@ def test_toml_values_of_the_wrong_type_are_one_line(toml, message, tmp_path, mon
     (["--seeds", "0-300000000"], "seeds: range 0-300000000 is too large"),
     (["--depths", "1-1e10"], "depths: '1-1e10' is not a whole number or a range"),
     (["--depths", "1-100", "--seeds", "0-200"], "100 depths × 201 seeds is over 10,000 runs"),
-    (["--max-per-class", "2", "--bs", "64"], "the training split has 20 image(s), fewer than the batch size 64"),
+    (["--max-per-class", "2", "--bs", "64"], "the training split has 20 images, fewer than --bs 64, so there is no full batch to train on"),
 ])
 def test_ranges_and_sizes_that_cannot_work_are_refused_at_once(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -222,10 +222,10 @@ def test_cli_explain_with_image(run, tmp_path):
 
 @pytest.mark.parametrize("case,args,message", [
     ("missing_dir", ["--depth", "2"], "no such run folder"),
-    ("empty_dir", ["--depth", "2"], "has no saved models (models/{arch}-d{depth}-s{seed}.pt); rerun the sweep "
-                                    "with --save-models"),
+    ("empty_dir", ["--depth", "2"], "has no saved models (models/{arch}-d{depth}-s{seed}.pt); to save them, run "
+                                    "`cnn-depth sweep <the options that made it> --out "),
     ("corrupt", ["--depth", "4"], "cannot read saved model"),
-    ("run", ["--depth", "9"], "depth 9 is not in"),
+    ("run", ["--depth", "9"], "no saved model of depth 9 in"),
     ("run", ["--depth", "2", "--seed", "7"], "seed 7 is not saved for bn depth 2"),
     ("run", ["--depth", "3", "--arch", "plain"], "arch 'plain' is not in"),
     ("run", ["--depth", "3", "--image", "IMG"], "cannot read"),
@@ -269,3 +269,28 @@ def test_sweep_save_models_then_explain_from_the_cli(tmp_path):
     r = CliRunner().invoke(app, ["explain", str(out), "--depth", "3", "--index", "5"])
     assert r.exit_code == 0, r.output
     _check_pngs([Path(line) for line in r.stdout.splitlines() if line.endswith(".png")])
+
+
+@pytest.mark.slow
+def test_explain_without_models_names_the_command_that_saves_them(tmp_path):
+    """The advice is true: running the command the error names gives explain its model."""
+    import shlex
+
+    out = tmp_path / "sweep"
+    small = ["--epochs", "1", "--max-per-class", "8", "--bs", "16", "--device", "cpu", "--quiet"]
+    assert CliRunner().invoke(app, ["sweep", "--depths", "2", *small, "--out", str(out)]).exit_code == 0
+    r = CliRunner().invoke(app, ["explain", str(out)])
+    assert r.exit_code == 2 and "has no saved models" in r.stderr
+    command = r.stderr.split("`")[1]
+    args = shlex.split(command)
+    assert args[:4] == ["cnn-depth", "sweep", "--depths", "2"] and args[-3:] == ["--out", str(out), "--save-models"]
+    assert "--max-per-class" in args and "--bs" in args and "--epochs" in args
+    rows = (out / "results.csv").read_text().splitlines()
+    r = CliRunner().invoke(app, args[1:] + ["--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (out / "models" / "bn-d2-s0.pt").exists()
+    after = (out / "results.csv").read_text().splitlines()
+    acc = rows[0].split(",").index("accuracy")
+    assert len(after) == len(rows) and after[1].split(",")[acc] == rows[1].split(",")[acc]  # same seed, same number
+    r = CliRunner().invoke(app, ["explain", str(out), "--index", "1"])
+    assert r.exit_code == 0, r.output

@@ -167,6 +167,10 @@ def test_write_rows_appends_replaces_and_survives_a_torn_line(tmp_path):
         f.write("c")  # a line torn by a crash, no newline
     write_rows(path, cols, [dict(run_id="d", x=4)])
     assert [r["run_id"] for r in read_rows(path)[1]] == ["b", "a", "d"]
+    with open(path, "a") as f:
+        f.write("e,12")  # cut inside its last field: every field is there, but not the end of the line
+    write_rows(path, cols, [dict(run_id="f", x=6)])
+    assert [(r["run_id"], r["x"]) for r in read_rows(path)[1]] == [("b", "2"), ("a", "3"), ("d", "4"), ("f", "6")]
 
 
 @pytest.mark.slow
@@ -180,3 +184,77 @@ def test_pipeline_and_augment_are_recorded_and_fix_the_folder(tmp_path):
         run_sweep(depths=[1], out=out, pipeline="pil", **SMALL)
     with pytest.raises(CnnDepthError, match="pipeline must be one of fast, pil"):
         SweepConfig(pipeline="dali")
+
+
+@pytest.mark.slow
+def test_a_row_describes_its_run(straight):
+    """Every setting that decides the numbers is on the row; accuracy is correct / valid_images, exactly."""
+    import torch
+
+    df = straight
+    assert (df["source"] == "cifar10-sample").all() and (df["lr_setting"] == 3e-3).all()
+    assert (df["max_per_class"] == 10).all() and (df["threads"] == torch.get_num_threads()).all()
+    assert (df["classes"] == 10).all() and (df["valid_images"] == 100).all()  # 10 per class in the valid split
+    assert (df["accuracy"] == df["correct"] / df["valid_images"]).all()
+    assert (df["error_rate"] == (df["valid_images"] - df["correct"]) / df["valid_images"]).all()
+    assert df["macs"].tolist() == [442_528, 1_622_336, 2_802_304]  # see test_costs: each conv and the head
+    assert (df["peak_memory_mb"] > 0).all()
+    history = pd.read_csv(straight.attrs["out"] + "/history.csv")
+    last = history.groupby("run_id")["accuracy"].last()
+    # fastai's accuracy of the last epoch (a float32 mean) is the same count, up to float32 rounding
+    assert (abs(last[df["run_id"]].to_numpy() - df["accuracy"].to_numpy()) < 1e-6).all()
+    text = (pd.io.common.Path(straight.attrs["out"]) / "results.csv").read_text()
+    assert "0000000" not in text and "9999999" not in text  # no float32 noise written out
+
+
+@pytest.mark.slow
+def test_a_training_split_smaller_than_the_batch_is_refused_before_any_run(tmp_path):
+    out = tmp_path / "s"
+    for lr in (3e-3, "find"):  # --lr find used to fail with ZeroDivisionError here
+        with pytest.raises(CnnDepthError, match=r"the training split has 20 images, fewer than --bs 32, so there is "
+                                                r"no full batch to train on; use --bs 20 or less, or more images "
+                                                r"\(--max-per-class 2 keeps 20\)"):
+            run_sweep(depths=[1], out=str(out), **{**SMALL, "max_per_class": 2, "bs": 32, "lr": lr})
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_trains_on_no_batch_is_failed_not_diverged(tmp_path):
+    """train_run on its own (as another driver may call it): zero batches is said plainly."""
+    from cnn_depth import dataloaders
+    from cnn_depth.sweep import resolve_device, train_run
+
+    dls = dataloaders("cifar10-sample", bs=32, max_per_class=2, device="cpu")
+    cfg = SweepConfig(depths=[1], **{**SMALL, "max_per_class": 2, "bs": 32})
+    result = train_run(dls, cfg, 1, 0, 3e-3, resolve_device("cpu"), tmp_path)
+    assert result.row["status"] == "failed" and result.row["train_images"] == 0
+    assert result.row["error"] == ("no training batch: the training split has 20 images, fewer than bs 32; use a "
+                                   "smaller bs or more images")
+
+
+@pytest.mark.slow
+def test_rerun_with_save_models_saves_the_models_it_lacked(tmp_path):
+    out = tmp_path / "s"
+    first = run_sweep(depths=[1, 2], out=str(out), **SMALL)
+    assert not (out / "models").exists()
+    again = run_sweep(depths=[1, 2], out=str(out), save_models=True, **SMALL)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["bn-d1-s0.pt", "bn-d2-s0.pt"]
+    # the same seeds and settings: the same numbers, now with the model that made them
+    assert again.set_index("run_id")["accuracy"].to_dict() == first.set_index("run_id")["accuracy"].to_dict()
+    rows = (out / "results.csv").read_text()
+    run_sweep(depths=[1, 2], out=str(out), save_models=True, **SMALL)  # every model there: nothing to do
+    assert (out / "results.csv").read_text() == rows
+
+
+@pytest.mark.slow
+def test_counting_macs_leaves_the_runs_random_numbers_alone(tmp_path):
+    """MACs are counted on a model built once per process: the first run of a depth and a later one with the
+    same seed must see the same random numbers (augmentation draws from torch's RNG)."""
+    from cnn_depth.sweep import _macs
+
+    _macs.cache_clear()
+    settings = dict(SMALL, depths=[2], augment=True)
+    first = run_sweep(out=str(tmp_path / "a"), **settings)
+    again = run_sweep(out=str(tmp_path / "b"), **settings)  # MACs of depth 2 already known: nothing is built
+    assert first["valid_loss"].tolist() == again["valid_loss"].tolist()
+    assert first["accuracy"].tolist() == again["accuracy"].tolist()
