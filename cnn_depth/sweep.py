@@ -743,7 +743,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
     known), write each run's files as it comes back, stop everything on Ctrl-C/SIGTERM."""
     from .executors import WorkerDied
 
-    pending, running, started = list(jobs), {}, {}
+    pending, running, started, submitting = list(jobs), {}, {}, None
     failed_finds: dict[int, str] = {}
     try:
         with _Interrupts() as interrupts, starting.result() as ex:
@@ -760,14 +760,17 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                         progress.end(job.index, result.row, 0.0)
                         continue
                     lr = cfg.lr if cfg.lr != "find" else lrs.get(job.depth)
+                    t0, inline = time.monotonic(), engine.kind == "inline"
+                    if inline:  # the job runs inside submit: announce it first
+                        _announce(job, "", progress, say)
+                    submitting = job
                     fut = ex.submit(run_job, cfg, job, lr, out, tuple(cbs))
-                    where = f" on worker {fut.slot + 1}" if engine.kind != "inline" else ""
-                    if job.kind == "find":
-                        say(f"lr_find depth={job.depth} (seed {job.seed}; its valley is this depth's lr for every "
-                            f"seed){where}")
-                    else:
-                        progress.start(job.index, job.depth, job.seed, where)
-                    running[fut], started[fut] = job, time.monotonic()
+                    submitting = None
+                    if not inline:
+                        _announce(job, f" on worker {fut.slot + 1}", progress, say)
+                    running[fut], started[fut] = job, t0
+                    if fut.done():  # it ran in this process (inline): record it before starting another
+                        break
                 if not running:
                     continue
                 done, _ = cf.wait(list(running), timeout=1.0, return_when=cf.FIRST_COMPLETED)
@@ -797,11 +800,19 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
     except KeyboardInterrupt as e:
         n_ok = int((read_results(out)["status"] == "ok").sum())
         why = f" ({e.args[0]})" if e.args else ""
-        cut = sorted((j for j in running.values() if j.kind == "run"), key=lambda j: j.index)
+        cut = sorted((j for j in [*running.values(), submitting] if j is not None and j.kind == "run"),
+                     key=lambda j: j.index)
         where = (f"during run{'s' if len(cut) > 1 else ''} " + ", ".join(f"{j.index}/{progress.n} "
                  f"({run_id(cfg.arch, j.depth, j.seed)})" for j in cut)) if cut else "between runs"
         raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
                                f"same command to resume") from e
+
+
+def _announce(job: Job, where: str, progress: "Progress", say: Callable[[str], None]) -> None:
+    if job.kind == "find":
+        say(f"lr_find depth={job.depth} (seed {job.seed}; its valley is this depth's lr for every seed){where}")
+    else:
+        progress.start(job.index, job.depth, job.seed, where)
 
 
 def _record(out: Path, cfg: SweepConfig, result: RunResult, interrupts: "_Interrupts") -> None:

@@ -232,7 +232,7 @@ def test_sigterm_mid_run_keeps_finished_rows_and_resumes(tmp_path):
     same command again."""
     out = tmp_path / "term"
     cmd = [sys.executable, "-m", "cnn_depth", "sweep", "--depths", "1", "2", "3", "--epochs", "3",
-           "--max-per-class", "20", "--bs", "16", "--device", "cpu", "--out", str(out)]
+           "--max-per-class", "20", "--bs", "16", "--device", "cpu", "--workers", "1", "--out", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = []

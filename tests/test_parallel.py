@@ -18,7 +18,7 @@ from cnn_depth.sweep import choose_engine
 
 TINY = dict(depths=[1, 2], seeds=[0, 1], epochs=1, max_per_class=10, bs=16, device="cpu", quiet=True, threads=1)
 # What may differ between two runs of the same (depth, seed): when and how fast it ran, and where.
-TIMING = ["train_seconds", "images_per_second", "valid_seconds", "finished"]
+TIMING = ["train_seconds", "images_per_second", "valid_seconds", "finished", "peak_memory_mb"]
 runner = CliRunner()
 
 
