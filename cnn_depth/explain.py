@@ -6,11 +6,17 @@ the model:
 
 - ``feature_maps(model, x)``: the output of every conv stage (each child before ``head``).
 - ``grad_cam(model, x)``: Grad-CAM (Selvaraju et al. 2017) at the last conv stage, upsampled to the input.
-- ``activation_stats(model, xb)``: mean, std and fraction of exact zeros of every ReLU in the conv stages.
+- ``activation_stats(model, xb)``: mean, std and fraction of exact zeros of every ReLU in the stages.
   A ReLU follows each main-path conv (in a residual block the last conv's ReLU comes after the shortcut
-  is added), so there is one row per conv layer: ``model.config["depth"]`` rows for every registered model.
+  is added) and each hidden linear layer of an MLP, so there is one row per layer: ``model.config["depth"]``
+  rows for the depth family, the MLPs and the tutorial presets. torchvision nets reuse one ReLU module per
+  block (its last call, after the shortcut add, is the one recorded): resnet18 gives 9 rows, resnet50 17,
+  vgg16 13.
 - ``explain_run(run_dir, depth)``: loads a saved model of a sweep and writes ``input.png``,
-  ``feature_maps.png`` and ``gradcam.png``.
+  ``feature_maps.png`` and ``gradcam.png`` (an MLP: ``input.png`` and ``hidden_layers.png``).
+
+MLPs have no conv layers: ``feature_maps`` and ``grad_cam`` refuse them with one line, and their figures
+show the activations of each hidden layer's units instead.
 
 Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas, never through pyplot, so nothing
 here changes a notebook's backend.
@@ -37,6 +43,7 @@ from .models import eval_mode
 PathLike = Union[str, os.PathLike]
 N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
 TOP_K = 3  # predictions shown on input.png
+CAM_CMAP = "magma"  # perceptually uniform: equal steps of importance look equally different (jet does not)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -62,13 +69,38 @@ def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.float().to(one_param(model).device)
 
 
-def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The output of each conv stage for ``x`` (an image or a batch): ``[(stage name, (N, C, H, W)), ...]``."""
-    stages = conv_stages(model)
+def has_convs(model: nn.Module) -> bool:
+    """Whether the stages hold conv layers (every registered model but the MLPs)."""
+    return any(isinstance(m, nn.Conv2d) for _, stage in conv_stages(model) for m in stage.modules())
+
+
+def _need_convs(model: nn.Module, what: str) -> None:
+    if not has_convs(model):
+        name = getattr(model, "config", {}).get("arch", type(model).__name__)
+        raise CnnDepthError(f"{name} has no conv layers, so it has no {what}; for an MLP use activation_stats "
+                            f"(one row per hidden layer) or hidden_units")
+
+
+def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The output of each stage that has weights (conv stages, or an MLP's hidden layers) for ``x``."""
+    stages = [(n, m) for n, m in conv_stages(model) if any(True for _ in m.parameters())]
     xb = _batch(model, x)
     with eval_mode(model), hook_outputs([m for _, m in stages]) as hooks, torch.no_grad():
         model(xb)
         return [(name, h.stored) for (name, _), h in zip(stages, hooks)]
+
+
+def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The output of each conv stage for ``x`` (an image or a batch): ``[(stage name, (N, C, H, W)), ...]``."""
+    _need_convs(model, "feature maps")
+    return stage_outputs(model, x)
+
+
+def hidden_units(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """An MLP's hidden-layer outputs (after ReLU and dropout, in eval mode): ``[(layer name, (N, width)), ...]``."""
+    if has_convs(model):
+        raise CnnDepthError("hidden_units is for MLPs; this model has conv stages: use feature_maps")
+    return stage_outputs(model, x)
 
 
 def class_index(target, vocab: Optional[Sequence[str]], n_out: int) -> int:
@@ -107,6 +139,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
     evidence (all zero, e.g. dead ReLUs) is returned as zeros, never NaN. Deep stages have small maps (4×4
     for a 32 px input after three stride-2 stages), so the heatmap is coarse by construction.
     """
+    _need_convs(model, "Grad-CAM")
     xb = _batch(model, x)
     if xb.shape[0] != 1:
         raise CnnDepthError(f"grad_cam explains one image; got a batch of {xb.shape[0]}")
@@ -130,7 +163,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
 
 
 def relu_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
-    """The ReLUs of the conv stages in order, as (stage, qualified name, module): one per main-path conv."""
+    """The ReLUs of the stages in order, as (stage, qualified name, module): one per main-path conv (or per
+    hidden linear layer of an MLP)."""
     return [(sname, f"{sname}.{n}", m) for sname, stage in conv_stages(model)
             for n, m in stage.named_modules() if isinstance(m, nn.ReLU)]
 
@@ -144,14 +178,15 @@ def _relu_stats(m, i, o) -> dict:
 def activation_stats(model: nn.Module, xb: torch.Tensor) -> list[dict]:
     """Statistics of every conv layer's ReLU output on the batch ``xb``, in eval mode.
 
-    One row per ReLU in the conv stages (the ReLUs of the head's linear layers are left out). A ReLU
-    follows every main-path conv (after the shortcut add for the last conv of a residual block), so a
-    registered model gives ``model.config["depth"]`` rows.
+    One row per ReLU module in the stages (the ReLUs of the head's linear layers are left out). A ReLU
+    follows every main-path conv (after the shortcut add for the last conv of a residual block) or hidden
+    linear layer, so the depth family, the MLPs and the presets give ``model.config["depth"]`` rows
+    (torchvision nets one per ReLU module: see the module docstring).
 
     Returns:
         rows with ``layer`` (the ReLU's qualified name), ``stage``, ``index`` (1 = first conv, on the input
         side), ``mean``, ``std``, ``frac_zero`` (the fraction of outputs exactly 0, over batch, channels and
-        pixels) and ``shape`` ("CxHxW").
+        pixels) and ``shape`` ("CxHxW", or the width for an MLP layer).
     """
     relus = relu_layers(model)
     with eval_mode(model), Hooks([m for _, _, m in relus], _relu_stats) as hooks, torch.no_grad():
@@ -241,11 +276,31 @@ def _plot_grad_cam(path: Path, a: np.ndarray, cam: torch.Tensor, title: str):
     _show_image(ax_img, a)
     ax_img.set_title("input", fontsize=9)
     _show_image(ax_cam, a)
-    im = ax_cam.imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    im = ax_cam.imshow(cam.numpy(), cmap=CAM_CMAP, alpha=0.55, vmin=0, vmax=1)
     ax_cam.set_title("Grad-CAM over the input", fontsize=9)
     fig.colorbar(im, ax=ax_cam, shrink=0.85, label="importance (0-1)")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path)
+
+
+def _plot_hidden_units(path: Path, units: list, title: str):
+    rows = len(units)
+    fig = _figure(8, 1.5 * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, 1, squeeze=False)[:, 0])
+    for ax, (name, u) in zip(axes, units):
+        _unit_bars(ax, u, name)
+    axes[-1].set_xlabel("unit, most active first")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+
+
+def _unit_bars(ax, u: torch.Tensor, name: str, small: bool = False) -> None:
+    """One hidden layer's outputs for one image as bars, largest first, titled with how many are active."""
+    v = torch.nan_to_num(u[0].float()).cpu().sort(descending=True).values.numpy()
+    ax.bar(np.arange(len(v)), v, width=1.0, color="tab:blue")
+    ax.set_xlim(-0.5, len(v) - 0.5)
+    ax.tick_params(labelsize=6 if small else 8)
+    ax.set_title(f"{name}: {int((v > 0).sum())} of {len(v)} units > 0", fontsize=7 if small else 9, pad=2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,6 +346,26 @@ def normalise(a: np.ndarray, stats: Optional[dict]) -> torch.Tensor:
     return x[0].as_subclass(torch.Tensor)
 
 
+def _input_image(info: dict, image: Optional[PathLike], index: Optional[int],
+                 items: Optional[list] = None) -> tuple[np.ndarray, Optional[str], str]:
+    """The image to explain for a loaded model: (uint8 array, true label or None, a phrase saying which)."""
+    n_in, size = info["config"]["n_in"], info["config"]["img_size"]
+    if image is not None:
+        return _read_image(image, n_in, size), None, f"image {Path(image).name}"
+    index = 0 if index is None else index
+    items = items if items is not None else valid_items(info["source"])
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
+        raise CnnDepthError(f"--index {index} is out of range: the run's validation split has {len(items)} "
+                            f"images (0-{len(items) - 1})")
+    label = items[index].parent.name
+    return _read_image(items[index], n_in, size), label, f"validation image {index} (true: {label})"
+
+
+def _probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.nan_to_num(model(x[None]).softmax(1)[0])
+
+
 def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
                 image: Optional[PathLike] = None, index: Optional[int] = None, target=None,
                 out: Optional[PathLike] = None, arch: Optional[str] = None,
@@ -308,44 +383,35 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
         log: called with one-line notes (which seed was picked, the prediction); silent when None.
 
     Returns:
-        the paths of the three PNGs.
+        the paths of the three PNGs; for an MLP (no conv layers, so no feature maps or Grad-CAM) of two,
+        input.png and hidden_layers.png (the activations of each hidden layer's units).
     """
     log = log or (lambda s: None)
     if image is not None and index is not None:
         raise CnnDepthError("give --image or --index, not both")
     model, info = load_run_model(run_dir, depth, seed, arch)
-    cfg, vocab = info["config"], model.vocab
-    n_in, size = cfg["n_in"], cfg["img_size"]
-    t = None if target is None else class_index(target, vocab, cfg["n_out"])  # fail before any work
-    label = None
-    if image is not None:
-        a = _read_image(image, n_in, size)
-        what = f"image {Path(image).name}"
-    else:
-        index = 0 if index is None else index
-        items = valid_items(info["source"])
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
-            raise CnnDepthError(f"--index {index} is out of range: the run's validation split has {len(items)} "
-                                f"images (0-{len(items) - 1})")
-        a = _read_image(items[index], n_in, size)
-        label = items[index].parent.name
-        what = f"validation image {index} (true: {label})"
+    vocab = model.vocab
+    t = None if target is None else class_index(target, vocab, info["config"]["n_out"])  # fail before any work
+    a, label, what = _input_image(info, image, index)
     if info["note"]:  # after every check, so that bad input prints its error line only
         log(info["note"])
     x = normalise(a, info["stats"])
-    with torch.no_grad():
-        probs = model(x[None]).softmax(1)[0]
-    probs = torch.nan_to_num(probs)
+    probs = _probs(model, x)
     pred = int(probs.argmax())
     log(f"{info['run_id']}: {what}: predicted {vocab[pred]} ({probs[pred]:.2f})")
+    out = Path(out) if out is not None else Path(run_dir) / "explain" / info["run_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_input(out / "input.png", a, probs, vocab, f"{info['run_id']}\n{what}", label)
+    if not has_convs(model):
+        log(f"{info['run_id']}: an MLP has no conv layers, so no feature maps or Grad-CAM; hidden_layers.png "
+            f"shows each hidden layer's units")
+        _plot_hidden_units(out / "hidden_layers.png", hidden_units(model, x),
+                           f"{info['run_id']}: {what}: each hidden layer's units for this image, largest first")
+        return [out / "input.png", out / "hidden_layers.png"]
     cam_class = pred if t is None else t
     cam = grad_cam(model, x, cam_class)
     maps = feature_maps(model, x)
-
-    out = Path(out) if out is not None else Path(run_dir) / "explain" / info["run_id"]
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "input.png", out / "feature_maps.png", out / "gradcam.png"]
-    _plot_input(paths[0], a, probs, vocab, f"{info['run_id']}\n{what}", label)
     _plot_feature_maps(paths[1], maps, f"{info['run_id']}: output of each conv stage, its {N_CHANNELS} most "
                                        f"active channels (highest mean), one colour scale per row")
     last = maps[-1]

@@ -1,0 +1,130 @@
+"""Transfer-learning baselines: fastai's vision models with named stages, ImageNet weights from the hub cache
+(a fake cache made here: nothing is downloaded), the offline message."""
+import re
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from fastai.vision.learner import create_vision_model
+
+from cnn_depth import CnnDepthError, count_params, depth_cnn
+from cnn_depth.explain import activation_stats, feature_maps, grad_cam
+from cnn_depth.transfer import weights_file
+
+SHAPES = [(3, 32, 32), (1, 28, 28)]
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A torch hub folder of our own with downloads refused (as offline); ``hub.tried`` lists the URLs tried."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    class Hub:
+        tried = []
+
+        @staticmethod
+        def put(arch: str, state: dict):
+            path = weights_file(arch)[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, path)
+            return path
+
+    def no_network(url, *a, **k):
+        Hub.tried.append(url)
+        raise URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return Hub
+
+
+def resnet18_weights(seed=0) -> dict:
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(weights=None).state_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The models
+
+
+@pytest.mark.parametrize("arch,tv,shape", [("resnet18", torchvision.models.resnet18, SHAPES[0]),
+                                           ("resnet18", torchvision.models.resnet18, SHAPES[1]),
+                                           ("resnet50", torchvision.models.resnet50, SHAPES[0]),
+                                           ("vgg16", torchvision.models.vgg16, SHAPES[0])])
+def test_the_model_is_fastais_vision_model_with_named_stages(arch, tv, shape):
+    ours = depth_cnn(arch=arch, n_in=shape[0], n_out=7, img_size=shape[1:])
+    theirs = create_vision_model(tv, 7, pretrained=False, n_in=shape[0], cut=-2)  # what vision_learner builds
+    mine, ref = ours.state_dict(), theirs.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in ref.values()]
+    assert count_params(ours) == count_params(theirs)
+    theirs.load_state_dict(dict(zip(ref, mine.values())))
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-5)
+    assert ours.config == dict(arch=arch, depth=int(arch[-2:]), n_in=shape[0], n_out=7, img_size=list(shape[1:]))
+
+
+def test_stage_names_and_shapes():
+    r = depth_cnn(arch="resnet18")
+    assert list(dict(r.named_children())) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    v = depth_cnn(arch="vgg16", n_in=1, img_size=28)
+    assert list(dict(v.named_children())) == ["block1", "block2", "block3", "block4", "block5", "head"]
+    assert all(isinstance(b[-1], torch.nn.MaxPool2d) and b[-1].ceil_mode for _, b in list(v.named_children())[:-1])
+    maps = feature_maps(v, torch.randn(1, 1, 28, 28))  # ceil-mode pools: 28 px goes 14-7-4-2-1, never 0
+    assert [tuple(m.shape[1:]) for _, m in maps] == [(64, 14, 14), (128, 7, 7), (256, 4, 4), (512, 2, 2), (512, 1, 1)]
+    maps = feature_maps(r, torch.randn(1, 3, 32, 32))
+    assert [tuple(m.shape[1:]) for _, m in maps] == [(64, 8, 8), (64, 8, 8), (128, 4, 4), (256, 2, 2), (512, 1, 1)]
+
+
+@pytest.mark.parametrize("arch,rows", [("resnet18", 9), ("vgg16", 13)])
+def test_activation_stats_and_grad_cam_work(arch, rows):
+    model = depth_cnn(arch=arch)
+    stats = activation_stats(model, torch.randn(4, 3, 32, 32))
+    assert len(stats) == rows  # one per ReLU module: the stem's and one per block (ResNet), one per conv (VGG)
+    assert all(0 <= r["frac_zero"] <= 1 for r in stats)
+    cam = grad_cam(model, torch.randn(3, 32, 32), target=2)
+    assert cam.shape == (32, 32) and 0 <= float(cam.min()) and float(cam.max()) <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ImageNet weights: from the hub cache, or one line naming the file
+
+
+@pytest.mark.parametrize("n_in", [3, 1])
+def test_pretrained_weights_come_from_the_hub_cache(hub, n_in):
+    state = resnet18_weights()
+    hub.put("resnet18", state)
+    model = depth_cnn(arch="resnet18", n_in=n_in, pretrained=True)
+    assert hub.tried == []  # the file was there: nothing downloaded
+    conv1 = state["conv1.weight"] if n_in == 3 else state["conv1.weight"].sum(1, keepdim=True)  # fastai's gray rule
+    assert torch.equal(model.stem[0].weight, conv1)
+    assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert torch.equal(model.stem[1].running_var, state["bn1.running_var"])
+    assert model.config == dict(arch="resnet18", depth=18, n_in=n_in, n_out=10, img_size=[32, 32])
+
+
+def test_pretrained_vgg16_loads_its_conv_weights(hub):
+    torch.manual_seed(0)
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"]).state_dict()
+    hub.put("vgg16", {f"features.{k}": v for k, v in features.items()})  # the classifier's keys are never read
+    model = depth_cnn(arch="vgg16", pretrained=True)
+    assert torch.equal(model.block1[0].weight, features["0.weight"]) and torch.equal(model.block5[4].bias,
+                                                                                      features["28.bias"])
+    assert hub.tried == []
+
+
+def test_pretrained_offline_names_the_file_and_folder(hub):
+    path, url = weights_file("resnet50")
+    with pytest.raises(CnnDepthError) as e:
+        depth_cnn(arch="resnet50", pretrained=True)
+    msg = str(e.value)
+    assert hub.tried == [url] and "\n" not in msg
+    assert msg.startswith(f"no pretrained resnet50 weights: resnet50-11ad3fa6.pth is not in {path.parent} and the "
+                          f"download failed (URLError")
+    assert f"offline, copy resnet50-11ad3fa6.pth (from {url}) into {path.parent}, or leave out --pretrained" in msg
+
+
+def test_damaged_weights_file_is_one_line(hub):
+    path = hub.put("resnet18", {})
+    path.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(CnnDepthError, match=re.escape(f"cannot read the pretrained resnet18 weights {path}")):
+        depth_cnn(arch="resnet18", pretrained=True)
