@@ -187,6 +187,8 @@ def sweep_cmd(
     lr: Optional[str] = option("lr", typed=False),
     bs: int = option("bs"),
     arch: str = option("arch"),
+    pretrained: bool = option("pretrained"),
+    transfer: Optional[str] = option("transfer"),
     dataset: str = option("dataset"),
     data: Optional[str] = typer.Option(None, help="A folder or .tgz/.tar.gz/.zip laid out <train>/<class>/*, "
                                                   "<valid>/<class>/* (instead of --dataset)."),

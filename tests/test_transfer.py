@@ -1,15 +1,18 @@
 """Transfer-learning baselines: fastai's vision models with named stages, ImageNet weights from the hub cache
-(a fake cache made here: nothing is downloaded), the offline message."""
+(a fake cache made here: nothing is downloaded), the offline message, the sweep options and rows."""
 import re
 from urllib.error import URLError
 
+import pandas as pd
 import pytest
 import torch
 import torchvision
 from fastai.vision.learner import create_vision_model
+from typer.testing import CliRunner
 
-from cnn_depth import CnnDepthError, count_params, depth_cnn
-from cnn_depth.explain import activation_stats, feature_maps, grad_cam
+from cnn_depth import CnnDepthError, SweepConfig, count_params, depth_cnn, load_run_model, report, run_sweep
+from cnn_depth.cli import app
+from cnn_depth.explain import activation_stats, feature_maps, fixed_valid_batch, grad_cam
 from cnn_depth.transfer import weights_file
 
 SHAPES = [(3, 32, 32), (1, 28, 28)]
@@ -128,3 +131,78 @@ def test_damaged_weights_file_is_one_line(hub):
     path.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(CnnDepthError, match=re.escape(f"cannot read the pretrained resnet18 weights {path}")):
         depth_cnn(arch="resnet18", pretrained=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sweep options
+
+
+def test_config_resolves_and_names_the_transfer_mode():
+    cfg = SweepConfig(arch="resnet18", pretrained=True)
+    assert cfg.depths == [18] and cfg.transfer == "fine-tune"
+    assert cfg.default_out_name() == "cifar10-sample-resnet18-d18-s0-e5-pretrained-ft"
+    cfg = SweepConfig(arch="vgg16", pretrained=True, transfer="feature-extraction", epochs=1)
+    assert cfg.default_out_name().endswith("-vgg16-d16-s0-e1-pretrained-fe")
+    cfg = SweepConfig(arch="resnet50")
+    assert cfg.transfer is None and cfg.default_out_name() == "cifar10-sample-resnet50-d50-s0-e5"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(arch="bn", pretrained=True), "--pretrained needs a pretrained net (resnet18, resnet50, vgg16); arch bn has "
+                                       "no ImageNet weights"),
+    (dict(arch="resnet18", transfer="fine-tune"), "--transfer fine-tune needs --pretrained"),
+    (dict(arch="resnet18", pretrained=True, epochs=1), "--transfer fine-tune (the default with --pretrained) needs "
+                                                       "--epochs 2 or more"),
+    (dict(arch="resnet18", pretrained=True, transfer="finetune"), "transfer must be one of feature-extraction, "
+                                                                  "fine-tune, got 'finetune'"),
+    (dict(arch="resnet18", pretrained="yes"), "pretrained must be true or false, got 'yes'"),
+    (dict(arch="resnet18", depths=[34]), "preset resnet18 has a fixed depth of 18"),
+])
+def test_bad_transfer_options_are_one_line(kwargs, message):
+    with pytest.raises(CnnDepthError, match=re.escape(message)) as e:
+        SweepConfig(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_refuses_pretrained_for_the_family(tmp_path):
+    r = CliRunner().invoke(app, ["sweep", "--arch", "mlp", "--pretrained", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.output.startswith("error: --pretrained needs a pretrained net")
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sweeps: rows beside the family's, in one report
+
+
+@pytest.mark.slow
+def test_resnet_and_mlp_sweeps_report_beside_bn(hub, tmp_path):
+    common = dict(max_per_class=4, bs=16, device="cpu", quiet=True)
+    hub.put("resnet18", resnet18_weights())
+    ft = run_sweep(arch="resnet18", pretrained=True, epochs=2, save_models=True, out=str(tmp_path / "ft"), **common)
+    scratch = run_sweep(arch="resnet18", epochs=1, out=str(tmp_path / "scratch"), **common)
+    mlp = run_sweep(arch="mlp", depths=[1, 2], epochs=1, out=str(tmp_path / "mlp"), **common)
+    assert hub.tried == []
+    row = ft.iloc[0]
+    assert (row["run_id"], row["depth"], row["status"], row["epochs_done"]) == ("resnet18-d18-s0", 18, "ok", 2)
+    assert bool(row["pretrained"]) and row["transfer"] == "fine-tune" and row["params"] == 11_708_992  # full model
+    assert row["train_images"] == 2 * 32  # fine-tune: 1 frozen epoch + 1 of everything; 2 full batches of 16 each
+    assert not bool(scratch.iloc[0]["pretrained"]) and pd.isna(scratch.iloc[0]["transfer"])
+    history = pd.read_csv(tmp_path / "ft" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    acts = pd.read_csv(tmp_path / "ft" / "activations.csv")
+    assert len(acts) == 9 and acts["stage"].iloc[0] == "stem"
+    assert set(mlp["depth"]) == {1, 2} and (mlp["status"] == "ok").all()
+
+    summary = report([tmp_path / "ft", tmp_path / "scratch", tmp_path / "mlp"], tmp_path / "report")
+    assert summary[["arch", "depth"]].values.tolist() == [["mlp", 1], ["mlp", 2], ["resnet18", 18],
+                                                          ["resnet18-ft", 18]]
+
+    # a saved model rebuilds from its config and scores what its row says
+    model, info = load_run_model(tmp_path / "ft")
+    from cnn_depth import dataloaders
+    dls = dataloaders("cifar10-sample", bs=16, max_per_class=4, device="cpu")
+    with torch.no_grad():
+        xb = fixed_valid_batch(dls, len(dls.valid_ds))
+        preds = model(xb).argmax(1)
+    ys = torch.tensor([dls.vocab.o2i[p.parent.name] for p in dls.valid_ds.items])
+    assert float((preds == ys).float().mean()) == pytest.approx(row["accuracy"], abs=1e-6)
