@@ -14,6 +14,8 @@ the model:
   vgg16 13.
 - ``explain_run(run_dir, depth)``: loads a saved model of a sweep and writes ``input.png``,
   ``feature_maps.png`` and ``gradcam.png`` (an MLP: ``input.png`` and ``hidden_layers.png``).
+- ``explain_depths(run_dir, depths)``: one figure, a row per saved depth for the same image: top-3, the
+  feature maps of each stage (or an MLP's hidden units) and Grad-CAM.
 
 MLPs have no conv layers: ``feature_maps`` and ``grad_cam`` refuse them with one line, and their figures
 show the activations of each hidden layer's units instead.
@@ -36,12 +38,13 @@ from fastai.torch_core import TensorImage, one_param
 from fastai.vision.augment import Normalize
 from torch import nn
 
-from .checkpoint import load_run_model
+from .checkpoint import load_run_model, saved_models
 from .errors import CnnDepthError
-from .models import eval_mode
+from .models import count_params, eval_mode
 
 PathLike = Union[str, os.PathLike]
 N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
+N_TILES = 4  # channels per stage in explain_depths: a 2×2 mosaic of the most active ones
 TOP_K = 3  # predictions shown on input.png
 CAM_CMAP = "magma"  # perceptually uniform: equal steps of importance look equally different (jet does not)
 
@@ -303,6 +306,88 @@ def _unit_bars(ax, u: torch.Tensor, name: str, small: bool = False) -> None:
     ax.set_title(f"{name}: {int((v > 0).sum())} of {len(v)} units > 0", fontsize=7 if small else 9, pad=2)
 
 
+def _mosaic(fm: torch.Tensor, n: int = N_TILES) -> np.ndarray:
+    """The ``n`` most active channels (highest mean) of a (C, h, w) map, tiled two wide with 1 px gaps (NaN)."""
+    fm = torch.nan_to_num(fm.float()).cpu()
+    order = fm.mean(dim=(1, 2)).argsort(descending=True)[:n].tolist()
+    _, h, w = fm.shape
+    cols = 2 if len(order) > 1 else 1
+    rows = -(-len(order) // cols)
+    tiles = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i, c in enumerate(order):
+        r, k = divmod(i, cols)
+        tiles[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = fm[c].numpy()
+    return tiles
+
+
+def _top_bars(ax, probs: torch.Tensor, vocab: list, label: Optional[str]) -> None:
+    top = probs.topk(min(TOP_K, len(probs)))
+    names = [vocab[i] for i in top.indices.tolist()]
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, top.values.tolist(), color=["tab:green" if n == label else ("tab:blue" if k == 0 else "tab:gray")
+                                           for k, n in enumerate(names)])
+    for yi, p in zip(y, top.values.tolist()):
+        ax.text(min(p + 0.03, 0.7), yi, f"{p:.2f}", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{n} ✓" if n == label else n for n in names], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xticks([0, 0.5, 1])
+    ax.tick_params(axis="x", labelsize=6)
+
+
+def _plot_depths(path: Path, rows: list, title: str):
+    from matplotlib import colormaps
+
+    n_stages = max(len(r["stages"]) for r in rows)
+    cam_col = any("cam" in r for r in rows)
+    ncols = 2 + n_stages + cam_col
+    fig = _figure(1.75 * ncols + 0.8, 1.85 * len(rows) + 0.7)
+    axes = fig.subplots(len(rows), ncols, squeeze=False, width_ratios=[1, 1.25] + [1] * (ncols - 2))
+    maps_cmap = colormaps["viridis"].with_extremes(bad="white")
+    cam_im, cam_axes = None, []
+    for i, r in enumerate(rows):
+        ax_img, ax_top, *ax_stages = axes[i]
+        _show_image(ax_img, r["a"])
+        info = r["info"]
+        ax_img.set_ylabel(f"depth {r['depth']}\nseed {info['seed']}\n{r['params']:,} params", fontsize=9)
+        _top_bars(ax_top, r["probs"], r["vocab"], r["label"])
+        if i == 0:
+            ax_img.set_title("input", fontsize=9)
+            ax_top.set_title(f"top-{TOP_K}" + (" (✓ true)" if r["label"] else ""), fontsize=9)
+        for k in range(n_stages):
+            ax = ax_stages[k]
+            if k >= len(r["stages"]):
+                ax.set_axis_off()
+                continue
+            name, o = r["stages"][k]
+            if o.ndim == 4:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.imshow(_mosaic(o[0]), cmap=maps_cmap, interpolation="nearest")
+                ax.set_title(f"{name} {'×'.join(map(str, o.shape[1:]))}", fontsize=7, pad=2)
+            else:
+                _unit_bars(ax, o, name, small=True)
+        if cam_col:
+            ax = ax_stages[-1]
+            if "cam" in r:
+                _show_image(ax, r["a"])
+                cam_im = ax.imshow(r["cam"].numpy(), cmap=CAM_CMAP, alpha=0.55, vmin=0, vmax=1)
+                c = r["cam_class"]
+                flat = ", flat" if float(r["cam"].max()) == 0 else ""
+                ax.set_title(f"Grad-CAM {r['vocab'][c]} ({r['probs'][c]:.2f}){flat}", fontsize=7, pad=2)
+                cam_axes.append(ax)
+            else:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no conv layers:\nno Grad-CAM", ha="center", va="center", fontsize=8,
+                        transform=ax.transAxes)
+    if cam_im is not None:
+        fig.colorbar(cam_im, ax=cam_axes, shrink=0.8, aspect=25, pad=0.02).ax.tick_params(labelsize=7)
+    what = [f"conv stages: the {N_TILES} most active channels (highest mean), one colour scale per cell"] * cam_col
+    if any(o.ndim == 2 for r in rows for _, o in r["stages"]):
+        what.append("hidden layers: their units for this image, largest first")
+    fig.suptitle("\n".join([title] + what), fontsize=9)
+    fig.savefig(path)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Inputs and the explain entry point
 
@@ -422,3 +507,88 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
                    f"({'target' if t is not None else 'predicted'}, p = {probs[cam_class]:.2f})\n"
                    f"at the last conv stage, {last[0]} ({C}×{h}×{w}){flat}")
     return paths
+
+
+def saved_depths(run_dir: PathLike, arch: Optional[str] = None) -> tuple[str, list[int]]:
+    """(arch, its saved depths, ascending) of a run folder; ``arch`` may be left out when it holds one."""
+    runs = saved_models(run_dir)
+    archs = sorted({r["arch"] for r in runs})
+    if arch is None:
+        if len(archs) > 1:
+            raise CnnDepthError(f"{run_dir} holds models of several archs ({', '.join(archs)}); pick one with --arch")
+        arch = archs[0]
+    depths = sorted({r["depth"] for r in runs if r["arch"] == arch})
+    if not depths:
+        raise CnnDepthError(f"arch {arch!r} is not in {run_dir}; saved archs: {', '.join(archs)}")
+    return arch, depths
+
+
+def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, seed: Optional[int] = None,
+                   image: Optional[PathLike] = None, index: Optional[int] = None, target=None,
+                   out: Optional[PathLike] = None, arch: Optional[str] = None,
+                   log: Optional[Callable[[str], None]] = None) -> Path:
+    """One figure that compares the saved depths of a sweep on the same image: a row per depth with the
+    image and its top-3, the feature maps of each stage and Grad-CAM.
+
+    Args:
+        run_dir: the folder a sweep wrote with ``--save-models``.
+        depths: which depths (each must be saved); every saved depth of ``arch`` when None.
+        seed: the seed of every row; None: per depth, the lowest saved (a note says so where there are more).
+        image, index: the image, as for :func:`explain_run` (default: validation image 0).
+        target: class name or index for every row's Grad-CAM; each model's predicted class when None.
+        out: folder for the PNG; ``<run_dir>/explain/{arch}-d{depths}/`` by default.
+        arch: which arch; may be left out when the run holds one.
+        log: called with one-line notes (the seeds used, each depth's prediction); silent when None.
+
+    Each stage cell is a 2×2 mosaic of its 4 most active channels (highest mean) on one colour scale, labelled
+    with the stage and its output shape C×H×W: deeper rows have more stages, more channels and coarser
+    maps. Grad-CAM is taken at each model's last conv stage and drawn in a perceptually uniform colour map.
+    An MLP's row shows each hidden layer's units (sorted, largest first) and no Grad-CAM.
+
+    Returns:
+        the path of ``depths.png``.
+    """
+    from .config import compact_ints
+
+    log = log or (lambda s: None)
+    if image is not None and index is not None:
+        raise CnnDepthError("give --image or --index, not both")
+    arch, saved = saved_depths(run_dir, arch)
+    if depths is None:
+        depths = saved
+    else:
+        depths = sorted(dict.fromkeys(int(d) for d in depths))
+        missing = [d for d in depths if d not in saved]
+        if missing:
+            raise CnnDepthError(f"depth {', '.join(map(str, missing))} is not saved in {run_dir} (arch {arch}); "
+                                f"saved depths: {', '.join(map(str, saved))}")
+    rows, items, notes = [], None, []
+    for depth in depths:
+        model, info = load_run_model(run_dir, depth, seed, arch)
+        t = None if target is None else class_index(target, model.vocab, info["config"]["n_out"])
+        if image is None and items is None:
+            items = valid_items(info["source"])  # rebuilt once: every depth of a run has the same dataset
+        a, label, what = _input_image(info, image, index, items)
+        if info["note"]:
+            notes.append(f"depth {depth}: seed {info['seed']} of {', '.join(map(str, info['seeds']))}")
+        x = normalise(a, info["stats"])
+        probs = _probs(model, x)
+        row = dict(depth=depth, info=info, a=a, label=label, what=what, probs=probs, vocab=model.vocab,
+                   params=count_params(model))
+        if has_convs(model):
+            row["cam_class"] = int(probs.argmax()) if t is None else t
+            row["cam"] = grad_cam(model, x, row["cam_class"])
+        row["stages"] = stage_outputs(model, x)
+        rows.append(row)
+    if notes:  # after every check, so that bad input prints its error line only
+        log(f"several seeds saved; using the lowest (pass --seed to pick one): {'; '.join(notes)}")
+    for r in rows:
+        pred = int(r["probs"].argmax())
+        log(f"{r['info']['run_id']}: {r['what']}: predicted {r['vocab'][pred]} ({r['probs'][pred]:.2f})")
+    out = Path(out) if out is not None else Path(run_dir) / "explain" / f"{arch}-d{compact_ints(depths)}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "depths.png"
+    cam = (f" (Grad-CAM for {'the target' if target is not None else 'each predicted class'})"
+           if any("cam" in r for r in rows) else "")
+    _plot_depths(path, rows, f"{arch}: {rows[0]['what']}, one row per depth{cam}")
+    return path

@@ -20,7 +20,7 @@ from cnn_depth.records import ACTIVATION_CSV_COLUMNS, model_path, run_id, write_
 from cnn_depth.cli import app
 from cnn_depth.data import load_image
 from cnn_depth.reports import plot_activations
-from cnn_depth.explain import (explain_run, fixed_valid_batch, hidden_units, normalise,
+from cnn_depth.explain import (explain_depths, explain_run, fixed_valid_batch, hidden_units, normalise,
                                relu_layers, valid_items)
 from cnn_depth.models import STAGE_WIDTHS, STEM_WIDTH, model_spec, stage_sizes
 
@@ -241,6 +241,84 @@ def test_explain_run_of_an_mlp_shows_its_hidden_layers(tiny_dls, tmp_path):
     assert "an MLP has no conv layers, so no feature maps or Grad-CAM" in notes[-1]
     with Image.open(paths[1]) as im:
         assert im.size[0] > 600 and im.size[1] > 300  # three rows, one per hidden layer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Depths side by side
+
+
+@pytest.fixture(scope="module")
+def depth_run(tmp_path_factory, tiny_dls):
+    """Saved (untrained) bn models of depths 1, 3 and 6 (two seeds of 3), and mlp models of depths 1 and 2."""
+    run_dir = tmp_path_factory.mktemp("depths")
+    for arch, depth, seed in [("bn", 1, 0), ("bn", 3, 0), ("bn", 3, 1), ("bn", 6, 0), ("mlp", 1, 0), ("mlp", 2, 0)]:
+        torch.manual_seed(seed)
+        save_run_model(model_path(run_dir, arch, depth, seed), depth_cnn(depth, arch=arch), tiny_dls)
+    return run_dir
+
+
+def test_explain_depths_one_figure_a_row_per_depth(depth_run, tmp_path):
+    notes = []
+    two = explain_depths(depth_run, [6, 1], arch="bn", index=4, out=tmp_path / "two", log=notes.append)
+    three = explain_depths(depth_run, None, arch="bn", index=4, target="cat", out=tmp_path / "all", log=notes.append)
+    assert two == tmp_path / "two" / "depths.png"
+    with Image.open(two) as a, Image.open(three) as b:
+        a.verify()
+        assert b.size[1] > a.size[1] * 1.3 and a.size[0] > 900  # a row per depth; 2 + 4 stages + Grad-CAM wide
+    assert [n for n in notes if n.startswith("several seeds")] == [
+        "several seeds saved; using the lowest (pass --seed to pick one): depth 3: seed 0 of 0, 1"]
+    predicted = [n for n in notes if "predicted" in n]
+    assert [n.split(":")[0] for n in predicted] == ["bn-d1-s0", "bn-d6-s0", "bn-d1-s0", "bn-d3-s0", "bn-d6-s0"]
+    assert all("validation image 4 (true: airplane)" in n for n in predicted)
+    default = explain_depths(depth_run, [1, 3], arch="bn")
+    assert default == depth_run / "explain" / "bn-d1_3" / "depths.png"
+
+
+def test_explain_depths_of_mlps(depth_run, tmp_path):
+    path = explain_depths(depth_run, arch="mlp", out=tmp_path)
+    with Image.open(path) as im:
+        assert im.size[0] > 500 and im.size[1] > 300
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(depths=[3, 4], arch="bn"), "depth 4 is not saved in"),
+    (dict(depths=[3]), "holds models of several archs (bn, mlp); pick one with --arch"),
+    (dict(depths=[1, 6], arch="bn", seed=1), "seed 1 is not saved for bn depth 1"),
+    (dict(depths=[1], arch="bn", target="zebra"), "unknown target class 'zebra'"),
+    (dict(depths=[1], arch="bn", index=3, image="x.png"), "give --image or --index, not both"),
+])
+def test_explain_depths_bad_input_is_one_line(depth_run, kwargs, message):
+    with pytest.raises(CnnDepthError, match=re.escape(message)) as e:
+        explain_depths(depth_run, **kwargs)
+    assert "\n" not in str(e.value)
+    if "depth 4" in message:
+        assert str(e.value).endswith("saved depths: 1, 3, 6")
+
+
+def test_cli_explain_depths(depth_run, tmp_path):
+    r = runner.invoke(app, ["explain", str(depth_run), "--depths", "1", "6", "--arch", "bn", "--index", "1", "--out",
+                            str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().splitlines() == [str(tmp_path / "depths.png")]
+    r = runner.invoke(app, ["explain", str(depth_run), "--depths", "all", "--arch", "mlp", "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "mlp-d2-s0: validation image 0" in r.output
+    for args, message in ((["--depths", "1", "--depth", "3"], "give --depth N (one model) or --depths 2 4 8"),
+                          (["--depths", "x"], "depths: 'x' is not a whole number or a range")):
+        r = runner.invoke(app, ["explain", str(depth_run), "--arch", "bn", *args])
+        assert r.exit_code == 2 and r.output.startswith("error: ") and message in r.output
+        assert len(r.output.strip().splitlines()) == 1
+
+
+def test_cli_explain_with_image(run, tmp_path):
+    img = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)).save(img)
+    r = runner.invoke(app, ["explain", str(run[0]), "--depth", "3", "--image", str(img), "--target", "cat",
+                            "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "image photo.jpg: predicted" in r.output
+    for name in ("input.png", "feature_maps.png", "gradcam.png"):
+        assert str(tmp_path / "out" / name) in r.output
+    _check_pngs([tmp_path / "out" / n for n in ("input.png", "feature_maps.png", "gradcam.png")])
 
 
 @pytest.mark.parametrize("case,args,message", [
