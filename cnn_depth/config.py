@@ -43,7 +43,8 @@ class SweepConfig:
         None, "Depths to train (conv layers per model; hidden layers for mlp): 2 3 4, 2,3,4 or 2-8.",
         shown="2 3 4; a preset: its own depth")
     seeds: list[int] = _field(None, "Seeds, one run each per depth: 0 1 2 or 0-2.", shown="0", factory=lambda: [0])
-    epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).")  # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
+    # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
+    epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).")
     # Peak lr of fit_one_cycle: safe for the plain nets too; on the sample, bn depths 3 and 4 gained 2-3 points
     # of accuracy with 1e-2 (one seed, within noise of ±1.6 points on 1,000 images).
     lr: Union[float, str] = _field(3e-3, "Peak learning rate, or 'find': lr_find's valley, once per depth.")

@@ -131,7 +131,7 @@ def idx_to_folder(src: PathLike, dest: PathLike, classes: Sequence[str] = CLASSE
 
 
 def raw_dir() -> Path:
-    """Where torchvision keeps the downloaded files, and where local copies go: ``<cache>/downloads/FashionMNIST/raw``."""
+    """Where torchvision keeps the downloaded files and local copies go: ``<cache>/downloads/FashionMNIST/raw``."""
     return cache_dir() / "downloads" / "FashionMNIST" / "raw"
 
 
