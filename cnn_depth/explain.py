@@ -5,7 +5,8 @@ works the same way for every arch and preset through forward hooks (fastai's ``H
 the model:
 
 - ``feature_maps(model, x)``: the output of every conv stage (each child before ``head``).
-- ``grad_cam(model, x)``: Grad-CAM (Selvaraju et al. 2017) at the last conv stage, upsampled to the input.
+- ``grad_cam(model, x)``: Grad-CAM (Selvaraju et al. 2017) at the last conv stage whose map is larger than
+  1×1 (``cam_stage``), upsampled to the input.
 - ``activation_stats(model, xb)``: mean, std and fraction of exact zeros of every ReLU in the stages.
   A ReLU follows each main-path conv (in a residual block the last conv's ReLU comes after the shortcut
   is added) and each hidden linear layer of an MLP, so there is one row per layer: ``model.config["depth"]``
@@ -125,6 +126,15 @@ def class_index(target, vocab: Optional[Sequence[str]], n_out: int) -> int:
     return i
 
 
+def cam_stage(model: nn.Module, x: torch.Tensor) -> str:
+    """The stage Grad-CAM explains by default for ``x``: the last conv stage whose map is larger than 1×1 (the
+    heatmap of a 1×1 map is uniform by construction: ResNets and VGG16 end at 1×1 on 32 px images), or the
+    last stage when every map is 1×1."""
+    outs = feature_maps(model, x)
+    wide = [name for name, o in outs if o.shape[-2] * o.shape[-1] > 1]
+    return wide[-1] if wide else outs[-1][0]
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Sequence[str]] = None,
              stage: Optional[str] = None) -> torch.Tensor:
     """Grad-CAM heatmap (H, W) in [0, 1] at the input's size, on the CPU.
@@ -135,7 +145,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
         target: class index or name to explain (names need ``vocab`` or ``model.vocab``); the predicted
             class when None.
         vocab: class names in output order.
-        stage: the conv stage to explain; the last one (the child before ``head``) when None.
+        stage: the conv stage to explain; when None, :func:`cam_stage`: the last one (the child before
+            ``head``) unless its map is 1×1.
 
     The stage's activations A (C, h, w) are weighted by the spatial mean of d(score)/dA per channel, summed,
     passed through ReLU, upsampled bilinearly and divided by their maximum. A map with no positive
@@ -147,7 +158,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
     if xb.shape[0] != 1:
         raise CnnDepthError(f"grad_cam explains one image; got a batch of {xb.shape[0]}")
     stages = dict(conv_stages(model))
-    name = stage or list(stages)[-1]
+    name = stage or cam_stage(model, xb)
     if name not in stages:
         raise CnnDepthError(f"unknown stage {name!r}; choose one of: {', '.join(stages)}")
     with eval_mode(model), Hooks([stages[name]], lambda m, i, o: o, detach=False) as hooks, torch.enable_grad():
@@ -373,7 +384,8 @@ def _plot_depths(path: Path, rows: list, title: str):
                 cam_im = ax.imshow(r["cam"].numpy(), cmap=CAM_CMAP, alpha=0.55, vmin=0, vmax=1)
                 c = r["cam_class"]
                 flat = ", flat" if float(r["cam"].max()) == 0 else ""
-                ax.set_title(f"Grad-CAM {r['vocab'][c]} ({r['probs'][c]:.2f}){flat}", fontsize=7, pad=2)
+                ax.set_title(f"Grad-CAM at {r['cam_stage']}\n{r['vocab'][c]} ({r['probs'][c]:.2f}){flat}", fontsize=7,
+                             pad=2)
                 cam_axes.append(ax)
             else:
                 ax.set_axis_off()
@@ -494,18 +506,19 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
                            f"{info['run_id']}: {what}: each hidden layer's units for this image, largest first")
         return [out / "input.png", out / "hidden_layers.png"]
     cam_class = pred if t is None else t
-    cam = grad_cam(model, x, cam_class)
+    stage = cam_stage(model, x)
+    cam = grad_cam(model, x, cam_class, stage=stage)
     maps = feature_maps(model, x)
     paths = [out / "input.png", out / "feature_maps.png", out / "gradcam.png"]
     _plot_feature_maps(paths[1], maps, f"{info['run_id']}: output of each conv stage, its {N_CHANNELS} most "
                                        f"active channels (highest mean), one colour scale per row")
-    last = maps[-1]
-    C, h, w = last[1].shape[1:]
+    C, h, w = dict(maps)[stage].shape[1:]
+    where = "the last conv stage" if stage == maps[-1][0] else "the last conv stage larger than 1×1"
     flat = "; flat: no positive evidence here" if float(cam.max()) == 0 else ""
     _plot_grad_cam(paths[2], a, cam,
                    f"{info['run_id']}: Grad-CAM for '{vocab[cam_class]}' "
                    f"({'target' if t is not None else 'predicted'}, p = {probs[cam_class]:.2f})\n"
-                   f"at the last conv stage, {last[0]} ({C}×{h}×{w}){flat}")
+                   f"at {where}, {stage} ({C}×{h}×{w}){flat}")
     return paths
 
 
@@ -542,7 +555,8 @@ def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, se
 
     Each stage cell is a 2×2 mosaic of its 4 most active channels (highest mean) on one colour scale, labelled
     with the stage and its output shape C×H×W: deeper rows have more stages, more channels and coarser
-    maps. Grad-CAM is taken at each model's last conv stage and drawn in a perceptually uniform colour map.
+    maps. Grad-CAM is taken at each model's :func:`cam_stage` (the last conv stage, unless its map is 1×1), named
+    in its title, and drawn in a perceptually uniform colour map.
     An MLP's row shows each hidden layer's units (sorted, largest first) and no Grad-CAM.
 
     Returns:
@@ -577,7 +591,8 @@ def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, se
                    params=count_params(model))
         if has_convs(model):
             row["cam_class"] = int(probs.argmax()) if t is None else t
-            row["cam"] = grad_cam(model, x, row["cam_class"])
+            row["cam_stage"] = cam_stage(model, x)
+            row["cam"] = grad_cam(model, x, row["cam_class"], stage=row["cam_stage"])
         row["stages"] = stage_outputs(model, x)
         rows.append(row)
     if notes:  # after every check, so that bad input prints its error line only

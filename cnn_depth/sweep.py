@@ -43,6 +43,7 @@ from .loaders import dataloaders
 from .models import count_params
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
                       environment, model_path, read_results, run_fields, run_id, write_rows, write_sweep_json)
+from .transfer import fetch_weights
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -655,6 +656,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
 
     cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
+    if cfg.pretrained:  # once, before any folder or worker: offline without the file, one line and exit 2
+        fetch_weights(cfg.arch)
     made = _first_missing(cfg.out_dir)  # what claim_folder will create, removed again if no row is written
     with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made), ExitStack() as stack:
         check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)

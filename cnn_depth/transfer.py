@@ -77,26 +77,41 @@ def weights_file(arch: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
+def fetch_weights(arch: str) -> Path:
+    """The ImageNet weights file of ``arch`` in the torch hub cache, downloaded there first when missing (as
+    torchvision does, hash-checked); offline, one line naming the file and the folder to place it in."""
+    import torch.hub
+
+    path, url = weights_file(arch)
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        m = torch.hub.HASH_REGEX.search(path.name)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=m.group(1) if m else None, progress=True)
+    except Exception as e:  # URLError, HTTP errors, timeouts, a hash mismatch
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:100]
+        raise CnnDepthError(f"no pretrained {arch} weights: {path.name} is not in {path.parent} and the download "
+                            f"failed ({why}); offline, copy {path.name} (from {url}) into {path.parent}, or leave "
+                            f"out --pretrained to train from scratch") from e
+    return path
+
+
 def torchvision_model(arch: str, pretrained: bool = False) -> nn.Module:
-    """The torchvision net, with its ImageNet weights when ``pretrained`` (from the hub cache, or downloaded);
-    a one-line error naming the file to place there when they can be neither found nor downloaded."""
+    """The torchvision net, with its ImageNet weights when ``pretrained`` (:func:`fetch_weights`); a damaged
+    weights file is a one-line error too."""
     import torchvision.models
 
     fn = _vgg16 if arch == "vgg16" else getattr(torchvision.models, arch)
     if not pretrained:
         return fn(weights=None)
-    path, url = weights_file(arch)
-    had_file = path.is_file()
-    try:
+    path = fetch_weights(arch)
+    try:  # torchvision reads the file from the cache now
         return fn(weights=getattr(torchvision.models, TRANSFER_ARCHS[arch].weights).DEFAULT)
-    except Exception as e:  # URLError, HTTP errors, timeouts; a damaged file: unpickling or zip errors
+    except Exception as e:  # unpickling or zip errors, keys that do not match
         why = " ".join(f"{type(e).__name__}: {e}".split())[:100]
-        if had_file:
-            raise CnnDepthError(f"cannot read the pretrained {arch} weights {path} ({why}); delete the file and "
-                                f"rerun to download it again, or copy a good one from {url}") from e
-        raise CnnDepthError(f"no pretrained {arch} weights: {path.name} is not in {path.parent} and the download "
-                            f"failed ({why}); offline, copy {path.name} (from {url}) into {path.parent}, or leave "
-                            f"out --pretrained to train from scratch") from e
+        raise CnnDepthError(f"cannot read the pretrained {arch} weights {path} ({why}); delete the file and rerun "
+                            f"to download it again, or copy a good one from {weights_file(arch)[1]}") from e
 
 
 def _vgg16(weights=None) -> nn.Module:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cnn_depth import CnnDepthError, SweepConfig, count_params, depth_cnn, load_run_model, report, run_sweep
 from cnn_depth.cli import app
-from cnn_depth.explain import activation_stats, feature_maps, fixed_valid_batch, grad_cam
+from cnn_depth.explain import activation_stats, cam_stage, feature_maps, fixed_valid_batch, grad_cam
 from cnn_depth.transfer import weights_file
 
 SHAPES = [(3, 32, 32), (1, 28, 28)]
@@ -84,8 +84,13 @@ def test_activation_stats_and_grad_cam_work(arch, rows):
     stats = activation_stats(model, torch.randn(4, 3, 32, 32))
     assert len(stats) == rows  # one per ReLU module: the stem's and one per block (ResNet), one per conv (VGG)
     assert all(0 <= r["frac_zero"] <= 1 for r in stats)
-    cam = grad_cam(model, torch.randn(3, 32, 32), target=2)
+    x = torch.randn(3, 32, 32)
+    assert cam_stage(model, x) == {"resnet18": "layer3", "vgg16": "block4"}[arch]  # the last stage is 1×1 at 32 px
+    cam = grad_cam(model, x, target=2)
+    assert torch.equal(cam, grad_cam(model, x, target=2, stage=cam_stage(model, x)))
     assert cam.shape == (32, 32) and 0 <= float(cam.min()) and float(cam.max()) <= 1
+    last = grad_cam(model, x, target=2, stage="layer4" if arch == "resnet18" else "block5")
+    assert float(last.max() - last.min()) < 1e-5  # a 1×1 map upsamples to one value: why it is not the default
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,6 +167,13 @@ def test_bad_transfer_options_are_one_line(kwargs, message):
     with pytest.raises(CnnDepthError, match=re.escape(message)) as e:
         SweepConfig(**kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_sweep_without_weights_offline_is_one_line_before_any_work(hub, tmp_path):
+    r = CliRunner().invoke(app, ["sweep", "--arch", "vgg16", "--pretrained", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.output.startswith("error: no pretrained vgg16 weights: vgg16-397923af.pth is not in")
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    assert hub.tried == [weights_file("vgg16")[1]]  # tried once, by the driver, not once per run
 
 
 def test_cli_refuses_pretrained_for_the_family(tmp_path):
