@@ -198,7 +198,7 @@ def test_resnet_and_mlp_sweeps_report_beside_bn(hub, tmp_path):
     assert (row["run_id"], row["depth"], row["status"], row["epochs_done"]) == ("resnet18-d18-s0", 18, "ok", 2)
     assert bool(row["pretrained"]) and row["transfer"] == "fine-tune" and row["params"] == 11_708_992  # full model
     assert row["train_images"] == 2 * 32  # fine-tune: 1 frozen epoch + 1 of everything; 2 full batches of 16 each
-    assert not bool(scratch.iloc[0]["pretrained"]) and pd.isna(scratch.iloc[0]["transfer"])
+    assert not bool(scratch.iloc[0]["pretrained"]) and scratch.iloc[0]["transfer"] == ""
     history = pd.read_csv(tmp_path / "ft" / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
     acts = pd.read_csv(tmp_path / "ft" / "activations.csv")
@@ -206,8 +206,11 @@ def test_resnet_and_mlp_sweeps_report_beside_bn(hub, tmp_path):
     assert set(mlp["depth"]) == {1, 2} and (mlp["status"] == "ok").all()
 
     summary = report([tmp_path / "ft", tmp_path / "scratch", tmp_path / "mlp"], tmp_path / "report")
-    assert summary[["arch", "depth"]].values.tolist() == [["mlp", 1], ["mlp", 2], ["resnet18", 18],
-                                                          ["resnet18-ft", 18]]
+    # pretrained and transfer are group settings: the fine-tuned net is never pooled with the one from scratch
+    assert summary[["arch", "depth", "pretrained", "transfer"]].values.tolist() == [
+        ["resnet18", 18, True, "fine-tune"], ["resnet18", 18, False, ""], ["mlp", 1, False, ""], ["mlp", 2, False, ""]]
+    assert summary["group"].str.contains("pretrained · fine-tune").tolist() == [True, False, False, False]
+    assert summary["group"].str.contains("from scratch · no transfer").tolist() == [False, True, True, True]
 
     # a saved model rebuilds from its config and scores what its row says
     model, info = load_run_model(tmp_path / "ft")
