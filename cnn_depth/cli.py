@@ -187,6 +187,8 @@ def sweep_cmd(
     lr: Optional[str] = option("lr", typed=False),
     bs: int = option("bs"),
     arch: str = option("arch"),
+    pretrained: bool = option("pretrained"),
+    transfer: Optional[str] = option("transfer"),
     dataset: str = option("dataset"),
     data: Optional[str] = typer.Option(None, help="A folder or .tgz/.tar.gz/.zip laid out <train>/<class>/*, "
                                                   "<valid>/<class>/* (instead of --dataset)."),
@@ -267,10 +269,12 @@ def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files
     typer.echo(f"reports: {summary.attrs['out']}/ (summary.csv, comparison.png)")
 
 
-@app.command("explain")
+@app.command("explain", cls=ListOptionsCommand)
 def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote with --save-models (it holds models/*.pt)."),
                 depth: Optional[int] = typer.Option(None, help="Depth of the model to explain (may be left out when "
                                                                "the run holds one depth)."),
+                depths: Optional[str] = typer.Option(None, help="Compare depths in one figure, a row each: 2 4 8, "
+                                                                "2-8 or all (every saved depth)."),
                 seed: Optional[int] = typer.Option(None, help="Seed of the model (default: the lowest saved)."),
                 arch: Optional[str] = typer.Option(None, help="Arch of the model (may be left out when the run holds "
                                                               "one arch)."),
@@ -281,12 +285,24 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote w
                 target: Optional[str] = typer.Option(None, help="Class name or index for Grad-CAM (default: the "
                                                                 "predicted class)."),
                 out: Optional[Path] = typer.Option(None, help="Folder for the PNGs (default RUN_DIR/explain/{run_id}/).")):
-    """Show what one saved model learned: input.png (top-3 predictions), feature_maps.png, gradcam.png.
+    """Show what one saved model learned: input.png (top-3 predictions), feature_maps.png, gradcam.png; or,
+    with --depths, one depths.png with a row per depth (top-3, feature maps of each stage, Grad-CAM).
 
-    Example: cnn-depth explain runs/sweep --depth 8 --index 3 --target cat
+    Examples:
+      cnn-depth explain runs/sweep --depth 8 --index 3 --target cat
+      cnn-depth explain runs/sweep --depths 2 4 8 --index 3
     """
-    from .explain import explain_run
+    from .explain import explain_depths, explain_run
 
+    if depths is not None:
+        from .config import parse_int_list
+
+        if depth is not None:
+            fail("give --depth N (one model) or --depths 2 4 8 (a figure comparing them), not both")
+        chosen = None if depths.strip().lower() == "all" else parse_int_list(depths, "depths")
+        typer.echo(str(explain_depths(run_dir, chosen, seed=seed, image=image, index=index, target=target, out=out,
+                                      arch=arch, log=lambda s: typer.echo(s, err=True))))
+        return
     paths = explain_run(run_dir, depth, seed=seed, image=image, index=index, target=target, out=out, arch=arch,
                         log=lambda s: typer.echo(s, err=True))
     for p in paths:

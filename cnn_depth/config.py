@@ -21,7 +21,8 @@ from typing import Any, Optional, Union
 
 from .data import ARCHIVE_SUFFIXES, DEFAULT_SOURCE, PIPELINES, list_datasets, resolve_source
 from .errors import CnnDepthError, check_int
-from .models import MAX_DEPTH, check_depth, model_spec
+from .models import MAX_DEPTH, check_depth, list_models, model_spec
+from .transfer import TRANSFER_TAGS, check_transfer
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which fastai's set_seed feeds
@@ -39,14 +40,22 @@ class SweepConfig:
     """A depth sweep: one run per (depth, seed). Build it with keywords or from a TOML file (``from_toml``)."""
 
     depths: Optional[list[int]] = _field(
-        None, "Depths to train (conv layers per model): 2 3 4, 2,3,4 or 2-8.", shown="2 3 4; a preset: its own depth")
+        None, "Depths to train (conv layers per model; hidden layers for mlp): 2 3 4, 2,3,4 or 2-8.",
+        shown="2 3 4; a preset: its own depth")
     seeds: list[int] = _field(None, "Seeds, one run each per depth: 0 1 2 or 0-2.", shown="0", factory=lambda: [0])
-    epochs: int = _field(5, "fit_one_cycle epochs per run.")  # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
+    # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
+    epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).")
     # Peak lr of fit_one_cycle: safe for the plain nets too; on the sample, bn depths 3 and 4 gained 2-3 points
     # of accuracy with 1e-2 (one seed, within noise of ±1.6 points on 1,000 images).
     lr: Union[float, str] = _field(3e-3, "Peak learning rate, or 'find': lr_find's valley, once per depth.")
     bs: int = _field(64, "Batch size.")
-    arch: str = _field("bn", "Model: a name from cnn-depth models (plain, bn, residual or a preset).")
+    arch: str = _field("bn", "Model: a name from cnn-depth models (plain, bn, residual, mlp, a preset, resnet18, "
+                             "resnet50 or vgg16).")
+    pretrained: bool = _field(False, "resnet18/resnet50/vgg16 from ImageNet weights (torch hub cache, else "
+                                     "downloaded); off: from scratch.")
+    transfer: Optional[str] = _field(None, "With --pretrained: feature-extraction (body frozen, head trained) or "
+                                           "fine-tune (fastai's fine_tune: 1 frozen epoch, then all).",
+                                     shown="fine-tune with --pretrained")
     dataset: str = _field(DEFAULT_SOURCE, "A registered dataset (cnn-depth datasets), or the path of a folder or "
                                           "archive (--data).")
     max_per_class: Optional[int] = _field(None, "Keep the first N images per class and split.", shown="all")
@@ -81,6 +90,7 @@ class SweepConfig:
             raise CnnDepthError(f"{len(self.depths)} depths × {len(self.seeds)} seeds is over {MAX_RUNS:,} runs; "
                                 f"give fewer depths or seeds")
         self.epochs = check_int(self.epochs, "epochs")
+        self.transfer = _transfer(self.arch, _typed(self.pretrained, bool, "pretrained"), self.transfer, self.epochs)
         self.bs = check_int(self.bs, "bs")
         if self.max_per_class is not None:
             self.max_per_class = check_int(self.max_per_class, "max_per_class")
@@ -122,6 +132,8 @@ class SweepConfig:
             name += f"-{self.pipeline}"
         if self.augment:
             name += "-aug"
+        if self.pretrained:
+            name += f"-pretrained-{TRANSFER_TAGS[self.transfer]}"
         return name
 
     @property
@@ -146,7 +158,8 @@ class SweepConfig:
 # The fields that decide what a run's numbers are. A sweep folder holds runs of one setting of these;
 # resuming into a folder made with other values is refused. depths and seeds only pick which runs exist
 # (a sweep may be extended with more of them); device is recorded per row; out and quiet change nothing.
-RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment")
+RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment", "pretrained",
+                 "transfer")
 
 
 def config_keys() -> list[str]:
@@ -215,7 +228,7 @@ def coerce_options(options: dict, where: str = "") -> dict:
             out[name] = _auto_or_int(value, name, where)
         elif name in ("epochs", "bs", "max_per_class", "runs_per_gpu"):
             out[name] = _typed(value, int, name, where)
-        elif name in ("augment", "quiet", "save_models"):
+        elif name in ("augment", "quiet", "save_models", "pretrained"):
             out[name] = _typed(value, bool, name, where)
         else:
             out[name] = _typed(value, str, name, where)
@@ -315,6 +328,21 @@ def _positive(value, name: str, where: str = "", given=None) -> float:
         given = value if given is None else given
         raise CnnDepthError(f"{_named(name, where)} must be a positive number (e.g. 3e-3) or 'find', got {given!r}")
     return float(value)
+
+
+def _transfer(arch: str, pretrained: bool, transfer, epochs: int) -> Optional[str]:
+    """The transfer mode of a sweep: None from scratch; with ``pretrained``, as given or ``fine-tune``."""
+    if transfer is not None:
+        _typed(transfer, str, "transfer")
+    kind = model_spec(arch).kind
+    if pretrained and kind != "transfer":
+        nets = ", ".join(n for n in list_models() if model_spec(n).kind == "transfer")
+        raise CnnDepthError(f"--pretrained needs a pretrained net ({nets}); arch {arch} has no ImageNet weights: "
+                            f"leave out --pretrained")
+    if transfer is not None and not pretrained:
+        raise CnnDepthError(f"--transfer {transfer} needs --pretrained (a frozen random body learns nothing); add "
+                            f"--pretrained, or leave out --transfer to train {arch} from scratch")
+    return check_transfer(transfer or "fine-tune", epochs) if pretrained else None
 
 
 def _int_list(value, name: str) -> list[int]:

@@ -445,3 +445,6 @@ def image_datablock(folder: ImageSource, size: Optional[tuple[int, int]] = None,
                      get_y=parent_label,
                      item_tfms=item_tfms or None,
                      batch_tfms=batch_tfms)
+
+
+from . import fashion_mnist  # noqa: E402,F401  (registers fashion-mnist; it imports register_dataset from here)

@@ -5,12 +5,21 @@ works the same way for every arch and preset through forward hooks (fastai's ``H
 the model:
 
 - ``feature_maps(model, x)``: the output of every conv stage (each child before ``head``).
-- ``grad_cam(model, x)``: Grad-CAM (Selvaraju et al. 2017) at the last conv stage, upsampled to the input.
-- ``activation_stats(model, xb)``: mean, std and fraction of exact zeros of every ReLU in the conv stages.
+- ``grad_cam(model, x)``: Grad-CAM (Selvaraju et al. 2017) at the last conv stage whose map is larger than
+  1×1 (``cam_stage``), upsampled to the input.
+- ``activation_stats(model, xb)``: mean, std and fraction of exact zeros of every ReLU in the stages.
   A ReLU follows each main-path conv (in a residual block the last conv's ReLU comes after the shortcut
-  is added), so there is one row per conv layer: ``model.config["depth"]`` rows for every registered model.
+  is added) and each hidden linear layer of an MLP, so there is one row per layer: ``model.config["depth"]``
+  rows for the depth family, the MLPs and the tutorial presets. torchvision nets reuse one ReLU module per
+  block (its last call, after the shortcut add, is the one recorded): resnet18 gives 9 rows, resnet50 17,
+  vgg16 13.
 - ``explain_run(run_dir, depth)``: loads a saved model of a sweep and writes ``input.png``,
-  ``feature_maps.png`` and ``gradcam.png``.
+  ``feature_maps.png`` and ``gradcam.png`` (an MLP: ``input.png`` and ``hidden_layers.png``).
+- ``explain_depths(run_dir, depths)``: one figure, a row per saved depth for the same image: top-3, the
+  feature maps of each stage (or an MLP's hidden units) and Grad-CAM.
+
+MLPs have no conv layers: ``feature_maps`` and ``grad_cam`` refuse them with one line, and their figures
+show the activations of each hidden layer's units instead.
 
 Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas, never through pyplot, so nothing
 here changes a notebook's backend.
@@ -30,13 +39,15 @@ from fastai.torch_core import TensorImage, one_param
 from fastai.vision.augment import Normalize
 from torch import nn
 
-from .checkpoint import load_run_model
+from .checkpoint import load_run_model, saved_models
 from .errors import CnnDepthError
-from .models import eval_mode
+from .models import count_params, eval_mode
 
 PathLike = Union[str, os.PathLike]
 N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
+N_TILES = 4  # channels per stage in explain_depths: a 2×2 mosaic of the most active ones
 TOP_K = 3  # predictions shown on input.png
+CAM_CMAP = "magma"  # perceptually uniform: equal steps of importance look equally different (jet does not)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -62,13 +73,38 @@ def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.float().to(one_param(model).device)
 
 
-def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The output of each conv stage for ``x`` (an image or a batch): ``[(stage name, (N, C, H, W)), ...]``."""
-    stages = conv_stages(model)
+def has_convs(model: nn.Module) -> bool:
+    """Whether the stages hold conv layers (every registered model but the MLPs)."""
+    return any(isinstance(m, nn.Conv2d) for _, stage in conv_stages(model) for m in stage.modules())
+
+
+def _need_convs(model: nn.Module, what: str) -> None:
+    if not has_convs(model):
+        name = getattr(model, "config", {}).get("arch", type(model).__name__)
+        raise CnnDepthError(f"{name} has no conv layers, so it has no {what}; for an MLP use activation_stats "
+                            f"(one row per hidden layer) or hidden_units")
+
+
+def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The output of each stage that has weights (conv stages, or an MLP's hidden layers) for ``x``."""
+    stages = [(n, m) for n, m in conv_stages(model) if any(True for _ in m.parameters())]
     xb = _batch(model, x)
     with eval_mode(model), hook_outputs([m for _, m in stages]) as hooks, torch.no_grad():
         model(xb)
         return [(name, h.stored) for (name, _), h in zip(stages, hooks)]
+
+
+def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The output of each conv stage for ``x`` (an image or a batch): ``[(stage name, (N, C, H, W)), ...]``."""
+    _need_convs(model, "feature maps")
+    return stage_outputs(model, x)
+
+
+def hidden_units(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """An MLP's hidden-layer outputs (after ReLU and dropout, in eval mode): ``[(layer name, (N, width)), ...]``."""
+    if has_convs(model):
+        raise CnnDepthError("hidden_units is for MLPs; this model has conv stages: use feature_maps")
+    return stage_outputs(model, x)
 
 
 def class_index(target, vocab: Optional[Sequence[str]], n_out: int) -> int:
@@ -90,6 +126,15 @@ def class_index(target, vocab: Optional[Sequence[str]], n_out: int) -> int:
     return i
 
 
+def cam_stage(model: nn.Module, x: torch.Tensor) -> str:
+    """The stage Grad-CAM explains by default for ``x``: the last conv stage whose map is larger than 1×1 (the
+    heatmap of a 1×1 map is uniform by construction: ResNets and VGG16 end at 1×1 on 32 px images), or the
+    last stage when every map is 1×1."""
+    outs = feature_maps(model, x)
+    wide = [name for name, o in outs if o.shape[-2] * o.shape[-1] > 1]
+    return wide[-1] if wide else outs[-1][0]
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Sequence[str]] = None,
              stage: Optional[str] = None) -> torch.Tensor:
     """Grad-CAM heatmap (H, W) in [0, 1] at the input's size, on the CPU.
@@ -100,18 +145,20 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
         target: class index or name to explain (names need ``vocab`` or ``model.vocab``); the predicted
             class when None.
         vocab: class names in output order.
-        stage: the conv stage to explain; the last one (the child before ``head``) when None.
+        stage: the conv stage to explain; when None, :func:`cam_stage`: the last one (the child before
+            ``head``) unless its map is 1×1.
 
     The stage's activations A (C, h, w) are weighted by the spatial mean of d(score)/dA per channel, summed,
     passed through ReLU, upsampled bilinearly and divided by their maximum. A map with no positive
     evidence (all zero, e.g. dead ReLUs) is returned as zeros, never NaN. Deep stages have small maps (4×4
     for a 32 px input after three stride-2 stages), so the heatmap is coarse by construction.
     """
+    _need_convs(model, "Grad-CAM")
     xb = _batch(model, x)
     if xb.shape[0] != 1:
         raise CnnDepthError(f"grad_cam explains one image; got a batch of {xb.shape[0]}")
     stages = dict(conv_stages(model))
-    name = stage or list(stages)[-1]
+    name = stage or cam_stage(model, xb)
     if name not in stages:
         raise CnnDepthError(f"unknown stage {name!r}; choose one of: {', '.join(stages)}")
     with eval_mode(model), Hooks([stages[name]], lambda m, i, o: o, detach=False) as hooks, torch.enable_grad():
@@ -130,7 +177,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
 
 
 def relu_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
-    """The ReLUs of the conv stages in order, as (stage, qualified name, module): one per main-path conv."""
+    """The ReLUs of the stages in order, as (stage, qualified name, module): one per main-path conv (or per
+    hidden linear layer of an MLP)."""
     return [(sname, f"{sname}.{n}", m) for sname, stage in conv_stages(model)
             for n, m in stage.named_modules() if isinstance(m, nn.ReLU)]
 
@@ -144,14 +192,15 @@ def _relu_stats(m, i, o) -> dict:
 def activation_stats(model: nn.Module, xb: torch.Tensor) -> list[dict]:
     """Statistics of every conv layer's ReLU output on the batch ``xb``, in eval mode.
 
-    One row per ReLU in the conv stages (the ReLUs of the head's linear layers are left out). A ReLU
-    follows every main-path conv (after the shortcut add for the last conv of a residual block), so a
-    registered model gives ``model.config["depth"]`` rows.
+    One row per ReLU module in the stages (the ReLUs of the head's linear layers are left out). A ReLU
+    follows every main-path conv (after the shortcut add for the last conv of a residual block) or hidden
+    linear layer, so the depth family, the MLPs and the presets give ``model.config["depth"]`` rows
+    (torchvision nets one per ReLU module: see the module docstring).
 
     Returns:
         rows with ``layer`` (the ReLU's qualified name), ``stage``, ``index`` (1 = first conv, on the input
         side), ``mean``, ``std``, ``frac_zero`` (the fraction of outputs exactly 0, over batch, channels and
-        pixels) and ``shape`` ("CxHxW").
+        pixels) and ``shape`` ("CxHxW", or the width for an MLP layer).
     """
     relus = relu_layers(model)
     with eval_mode(model), Hooks([m for _, _, m in relus], _relu_stats) as hooks, torch.no_grad():
@@ -241,10 +290,113 @@ def _plot_grad_cam(path: Path, a: np.ndarray, cam: torch.Tensor, title: str):
     _show_image(ax_img, a)
     ax_img.set_title("input", fontsize=9)
     _show_image(ax_cam, a)
-    im = ax_cam.imshow(cam.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    im = ax_cam.imshow(cam.numpy(), cmap=CAM_CMAP, alpha=0.55, vmin=0, vmax=1)
     ax_cam.set_title("Grad-CAM over the input", fontsize=9)
     fig.colorbar(im, ax=ax_cam, shrink=0.85, label="importance (0-1)")
     fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+
+
+def _plot_hidden_units(path: Path, units: list, title: str):
+    rows = len(units)
+    fig = _figure(8, 1.5 * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, 1, squeeze=False)[:, 0])
+    for ax, (name, u) in zip(axes, units):
+        _unit_bars(ax, u, name)
+    axes[-1].set_xlabel("unit, most active first")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+
+
+def _unit_bars(ax, u: torch.Tensor, name: str, small: bool = False) -> None:
+    """One hidden layer's outputs for one image as bars, largest first, titled with how many are active."""
+    v = torch.nan_to_num(u[0].float()).cpu().sort(descending=True).values.numpy()
+    ax.bar(np.arange(len(v)), v, width=1.0, color="tab:blue")
+    ax.set_xlim(-0.5, len(v) - 0.5)
+    ax.tick_params(labelsize=6 if small else 8)
+    ax.set_title(f"{name}: {int((v > 0).sum())} of {len(v)} units > 0", fontsize=7 if small else 9, pad=2)
+
+
+def _mosaic(fm: torch.Tensor, n: int = N_TILES) -> np.ndarray:
+    """The ``n`` most active channels (highest mean) of a (C, h, w) map, tiled two wide with 1 px gaps (NaN)."""
+    fm = torch.nan_to_num(fm.float()).cpu()
+    order = fm.mean(dim=(1, 2)).argsort(descending=True)[:n].tolist()
+    _, h, w = fm.shape
+    cols = 2 if len(order) > 1 else 1
+    rows = -(-len(order) // cols)
+    tiles = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i, c in enumerate(order):
+        r, k = divmod(i, cols)
+        tiles[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = fm[c].numpy()
+    return tiles
+
+
+def _top_bars(ax, probs: torch.Tensor, vocab: list, label: Optional[str]) -> None:
+    top = probs.topk(min(TOP_K, len(probs)))
+    names = [vocab[i] for i in top.indices.tolist()]
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, top.values.tolist(), color=["tab:green" if n == label else ("tab:blue" if k == 0 else "tab:gray")
+                                           for k, n in enumerate(names)])
+    for yi, p in zip(y, top.values.tolist()):
+        ax.text(min(p + 0.03, 0.7), yi, f"{p:.2f}", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{n} ✓" if n == label else n for n in names], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xticks([0, 0.5, 1])
+    ax.tick_params(axis="x", labelsize=6)
+
+
+def _plot_depths(path: Path, rows: list, title: str):
+    from matplotlib import colormaps
+
+    n_stages = max(len(r["stages"]) for r in rows)
+    cam_col = any("cam" in r for r in rows)
+    ncols = 2 + n_stages + cam_col
+    fig = _figure(1.75 * ncols + 0.8, 1.85 * len(rows) + 0.7)
+    axes = fig.subplots(len(rows), ncols, squeeze=False, width_ratios=[1, 1.25] + [1] * (ncols - 2))
+    maps_cmap = colormaps["viridis"].with_extremes(bad="white")
+    cam_im, cam_axes = None, []
+    for i, r in enumerate(rows):
+        ax_img, ax_top, *ax_stages = axes[i]
+        _show_image(ax_img, r["a"])
+        info = r["info"]
+        ax_img.set_ylabel(f"depth {r['depth']}\nseed {info['seed']}\n{r['params']:,} params", fontsize=9)
+        _top_bars(ax_top, r["probs"], r["vocab"], r["label"])
+        if i == 0:
+            ax_img.set_title("input", fontsize=9)
+            ax_top.set_title(f"top-{TOP_K}" + (" (✓ true)" if r["label"] else ""), fontsize=9)
+        for k in range(n_stages):
+            ax = ax_stages[k]
+            if k >= len(r["stages"]):
+                ax.set_axis_off()
+                continue
+            name, o = r["stages"][k]
+            if o.ndim == 4:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.imshow(_mosaic(o[0]), cmap=maps_cmap, interpolation="nearest")
+                ax.set_title(f"{name} {'×'.join(map(str, o.shape[1:]))}", fontsize=7, pad=2)
+            else:
+                _unit_bars(ax, o, name, small=True)
+        if cam_col:
+            ax = ax_stages[-1]
+            if "cam" in r:
+                _show_image(ax, r["a"])
+                cam_im = ax.imshow(r["cam"].numpy(), cmap=CAM_CMAP, alpha=0.55, vmin=0, vmax=1)
+                c = r["cam_class"]
+                flat = ", flat" if float(r["cam"].max()) == 0 else ""
+                ax.set_title(f"Grad-CAM at {r['cam_stage']}\n{r['vocab'][c]} ({r['probs'][c]:.2f}){flat}", fontsize=7,
+                             pad=2)
+                cam_axes.append(ax)
+            else:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no conv layers:\nno Grad-CAM", ha="center", va="center", fontsize=8,
+                        transform=ax.transAxes)
+    if cam_im is not None:
+        fig.colorbar(cam_im, ax=cam_axes, shrink=0.8, aspect=25, pad=0.02).ax.tick_params(labelsize=7)
+    what = [f"conv stages: the {N_TILES} most active channels (highest mean), one colour scale per cell"] * cam_col
+    if any(o.ndim == 2 for r in rows for _, o in r["stages"]):
+        what.append("hidden layers: their units for this image, largest first")
+    fig.suptitle("\n".join([title] + what), fontsize=9)
     fig.savefig(path)
 
 
@@ -291,6 +443,26 @@ def normalise(a: np.ndarray, stats: Optional[dict]) -> torch.Tensor:
     return x[0].as_subclass(torch.Tensor)
 
 
+def _input_image(info: dict, image: Optional[PathLike], index: Optional[int],
+                 items: Optional[list] = None) -> tuple[np.ndarray, Optional[str], str]:
+    """The image to explain for a loaded model: (uint8 array, true label or None, a phrase saying which)."""
+    n_in, size = info["config"]["n_in"], info["config"]["img_size"]
+    if image is not None:
+        return _read_image(image, n_in, size), None, f"image {Path(image).name}"
+    index = 0 if index is None else index
+    items = items if items is not None else valid_items(info["source"])
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
+        raise CnnDepthError(f"--index {index} is out of range: the run's validation split has {len(items)} "
+                            f"images (0-{len(items) - 1})")
+    label = items[index].parent.name
+    return _read_image(items[index], n_in, size), label, f"validation image {index} (true: {label})"
+
+
+def _probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.nan_to_num(model(x[None]).softmax(1)[0])
+
+
 def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
                 image: Optional[PathLike] = None, index: Optional[int] = None, target=None,
                 out: Optional[PathLike] = None, arch: Optional[str] = None,
@@ -308,51 +480,130 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
         log: called with one-line notes (which seed was picked, the prediction); silent when None.
 
     Returns:
-        the paths of the three PNGs.
+        the paths of the three PNGs; for an MLP (no conv layers, so no feature maps or Grad-CAM) of two,
+        input.png and hidden_layers.png (the activations of each hidden layer's units).
     """
     log = log or (lambda s: None)
     if image is not None and index is not None:
         raise CnnDepthError("give --image or --index, not both")
     model, info = load_run_model(run_dir, depth, seed, arch)
-    cfg, vocab = info["config"], model.vocab
-    n_in, size = cfg["n_in"], cfg["img_size"]
-    t = None if target is None else class_index(target, vocab, cfg["n_out"])  # fail before any work
-    label = None
-    if image is not None:
-        a = _read_image(image, n_in, size)
-        what = f"image {Path(image).name}"
-    else:
-        index = 0 if index is None else index
-        items = valid_items(info["source"])
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
-            raise CnnDepthError(f"--index {index} is out of range: the run's validation split has {len(items)} "
-                                f"images (0-{len(items) - 1})")
-        a = _read_image(items[index], n_in, size)
-        label = items[index].parent.name
-        what = f"validation image {index} (true: {label})"
+    vocab = model.vocab
+    t = None if target is None else class_index(target, vocab, info["config"]["n_out"])  # fail before any work
+    a, label, what = _input_image(info, image, index)
     if info["note"]:  # after every check, so that bad input prints its error line only
         log(info["note"])
     x = normalise(a, info["stats"])
-    with torch.no_grad():
-        probs = model(x[None]).softmax(1)[0]
-    probs = torch.nan_to_num(probs)
+    probs = _probs(model, x)
     pred = int(probs.argmax())
     log(f"{info['run_id']}: {what}: predicted {vocab[pred]} ({probs[pred]:.2f})")
-    cam_class = pred if t is None else t
-    cam = grad_cam(model, x, cam_class)
-    maps = feature_maps(model, x)
-
     out = Path(out) if out is not None else Path(run_dir) / "explain" / info["run_id"]
     out.mkdir(parents=True, exist_ok=True)
+    _plot_input(out / "input.png", a, probs, vocab, f"{info['run_id']}\n{what}", label)
+    if not has_convs(model):
+        log(f"{info['run_id']}: an MLP has no conv layers, so no feature maps or Grad-CAM; hidden_layers.png "
+            f"shows each hidden layer's units")
+        _plot_hidden_units(out / "hidden_layers.png", hidden_units(model, x),
+                           f"{info['run_id']}: {what}: each hidden layer's units for this image, largest first")
+        return [out / "input.png", out / "hidden_layers.png"]
+    cam_class = pred if t is None else t
+    stage = cam_stage(model, x)
+    cam = grad_cam(model, x, cam_class, stage=stage)
+    maps = feature_maps(model, x)
     paths = [out / "input.png", out / "feature_maps.png", out / "gradcam.png"]
-    _plot_input(paths[0], a, probs, vocab, f"{info['run_id']}\n{what}", label)
     _plot_feature_maps(paths[1], maps, f"{info['run_id']}: output of each conv stage, its {N_CHANNELS} most "
                                        f"active channels (highest mean), one colour scale per row")
-    last = maps[-1]
-    C, h, w = last[1].shape[1:]
+    C, h, w = dict(maps)[stage].shape[1:]
+    where = "the last conv stage" if stage == maps[-1][0] else "the last conv stage larger than 1×1"
     flat = "; flat: no positive evidence here" if float(cam.max()) == 0 else ""
     _plot_grad_cam(paths[2], a, cam,
                    f"{info['run_id']}: Grad-CAM for '{vocab[cam_class]}' "
                    f"({'target' if t is not None else 'predicted'}, p = {probs[cam_class]:.2f})\n"
-                   f"at the last conv stage, {last[0]} ({C}×{h}×{w}){flat}")
+                   f"at {where}, {stage} ({C}×{h}×{w}){flat}")
     return paths
+
+
+def saved_depths(run_dir: PathLike, arch: Optional[str] = None) -> tuple[str, list[int]]:
+    """(arch, its saved depths, ascending) of a run folder; ``arch`` may be left out when it holds one."""
+    runs = saved_models(run_dir)
+    archs = sorted({r["arch"] for r in runs})
+    if arch is None:
+        if len(archs) > 1:
+            raise CnnDepthError(f"{run_dir} holds models of several archs ({', '.join(archs)}); pick one with --arch")
+        arch = archs[0]
+    depths = sorted({r["depth"] for r in runs if r["arch"] == arch})
+    if not depths:
+        raise CnnDepthError(f"arch {arch!r} is not in {run_dir}; saved archs: {', '.join(archs)}")
+    return arch, depths
+
+
+def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, seed: Optional[int] = None,
+                   image: Optional[PathLike] = None, index: Optional[int] = None, target=None,
+                   out: Optional[PathLike] = None, arch: Optional[str] = None,
+                   log: Optional[Callable[[str], None]] = None) -> Path:
+    """One figure that compares the saved depths of a sweep on the same image: a row per depth with the
+    image and its top-3, the feature maps of each stage and Grad-CAM.
+
+    Args:
+        run_dir: the folder a sweep wrote with ``--save-models``.
+        depths: which depths (each must be saved); every saved depth of ``arch`` when None.
+        seed: the seed of every row; None: per depth, the lowest saved (a note says so where there are more).
+        image, index: the image, as for :func:`explain_run` (default: validation image 0).
+        target: class name or index for every row's Grad-CAM; each model's predicted class when None.
+        out: folder for the PNG; ``<run_dir>/explain/{arch}-d{depths}/`` by default.
+        arch: which arch; may be left out when the run holds one.
+        log: called with one-line notes (the seeds used, each depth's prediction); silent when None.
+
+    Each stage cell is a 2×2 mosaic of its 4 most active channels (highest mean) on one colour scale, labelled
+    with the stage and its output shape C×H×W: deeper rows have more stages, more channels and coarser
+    maps. Grad-CAM is taken at each model's :func:`cam_stage` (the last conv stage, unless its map is 1×1), named
+    in its title, and drawn in a perceptually uniform colour map.
+    An MLP's row shows each hidden layer's units (sorted, largest first) and no Grad-CAM.
+
+    Returns:
+        the path of ``depths.png``.
+    """
+    from .config import compact_ints
+
+    log = log or (lambda s: None)
+    if image is not None and index is not None:
+        raise CnnDepthError("give --image or --index, not both")
+    arch, saved = saved_depths(run_dir, arch)
+    if depths is None:
+        depths = saved
+    else:
+        depths = sorted(dict.fromkeys(int(d) for d in depths))
+        missing = [d for d in depths if d not in saved]
+        if missing:
+            raise CnnDepthError(f"depth {', '.join(map(str, missing))} is not saved in {run_dir} (arch {arch}); "
+                                f"saved depths: {', '.join(map(str, saved))}")
+    rows, items, notes = [], None, []
+    for depth in depths:
+        model, info = load_run_model(run_dir, depth, seed, arch)
+        t = None if target is None else class_index(target, model.vocab, info["config"]["n_out"])
+        if image is None and items is None:
+            items = valid_items(info["source"])  # rebuilt once: every depth of a run has the same dataset
+        a, label, what = _input_image(info, image, index, items)
+        if info["note"]:
+            notes.append(f"depth {depth}: seed {info['seed']} of {', '.join(map(str, info['seeds']))}")
+        x = normalise(a, info["stats"])
+        probs = _probs(model, x)
+        row = dict(depth=depth, info=info, a=a, label=label, what=what, probs=probs, vocab=model.vocab,
+                   params=count_params(model))
+        if has_convs(model):
+            row["cam_class"] = int(probs.argmax()) if t is None else t
+            row["cam_stage"] = cam_stage(model, x)
+            row["cam"] = grad_cam(model, x, row["cam_class"], stage=row["cam_stage"])
+        row["stages"] = stage_outputs(model, x)
+        rows.append(row)
+    if notes:  # after every check, so that bad input prints its error line only
+        log(f"several seeds saved; using the lowest (pass --seed to pick one): {'; '.join(notes)}")
+    for r in rows:
+        pred = int(r["probs"].argmax())
+        log(f"{r['info']['run_id']}: {r['what']}: predicted {r['vocab'][pred]} ({r['probs'][pred]:.2f})")
+    out = Path(out) if out is not None else Path(run_dir) / "explain" / f"{arch}-d{compact_ints(depths)}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "depths.png"
+    cam = (f" (Grad-CAM for {'the target' if target is not None else 'each predicted class'})"
+           if any("cam" in r for r in rows) else "")
+    _plot_depths(path, rows, f"{arch}: {rows[0]['what']}, one row per depth{cam}")
+    return path

@@ -1,26 +1,54 @@
-"""The Learner factory: a depth-family model wrapped in a fastai ``Learner``."""
+"""The Learner factory: a registered model wrapped in a fastai ``Learner``, split into body and head so that
+``freeze()``, ``fine_tune()`` and discriminative learning rates work as fastai users expect; and
+``fit_learner``, the one training call of a sweep (from scratch, feature extraction or fine-tuning)."""
 from __future__ import annotations
 
-import fastai.callback.all  # noqa: F401  (patches Learner: fit_one_cycle, lr_find, progress bars)
+from typing import Optional, Union
+
+import fastai.callback.all  # noqa: F401  (patches Learner: fit_one_cycle, fine_tune, lr_find, progress bars)
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastai.torch_core import params
+from fastcore.foundation import L
+from torch import nn
 
+from .errors import CnnDepthError, check_int
 from .loaders import data_info
 from .models import depth_cnn
+from .transfer import check_transfer
 
 
-def depth_learner(dls, depth=None, arch: str = "bn", **kw) -> Learner:
+def body_head_split(model: nn.Module) -> L:
+    """fastai splitter for every registered model: two parameter groups, the body (every child before
+    ``head``: conv stages, hidden layers or a torchvision body) and the ``head``.
+
+    ``learn.freeze()`` then trains the head only (and, fastai's ``train_bn=True``, the body's BatchNorm
+    weights); ``fine_tune`` gives the body a learning rate 100× lower than the head's.
+    """
+    body = [m for name, m in model.named_children() if name != "head"]
+    if not hasattr(model, "head") or not body:
+        raise CnnDepthError(f"{type(model).__name__} has no body and 'head' children to split; build it with "
+                            f"depth_cnn()")
+    return L(nn.Sequential(*body), model.head).map(params)
+
+
+def depth_learner(dls, depth=None, arch: str = "bn", pretrained: bool = False, **kw) -> Learner:
     """A fastai ``Learner`` for a registered model of the given depth.
 
     Args:
         dls: ``DataLoaders`` (from :func:`cnn_depth.dataloaders` or any fastai image DataLoaders).
-        depth: number of conv layers (a preset's own depth when None).
+        depth: number of conv layers (hidden layers for ``mlp``; a preset's own depth when None).
         arch: a name from ``list_models()``.
-        **kw: passed on to ``Learner`` (``lr``, ``opt_func``, ``cbs``, ``path``, ...).
+        pretrained: ImageNet weights for resnet18, resnet50 or vgg16 (from the torch hub cache, else
+            downloaded); the Learner is then frozen, as fastai's ``vision_learner`` leaves it: only the head
+            (and BatchNorm) trains until ``unfreeze()``.
+        **kw: passed on to ``Learner`` (``lr``, ``opt_func``, ``cbs``, ``path``, ``splitter``, ...).
 
     ``n_in`` (channels), ``n_out`` (``dls.c``) and the image size come from ``dls``. The model goes to
-    the DataLoaders' device, which is fastai's default: CUDA when available, else CPU.
+    the DataLoaders' device, which is fastai's default: CUDA when available, else CPU. The splitter is
+    :func:`body_head_split`. Inputs are normalised with the data's own statistics, for pretrained nets too
+    (fastai's ``vision_learner`` would add ImageNet's where the DataLoaders have no ``Normalize``).
     """
     info = data_info(dls)
     if info is not None:
@@ -28,7 +56,34 @@ def depth_learner(dls, depth=None, arch: str = "bn", **kw) -> Learner:
     else:  # DataLoaders not made by us: read one batch
         xb = dls.one_batch()[0]
         n_in, img_size = xb.shape[1], tuple(xb.shape[-2:])
-    model = depth_cnn(depth, n_in=n_in, n_out=dls.c, arch=arch, img_size=img_size)
+    model = depth_cnn(depth, n_in=n_in, n_out=dls.c, arch=arch, img_size=img_size, pretrained=pretrained)
     kw.setdefault("loss_func", CrossEntropyLossFlat())
     kw.setdefault("metrics", accuracy)
-    return Learner(dls, model, **kw)
+    kw.setdefault("splitter", body_head_split)
+    learn = Learner(dls, model, **kw)
+    if pretrained:
+        learn.freeze()
+    return learn
+
+
+def fit_learner(learn: Learner, epochs: int, lr: Union[float, slice], transfer: Optional[str] = None) -> None:
+    """Train ``learn`` for ``epochs`` passes over the training data in all, as ``transfer`` says.
+
+    Args:
+        learn: from :func:`depth_learner`.
+        epochs: epochs in all, whatever the mode, so rows of one ``--epochs`` saw the same data.
+        lr: the peak learning rate (fine-tune: fastai's ``base_lr``).
+        transfer: None: ``fit_one_cycle(epochs, lr)`` as the Learner is (trainable from scratch, or frozen
+            when made pretrained); ``"feature-extraction"``: ``freeze()`` then ``fit_one_cycle(epochs, lr)``,
+            the body stays as loaded; ``"fine-tune"``: fastai's ``fine_tune(epochs - 1, lr, freeze_epochs=1)``,
+            one epoch of the head alone, then ``epochs - 1`` of everything with lr/2 for the head and lr/200
+            for the body.
+    """
+    epochs = check_int(epochs, "epochs")
+    transfer = check_transfer(transfer, epochs)
+    if transfer == "fine-tune":
+        learn.fine_tune(epochs - 1, lr, freeze_epochs=1)
+        return
+    if transfer == "feature-extraction":
+        learn.freeze()
+    learn.fit_one_cycle(epochs, lr)

@@ -11,6 +11,16 @@ the stages (earlier stages get the extra ones), so depth 3 has the tutorial Simp
 16-32-64, depth 4 DeeperCNN's 16-32-64-128, and depth 7 is 16-32-32-64-64-128-128. A stride-2 3×3 conv
 with padding 1 maps n pixels to ceil(n/2), so no map ever shrinks below 1 px, whatever the depth or image
 size. The head is global average pooling and one linear layer: it never depends on the image size.
+
+Two more kinds of model sit in the same registry, built the same way (named stages, then ``head``):
+
+- ``mlp``, a family of multi-layer perceptrons: the image flattened, then ``depth`` hidden Linear-ReLU layers
+  of widths 256, 128, 64, 32, 32, ... (halved per layer, never below 32), then a linear head. Here ``depth``
+  is the number of hidden linear layers; the input size is channels × height × width of the data. The preset
+  ``fashiondnn`` is the book chapter's FashionDNN: 784-256, dropout 0.25, 256-128, 128-10 on 28×28 gray.
+- ``resnet18``, ``resnet50``, ``vgg16``: torchvision nets as fastai's ``vision_learner`` builds them, fixed
+  depths 18, 50 and 16 as named (see :mod:`cnn_depth.transfer`); ``depth_cnn(..., pretrained=True)`` loads
+  their ImageNet weights.
 """
 from __future__ import annotations
 
@@ -25,10 +35,13 @@ from fastai.layers import ConvLayer, Flatten, NormType
 from torch import nn
 
 from .errors import CnnDepthError, check_int
+from .transfer import TRANSFER_ARCHS, transfer_model
 
 STEM_WIDTH = 16  # channels of the first conv
 STAGE_WIDTHS = (32, 64, 128)  # one per downsampling stage: halve the map, double the width
 MAX_DEPTH = 1000  # a guard against typos such as 2000 when 20 was meant
+MLP_WIDTH = 256  # units of the first hidden layer of the mlp family; each next layer has half, down to:
+MLP_MIN_WIDTH = 32
 
 ImgSize = Union[int, Sequence[int]]
 
@@ -139,23 +152,51 @@ class TutorialCNN(nn.Sequential):
         super().__init__(OrderedDict(stages + [("head", nn.Sequential(Flatten(), *fcs))]))
 
 
+def mlp_widths(depth: int) -> list[int]:
+    """Hidden-layer widths of the mlp family: 256, 128, 64, 32, 32, ... (halved per layer, floor 32)."""
+    return [max(MLP_MIN_WIDTH, MLP_WIDTH >> i) for i in range(depth)]
+
+
+class MLP(nn.Sequential):
+    """Flatten, hidden Linear-ReLU layers (``hidden1``, ...), a linear ``head``: the depth family's MLP cousin.
+
+    Args:
+        widths: units of each hidden layer (``depth = len(widths)``).
+        n_in, img_size: channels and (h, w) of the images: the first layer takes ``n_in * h * w`` inputs.
+        n_out: number of classes.
+        dropout: dropout probability after each hidden layer's ReLU (missing or 0: none).
+    """
+
+    def __init__(self, widths: Sequence[int], n_in: int, n_out: int, img_size: ImgSize,
+                 dropout: Sequence[float] = ()):
+        h, w = _pair(img_size)
+        layers, ni = [("flatten", nn.Flatten())], n_in * h * w  # torch's: reshapes non-contiguous images too
+        for i, nf in enumerate(widths):
+            p = dropout[i] if i < len(dropout) else 0.0
+            layers.append((f"hidden{i + 1}", nn.Sequential(nn.Linear(ni, nf), nn.ReLU(),
+                                                           *([nn.Dropout(p)] if p else []))))
+            ni = nf
+        super().__init__(OrderedDict(layers + [("head", nn.Linear(ni, n_out))]))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered model: a family of any depth (``depth is None``) or a preset of fixed depth."""
 
     name: str
-    build: Callable[..., nn.Module]  # (depth, n_in, n_out, img_size) -> nn.Module
+    build: Callable[..., nn.Module]  # (depth, n_in, n_out, img_size) -> nn.Module; transfer: also pretrained=
     depth: Optional[int]
     description: str
+    kind: str = "cnn"  # "cnn" (conv stages), "mlp" (hidden linear layers) or "transfer" (torchvision nets)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, description: str, depth: Optional[int] = None):
+def register_model(name: str, description: str, depth: Optional[int] = None, kind: str = "cnn"):
     """Decorator: add a builder ``(depth, n_in, n_out, img_size) -> nn.Module`` to the registry."""
     def _register(build):
-        _REGISTRY[name] = ModelSpec(name, build, depth, description)
+        _REGISTRY[name] = ModelSpec(name, build, depth, description, kind)
         return build
     return _register
 
@@ -189,6 +230,21 @@ def customcnn(depth, n_in, n_out, img_size):
     return TutorialCNN([32, 64, 128], [625], n_in, n_out, img_size, dropout=0.5, name="customcnn")
 
 
+register_model("mlp", "hidden Linear-ReLU layers on the flattened image, widths 256, 128, 64, 32, 32, ...",
+               kind="mlp")(lambda depth, n_in, n_out, img_size: MLP(mlp_widths(depth), n_in, n_out, img_size))
+
+
+@register_model("fashiondnn", "book chapter FashionDNN: flatten, fc 256 + dropout 0.25, fc 128, fc n_out", depth=2,
+                kind="mlp")
+def fashiondnn(depth, n_in, n_out, img_size):
+    return MLP([256, 128], n_in, n_out, img_size, dropout=[0.25])
+
+
+for _t in TRANSFER_ARCHS.values():
+    register_model(_t.name, _t.description, depth=_t.depth, kind="transfer")(
+        lambda depth, n_in, n_out, img_size, pretrained=False, _a=_t.name: transfer_model(_a, n_in, n_out, pretrained))
+
+
 def list_models() -> list[str]:
     """Names of the registered models: the families first, then the presets."""
     return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].depth is not None, list(_REGISTRY).index(n)))
@@ -206,30 +262,38 @@ def check_depth(depth, arch: str = "bn") -> int:
     spec = model_spec(arch)
     if depth is None and spec.depth is not None:
         return spec.depth
-    depth = check_int(depth, "depth", 1, MAX_DEPTH, hint=" (the number of conv layers)")
+    depth = check_int(depth, "depth", 1, MAX_DEPTH,
+                      hint=f" (the number of {'hidden' if spec.kind == 'mlp' else 'conv'} layers)")
     if spec.depth is not None and depth != spec.depth:
+        families = ", ".join(n for n in list_models() if _REGISTRY[n].depth is None)
         raise CnnDepthError(f"preset {arch} has a fixed depth of {spec.depth}; use depth {spec.depth} "
-                            f"or a family arch (plain, bn, residual) for depth {depth}")
+                            f"or a family arch ({families}) for depth {depth}")
     return depth
 
 
 def depth_cnn(depth: Optional[int] = None, n_in: int = 3, n_out: int = 10, arch: str = "bn",
-              img_size: ImgSize = 32) -> nn.Module:
+              img_size: ImgSize = 32, pretrained: bool = False) -> nn.Module:
     """Build a registered model.
 
     Args:
-        depth: number of 3×3 conv layers (≥ 1); for a preset, None or its own depth.
+        depth: number of 3×3 conv layers (≥ 1), or hidden layers for ``mlp``; for a preset, None or its own.
         n_in: input channels.
         n_out: number of classes.
-        arch: a name from ``list_models()``: plain, bn, residual or a tutorial preset.
-        img_size: image size (int or (h, w)); only presets with a flatten layer use it.
+        arch: a name from ``list_models()``: plain, bn, residual, mlp, a tutorial preset or a transfer net.
+        img_size: image size (int or (h, w)); the MLPs and the presets with a flatten layer use it.
+        pretrained: load ImageNet weights (resnet18, resnet50, vgg16 only; see :mod:`cnn_depth.transfer`).
 
     Returns:
-        the model, with ``model.config`` holding the constructor arguments (for checkpoints).
+        the model, with ``model.config`` holding the constructor arguments (for checkpoints; ``pretrained``
+        is left out: a saved model is rebuilt and then given its own weights).
     """
     depth = check_depth(depth, arch)
     n_in, n_out = check_int(n_in, "n_in"), check_int(n_out, "n_out")
-    model = model_spec(arch).build(depth, n_in, n_out, img_size)
+    spec = model_spec(arch)
+    if pretrained and spec.kind != "transfer":
+        raise CnnDepthError(f"arch {arch} has no pretrained weights; --pretrained works with "
+                            f"{', '.join(TRANSFER_ARCHS)} (or leave it out)")
+    model = spec.build(depth, n_in, n_out, img_size, **({"pretrained": True} if pretrained else {}))
     model.config = dict(arch=arch, depth=depth, n_in=n_in, n_out=n_out, img_size=list(_pair(img_size)))
     return model
 

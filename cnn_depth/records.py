@@ -38,7 +38,7 @@ RUN_FIELDS = ["run_id", "dataset", "arch", "depth", "seed"]
 # What decides a run's numbers besides depth and seed: reports group by these (see reports.GROUP). A row carries
 # every one of them, so rows from different sweeps can be pooled or told apart from the row alone.
 SETTING_COLUMNS = ["source", "epochs", "lr_setting", "bs", "max_per_class", "pipeline", "augment", "threads",
-                   "device", "precision"]
+                   "device", "precision", "pretrained", "transfer"]
 RESULT_COLUMNS = [
     *RUN_FIELDS,
     "source",             # the dataset as resolved: a registry name or the absolute path of its folder or archive
@@ -62,7 +62,10 @@ RESULT_COLUMNS = [
     "valid_images",       # validation images of the final validate()
     "correct",            # of those, predicted right
     "accuracy", "error_rate",  # correct / valid_images and 1 - that
-    "epochs_done", "device", "precision", "status", "error", "finished",
+    "epochs_done", "device", "precision",
+    "pretrained",         # ImageNet weights at the start (resnet18, resnet50, vgg16); False: from scratch
+    "transfer",           # with pretrained: feature-extraction or fine-tune; empty from scratch
+    "status", "error", "finished",
 ]
 HISTORY_COLUMNS = [*RUN_FIELDS, "epochs", "epoch", "train_loss", "valid_loss", "accuracy", "seconds"]
 # activation_stats() gives one row per conv layer with these; activations.csv prefixes the run's identity.
@@ -171,7 +174,8 @@ RESULT_SCHEMA = {
     "peak_memory_mb": _SECONDS, "train_loss": Column("float"), "valid_loss": Column("float"),
     "classes": Column("int", 1), "valid_images": Column("int", 1), "correct": Column("int", 0),
     "accuracy": Column("number", 0, 1), "error_rate": Column("number", 0, 1), "epochs_done": Column("int", 0),
-    "device": _TEXT, "precision": _TEXT, "status": _NEEDED, "error": _TEXT, "finished": _TEXT,
+    "device": _TEXT, "precision": _TEXT, "pretrained": Column("bool"), "transfer": _TEXT, "status": _NEEDED,
+    "error": _TEXT, "finished": _TEXT,
 }
 # The columns without which a file is not a sweep's results.csv (every cnn-depth version wrote them).
 RESULT_REQUIRED = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "params", "train_seconds", "accuracy",
@@ -351,6 +355,7 @@ def check_results(df: pd.DataFrame, where: str = "results", lines: Optional[pd.S
         if c not in df.columns:
             df[c] = ""
     df = check_frame(df, RESULT_SCHEMA, where, lines)
+    df["pretrained"] = df["pretrained"].fillna(False)  # a row without it trained from scratch (no --pretrained then)
     at = _Where(where, lines)
 
     def first(bad: pd.Series, message):

@@ -60,9 +60,9 @@ def load_results(path: PathLike) -> pd.DataFrame:
 
 def _canon(column: str, v) -> str:
     """A group setting as one comparable string: ``find`` and ``0.003`` for lr, ``all`` for no max_per_class,
-    ``?`` where an old row did not record it."""
+    ``none`` for no transfer, ``?`` where an old row did not record it."""
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == ""):
-        return "all" if column == "max_per_class" else "?"
+        return {"max_per_class": "all", "transfer": "none"}.get(column, "?")  # transfer: empty from scratch
     if column == "lr_setting" and not isinstance(v, str):
         return f"{float(v):.10g}"
     if isinstance(v, (bool, np.bool_)):
@@ -84,6 +84,10 @@ def _shown(column: str, v: str) -> str:
         return f"lr {v}"
     if column == "source":
         return f"from {v}"
+    if column == "pretrained":
+        return {"True": "pretrained", "False": "from scratch"}.get(v, "pretrained ?")
+    if column == "transfer":
+        return "no transfer" if v == "none" else v
     return {"epochs": f"{v} ep", "bs": f"bs {v}", "pipeline": f"{v} pipeline", "threads": f"{v} threads"}[column]
 
 

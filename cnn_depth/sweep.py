@@ -37,12 +37,13 @@ from .checkpoint import checkpoint_dict, write_checkpoint
 from .config import RESULT_FIELDS, SweepConfig
 from .errors import CnnDepthError
 from .explain import activation_stats, fixed_valid_batch
-from .learner import depth_learner
+from .learner import depth_learner, fit_learner
 from .data import list_datasets
 from .loaders import dataloaders
 from .models import count_params
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
                       environment, model_path, read_results, run_fields, run_id, write_rows, write_sweep_json)
+from .transfer import fetch_weights
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,13 +127,15 @@ class RunStats(Callback):
     order = 55  # after Recorder (50), so an epoch's values are there when its seconds are stored
 
     def __init__(self):
-        self.train_images, self.epoch_seconds, self.values, self.fits, self.fitting = 0, [], [], 0, False
+        self.train_images, self.epoch_seconds, self.values, self.fitting = 0, [], [], False
         self.valid_images = self.correct = 0
 
     def before_fit(self):
-        self.fits += 1
-        self.fitting = self.fits == 1  # one fit per run; learn.validate() calls before_fit too
+        self.fitting = False  # until before_train: learn.validate() calls before_fit too, but never trains
         self.valid_images = self.correct = 0
+
+    def before_train(self):
+        self.fitting = True  # every fit of the run counts (fine_tune fits twice)
 
     def after_fit(self):
         self.fitting = False
@@ -217,7 +220,7 @@ def _epoch_line(learn, prefix: str, values: list) -> None:
 
 
 def _learner(dls, cfg: SweepConfig, depth: int, device: Device, out: Path, cbs=()):
-    learn = depth_learner(dls, depth, cfg.arch, path=out, cbs=list(cbs))
+    learn = depth_learner(dls, depth, cfg.arch, pretrained=cfg.pretrained, path=out, cbs=list(cbs))
     if device.precision == "bf16":
         learn.to_bf16()
     return learn
@@ -336,7 +339,7 @@ def new_row(cfg: SweepConfig, depth: int, seed: int, threads, device: str = "", 
     row.update(run_fields(cfg.dataset_label, cfg.arch, depth, seed), source=cfg.dataset, epochs=cfg.epochs,
                lr_setting=cfg.lr, lr="", bs=cfg.bs, max_per_class="" if cfg.max_per_class is None else cfg.max_per_class,
                pipeline=cfg.pipeline, augment=cfg.augment, threads=threads, device=device, precision=precision,
-               epochs_done=0)
+               epochs_done=0, pretrained=cfg.pretrained, transfer=cfg.transfer or "")
     return row
 
 
@@ -352,7 +355,8 @@ class RunResult:
 
 def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Callable[[], float]], device: Device,
               out: Path, cbs: Sequence[Callback] = ()) -> RunResult:
-    """Seed, build, ``fit_one_cycle(epochs, lr)``, ``validate()``: one row, whatever happens in between; then
+    """Seed, build, train (``fit_learner``: ``fit_one_cycle(epochs, lr)``, or the transfer schedule),
+    ``validate()``: one row, whatever happens in between; then
     the per-layer activation statistics and (with ``save_models``) the model.
 
     ``lr`` is a number, or a function that finds one (``lr_find``; its failure is the run's failure).
@@ -375,7 +379,7 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
         memory.start()
         with _quiet(learn, cfg.quiet, ident["run_id"]):
             t0 = time.perf_counter()
-            learn.fit_one_cycle(cfg.epochs, lr)
+            fit_learner(learn, cfg.epochs, lr, cfg.transfer)
             train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
             t0 = time.perf_counter()
             valid_loss = learn.validate()[0]
@@ -652,6 +656,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
 
     cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
+    if cfg.pretrained:  # once, before any folder or worker: offline without the file, one line and exit 2
+        fetch_weights(cfg.arch)
     made = _first_missing(cfg.out_dir)  # what claim_folder will create, removed again if no row is written
     with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made), ExitStack() as stack:
         check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)

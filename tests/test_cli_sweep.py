@@ -19,7 +19,7 @@ from cnn_depth.records import RESULT_COLUMNS
 runner = CliRunner()
 SMALL = ["--epochs", "1", "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--quiet"]
 # Filled on every row of a finished run; error is empty when status is ok.
-FILLED = [c for c in RESULT_COLUMNS if c != "error"]
+FILLED = [c for c in RESULT_COLUMNS if c not in ("error", "transfer")]  # transfer: empty for a run from scratch
 
 
 def sweep(out, *args):
@@ -42,6 +42,7 @@ def test_depths_as_typed_give_three_rows_with_every_column(bn_sweep):
     assert df["depth"].tolist() == [1, 2, 3] and df["run_id"].tolist() == ["bn-d1-s0", "bn-d2-s0", "bn-d3-s0"]
     assert (df["status"] == "ok").all() and (df["error"] == "").all()
     assert (df[FILLED] != "").all().all(), df.T
+    assert (df["transfer"] == "").all() and (df["pretrained"] == False).all()  # noqa: E712
     assert df["device"].eq("cpu").all() and df["precision"].eq("fp32").all()
     assert df["train_images"].eq(96).all()  # 100 training images, bs 16, last partial batch dropped
     assert ((df["images_per_second"] - df["train_images"] / df["train_seconds"]).abs() <= 0.05 + 1e-9).all()

@@ -4,6 +4,7 @@ A module fixture trains three tiny bn learners (80 images, one epoch) and saves 
 ``--save-models`` does; the per-model tests parametrise over the whole registry with untrained models.
 """
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,16 @@ from cnn_depth.records import ACTIVATION_CSV_COLUMNS, model_path, run_id, write_
 from cnn_depth.cli import app
 from cnn_depth.data import load_image
 from cnn_depth.reports import plot_activations
-from cnn_depth.explain import (explain_run, fixed_valid_batch, normalise,
+from cnn_depth.explain import (explain_depths, explain_run, fixed_valid_batch, hidden_units, normalise,
                                relu_layers, valid_items)
 from cnn_depth.models import STAGE_WIDTHS, STEM_WIDTH, model_spec, stage_sizes
 
 RUNS = [("bn", 2, 0), ("bn", 2, 1), ("bn", 3, 0)]  # (arch, depth, seed)
-MODELS = [(a, model_spec(a).depth or d) for a in list_models() for d in ((1, 6) if model_spec(a).depth is None
-                                                                        else (None,))]
+BIG = {"resnet50", "vgg16"}  # forward passes in test_transfer.py only
+MODELS = [(a, model_spec(a).depth or d) for a in list_models() if a not in BIG
+          for d in ((1, 6) if model_spec(a).depth is None else (None,))]
+CONV_MODELS = [(a, d) for a, d in MODELS if model_spec(a).kind != "mlp"]
+MLP_MODELS = [(a, d) for a, d in MODELS if model_spec(a).kind == "mlp"]
 runner = CliRunner()
 
 
@@ -95,7 +99,7 @@ def test_save_needs_config_and_plain_meta(tmp_path, tiny_dls):
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)], ids=["rgb32", "gray28"])
-@pytest.mark.parametrize("arch,depth", MODELS)
+@pytest.mark.parametrize("arch,depth", CONV_MODELS)
 def test_feature_maps_match_each_stage(arch, depth, shape):
     model = depth_cnn(depth, n_in=shape[0], arch=arch, img_size=shape[1:])
     maps = feature_maps(model, torch.randn(2, *shape))
@@ -110,7 +114,7 @@ def test_feature_maps_match_each_stage(arch, depth, shape):
         assert [tuple(fm.shape[1:]) for _, fm in maps] == [(w, *s) for w, s in zip(widths, sizes)]
 
 
-@pytest.mark.parametrize("arch,depth", MODELS)
+@pytest.mark.parametrize("arch,depth", CONV_MODELS)
 def test_grad_cam_in_unit_range_at_input_size(arch, depth):
     torch.manual_seed(0)
     model = depth_cnn(depth, arch=arch).train()
@@ -140,7 +144,28 @@ def test_grad_cam_target_by_name_and_bad_target():
         grad_cam(model, x, "zebra")
 
 
-@pytest.mark.parametrize("arch,depth", MODELS + [("residual", 9), ("plain", 20)])
+@pytest.mark.parametrize("arch,depth", MLP_MODELS)
+def test_mlp_has_hidden_units_not_feature_maps_or_grad_cam(arch, depth):
+    model = depth_cnn(depth, n_in=1, arch=arch, img_size=28)
+    x = torch.randn(1, 28, 28)
+    for fn, what in ((feature_maps, "feature maps"), (grad_cam, "Grad-CAM")):
+        with pytest.raises(CnnDepthError, match=f"{arch} has no conv layers, so it has no {what}; for an MLP use "
+                                                f"activation_stats") as e:
+            fn(model, x)
+        assert "\n" not in str(e.value)
+    units = hidden_units(model, x)
+    assert [(n, tuple(u.shape)) for n, u in units] == [(f"hidden{i + 1}", (1, w)) for i, w in
+                                                       enumerate([256, 128, 64, 32, 32, 32][:depth])]
+    rows = activation_stats(model, torch.randn(4, 1, 28, 28))  # one row per hidden layer
+    assert [(r["stage"], r["index"], r["shape"]) for r in rows] == [(n, i, str(u.shape[1]))
+                                                                    for i, (n, u) in enumerate(units, start=1)]
+    assert len(rows) == model.config["depth"] and all(0 <= r["frac_zero"] <= 1 for r in rows)
+    with pytest.raises(CnnDepthError, match="hidden_units is for MLPs"):
+        hidden_units(depth_cnn(2), torch.randn(3, 32, 32))
+
+
+@pytest.mark.parametrize("arch,depth", [(a, d) for a, d in CONV_MODELS if model_spec(a).kind == "cnn"]
+                         + [("residual", 9), ("plain", 20)])
 def test_activation_stats_one_row_per_conv_layer(arch, depth):
     model = depth_cnn(depth, arch=arch)
     rows = activation_stats(model, torch.randn(4, 3, 32, 32))
@@ -202,10 +227,86 @@ def test_explain_run_writes_three_pngs(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,depth", [(a, d) for a, d in MODELS if d != 1])
+@pytest.mark.parametrize("arch,depth", [(a, d) for a, d in CONV_MODELS if d != 1])
 def test_explain_every_registered_model(arch, depth, tiny_dls, tmp_path):
     save_run_model(model_path(tmp_path, arch, depth, 0), depth_cnn(depth, arch=arch), tiny_dls)
     _check_pngs(explain_run(tmp_path, index=5, target="cat"))
+
+
+def test_explain_run_of_an_mlp_shows_its_hidden_layers(tiny_dls, tmp_path):
+    save_run_model(model_path(tmp_path, "mlp", 3, 0), depth_cnn(3, arch="mlp"), tiny_dls)
+    notes = []
+    paths = explain_run(tmp_path, index=2, target="cat", log=notes.append)
+    assert [p.name for p in paths] == ["input.png", "hidden_layers.png"]
+    assert "an MLP has no conv layers, so no feature maps or Grad-CAM" in notes[-1]
+    with Image.open(paths[1]) as im:
+        assert im.size[0] > 600 and im.size[1] > 300  # three rows, one per hidden layer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Depths side by side
+
+
+@pytest.fixture(scope="module")
+def depth_run(tmp_path_factory, tiny_dls):
+    """Saved (untrained) bn models of depths 1, 3 and 6 (two seeds of 3), and mlp models of depths 1 and 2."""
+    run_dir = tmp_path_factory.mktemp("depths")
+    for arch, depth, seed in [("bn", 1, 0), ("bn", 3, 0), ("bn", 3, 1), ("bn", 6, 0), ("mlp", 1, 0), ("mlp", 2, 0)]:
+        torch.manual_seed(seed)
+        save_run_model(model_path(run_dir, arch, depth, seed), depth_cnn(depth, arch=arch), tiny_dls)
+    return run_dir
+
+
+def test_explain_depths_one_figure_a_row_per_depth(depth_run, tmp_path):
+    notes = []
+    two = explain_depths(depth_run, [6, 1], arch="bn", index=4, out=tmp_path / "two", log=notes.append)
+    three = explain_depths(depth_run, None, arch="bn", index=4, target="cat", out=tmp_path / "all", log=notes.append)
+    assert two == tmp_path / "two" / "depths.png"
+    with Image.open(two) as a, Image.open(three) as b:
+        a.verify()
+        assert b.size[1] > a.size[1] * 1.3 and a.size[0] > 900  # a row per depth; 2 + 4 stages + Grad-CAM wide
+    assert [n for n in notes if n.startswith("several seeds")] == [
+        "several seeds saved; using the lowest (pass --seed to pick one): depth 3: seed 0 of 0, 1"]
+    predicted = [n for n in notes if "predicted" in n]
+    assert [n.split(":")[0] for n in predicted] == ["bn-d1-s0", "bn-d6-s0", "bn-d1-s0", "bn-d3-s0", "bn-d6-s0"]
+    assert all("validation image 4 (true: airplane)" in n for n in predicted)
+    default = explain_depths(depth_run, [1, 3], arch="bn")
+    assert default == depth_run / "explain" / "bn-d1_3" / "depths.png"
+
+
+def test_explain_depths_of_mlps(depth_run, tmp_path):
+    path = explain_depths(depth_run, arch="mlp", out=tmp_path)
+    with Image.open(path) as im:
+        assert im.size[0] > 500 and im.size[1] > 300
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(depths=[3, 4], arch="bn"), "depth 4 is not saved in"),
+    (dict(depths=[3]), "holds models of several archs (bn, mlp); pick one with --arch"),
+    (dict(depths=[1, 6], arch="bn", seed=1), "seed 1 is not saved for bn depth 1"),
+    (dict(depths=[1], arch="bn", target="zebra"), "unknown target class 'zebra'"),
+    (dict(depths=[1], arch="bn", index=3, image="x.png"), "give --image or --index, not both"),
+])
+def test_explain_depths_bad_input_is_one_line(depth_run, kwargs, message):
+    with pytest.raises(CnnDepthError, match=re.escape(message)) as e:
+        explain_depths(depth_run, **kwargs)
+    assert "\n" not in str(e.value)
+    if "depth 4" in message:
+        assert str(e.value).endswith("saved depths: 1, 3, 6")
+
+
+def test_cli_explain_depths(depth_run, tmp_path):
+    r = runner.invoke(app, ["explain", str(depth_run), "--depths", "1", "6", "--arch", "bn", "--index", "1", "--out",
+                            str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().splitlines() == [str(tmp_path / "depths.png")]
+    r = runner.invoke(app, ["explain", str(depth_run), "--depths", "all", "--arch", "mlp", "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "mlp-d2-s0: validation image 0" in r.output
+    for args, message in ((["--depths", "1", "--depth", "3"], "give --depth N (one model) or --depths 2 4 8"),
+                          (["--depths", "x"], "depths: 'x' is not a whole number or a range")):
+        r = runner.invoke(app, ["explain", str(depth_run), "--arch", "bn", *args])
+        assert r.exit_code == 2 and r.output.startswith("error: ") and message in r.output
+        assert len(r.output.strip().splitlines()) == 1
 
 
 def test_cli_explain_with_image(run, tmp_path):

@@ -34,3 +34,55 @@ def test_seeded_fit_one_cycle_lowers_training_loss(sample_dls, arch, depth):
     after = learn.validate(dl=train_eval)[0]
     assert after < before - 0.1, (before, after)
     assert torch.isfinite(torch.tensor(after))
+
+
+@pytest.mark.parametrize("arch,depth", [("bn", 4), ("residual", 5), ("plain", 3), ("mlp", 3), ("simplecnn", None),
+                                        ("fashiondnn", None), ("resnet18", None)])
+def test_freeze_trains_the_head_and_batchnorm_only(sample_dls, arch, depth):
+    learn = depth_learner(sample_dls, depth=depth, arch=arch)
+    assert all(p.requires_grad for p in learn.model.parameters())  # from scratch: nothing frozen
+    learn.freeze()
+    assert len(learn.opt.param_groups) == 2  # body, head
+    body = [m for name, m in learn.model.named_children() if name != "head"]
+    bn = {id(p) for m in body for mod in m.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
+          for p in mod.parameters()}
+    head = {id(p) for p in learn.model.head.parameters()}
+    trainable = {id(p) for p in learn.model.parameters() if p.requires_grad}
+    assert trainable == head | bn  # fastai's train_bn=True keeps the body's BatchNorm trainable
+    assert head and len(trainable) < len(list(learn.model.parameters()))
+    learn.unfreeze()
+    assert all(p.requires_grad for p in learn.model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transfer", ["feature-extraction", "fine-tune"])
+def test_fit_learner_transfer_modes(transfer):
+    from cnn_depth.learner import fit_learner
+
+    dls = dataloaders("cifar10-sample", bs=16, max_per_class=4, device="cpu")  # 40 images: 2 batches an epoch
+    set_seed(0, reproducible=True)
+    learn = depth_learner(dls, arch="resnet18")
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with learn.no_bar(), learn.no_logging():
+        fit_learner(learn, 2, 1e-3, transfer)
+    after = learn.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    convs = [k for k in before if k.endswith(".weight") and before[k].ndim == 4]
+    assert any(k.startswith("head.") for k in changed)
+    assert any(k.startswith("stem.1.") for k in changed)  # BatchNorm trains either way (train_bn)
+    if transfer == "feature-extraction":
+        assert not changed & set(convs)  # the body's convs stay as loaded
+    else:
+        assert set(convs) <= changed  # fine_tune's second cycle trains everything
+    assert len(learn.recorder.values) == (2 if transfer == "feature-extraction" else 1)  # the last fit's epochs
+
+
+def test_fit_learner_refuses_bad_modes(sample_dls):
+    from cnn_depth import CnnDepthError
+    from cnn_depth.learner import fit_learner
+
+    learn = depth_learner(sample_dls, depth=2)
+    with pytest.raises(CnnDepthError, match="needs --epochs 2 or more"):
+        fit_learner(learn, 1, 1e-3, "fine-tune")
+    with pytest.raises(CnnDepthError, match="transfer must be one of feature-extraction, fine-tune"):
+        fit_learner(learn, 2, 1e-3, "fine_tune")

@@ -8,6 +8,7 @@ from cnn_depth import CnnDepthError, count_params, depth_cnn, layer_table, list_
 from cnn_depth.models import model_spec, stage_sizes
 
 FAMILIES = [m for m in list_models() if model_spec(m).depth is None]
+CONV_FAMILIES = [m for m in FAMILIES if model_spec(m).kind == "cnn"]
 PRESETS = [m for m in list_models() if model_spec(m).depth is not None]
 DEPTHS = [1, 2, 3, 4, 5, 8, 20]
 SHAPES = [(3, 32, 32), (1, 28, 28)]
@@ -40,7 +41,7 @@ def test_params_never_decrease_with_depth(arch):
     assert counts[-1] > counts[0]
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("arch", CONV_FAMILIES)
 @pytest.mark.parametrize("depth", [1, 3, 4, 9, 20])
 def test_depth_counts_main_path_3x3_convs(arch, depth):
     model = depth_cnn(depth, arch=arch)
@@ -81,13 +82,63 @@ def test_config_records_constructor_arguments():
         arch="residual", depth=5, n_in=1, n_out=3, img_size=[28, 28])
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("shape", SHAPES, ids=["rgb32", "gray28"])
+def test_mlp_depth_is_hidden_linear_layers_halving_to_32(depth, shape):
+    model = depth_cnn(depth, n_in=shape[0], n_out=7, arch="mlp", img_size=shape[1:])
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == depth + 1  # hidden layers + the head
+    assert [m.out_features for m in linears] == [256, 128, 64, 32, 32, 32, 32, 32, 32][:depth] + [7]
+    assert linears[0].in_features == shape[0] * shape[1] * shape[2]  # the flatten size, from the image size
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == depth
+    assert list(dict(model.named_children())) == ["flatten"] + [f"hidden{i}" for i in range(1, depth + 1)] + ["head"]
+
+
+class FashionDNN(torch.nn.Module):
+    """The book chapter's model, as printed there."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(in_features=784, out_features=256)
+        self.drop = torch.nn.Dropout(0.25)
+        self.fc2 = torch.nn.Linear(in_features=256, out_features=128)
+        self.fc3 = torch.nn.Linear(in_features=128, out_features=10)
+
+    def forward(self, input_data):
+        out = input_data.view(-1, 784)
+        out = torch.nn.functional.relu(self.fc1(out))
+        out = self.drop(out)
+        out = torch.nn.functional.relu(self.fc2(out))
+        return self.fc3(out)
+
+
+def test_fashiondnn_is_the_chapters_model():
+    torch.manual_seed(0)
+    ours, theirs = depth_cnn(arch="fashiondnn", n_in=1, img_size=28), FashionDNN()
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
+    with torch.no_grad():
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            a.copy_(b)
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+        torch.manual_seed(1)
+        y1 = ours.train()(x)
+        torch.manual_seed(1)
+        assert torch.equal(y1, theirs.train()(x))  # the same dropout, in the same place (after fc1's ReLU)
+    assert ours.config == dict(arch="fashiondnn", depth=2, n_in=1, n_out=10, img_size=[28, 28])
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(depth=0), "depth must be a whole number ≥ 1, got 0 (the number of conv layers)"),
     (dict(depth=-3), "depth must be a whole number ≥ 1"),
     (dict(depth=2.5), "whole number"),
     (dict(depth="x"), "whole number"),
     (dict(depth=3, arch="vgg"), "unknown arch 'vgg'; choose one of: plain, bn, residual"),
-    (dict(depth=5, arch="simplecnn"), "fixed depth of 3"),
+    (dict(depth=5, arch="simplecnn"), "fixed depth of 3; use depth 3 or a family arch (plain, bn, residual, mlp)"),
+    (dict(depth=0, arch="mlp"), "depth must be a whole number ≥ 1, got 0 (the number of hidden layers)"),
+    (dict(depth=34, arch="resnet18"), "preset resnet18 has a fixed depth of 18"),
+    (dict(arch="bn", depth=3, pretrained=True), "arch bn has no pretrained weights; --pretrained works with resnet18"),
     (dict(depth=None, arch="bn"), "whole number"),
     (dict(arch="tutorial-net", img_size=8), "cannot take 8×8 images"),
 ])

@@ -171,13 +171,19 @@ def test_a_run_found_twice_is_counted_once(tmp_path):
 
 
 def test_labels_name_what_differs():
-    base = ("toy", "bn", "/d/toy", "2", "0.003", "16", "all", "fast", "False", "2", "cpu", "fp32")
-    other = ("toy", "bn", "/e/toy", "2", "find", "16", "all", "fast", "False", "4", "cpu", "fp32")
+    base = ("toy", "bn", "/d/toy", "2", "0.003", "16", "all", "fast", "False", "2", "cpu", "fp32", "False", "none")
+    other = ("toy", "bn", "/e/toy", "2", "find", "16", "all", "fast", "False", "4", "cpu", "fp32", "False", "none")
     labels, common = group_labels([base, other])
     assert labels == ["bn · from /d/toy · lr 0.003 · 2 threads", "bn · from /e/toy · lr find · 4 threads"]
-    assert common == "toy · 2 ep · bs 16 · all images · fast pipeline · no augment · cpu · fp32"
+    assert common == ("toy · 2 ep · bs 16 · all images · fast pipeline · no augment · cpu · fp32 · from scratch · "
+                      "no transfer")
     assert group_labels([base]) == (["bn · toy · 2 ep"], "from /d/toy · lr 0.003 · bs 16 · all images · fast pipeline · "
-                                                         "no augment · 2 threads · cpu · fp32")
+                                                         "no augment · 2 threads · cpu · fp32 · from scratch · no transfer")
+    tuned = ("toy", "resnet18", "/d/toy", "2", "0.003", "16", "all", "fast", "False", "2", "cpu", "fp32", "True",
+             "fine-tune")
+    scratch = tuned[:12] + ("False", "none")
+    assert group_labels([tuned, scratch])[0] == ["resnet18 · pretrained · fine-tune",
+                                                 "resnet18 · from scratch · no transfer"]
 
 
 # --- files from older versions, and files that are damaged ---------------------------------------------------
