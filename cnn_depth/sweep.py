@@ -509,7 +509,8 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None) -> Engine:
+def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recorded_threads: Optional[int] = None
+                  ) -> Engine:
     """The engine for ``cfg``'s ``workers``, ``threads``, ``runs_per_gpu`` and ``ray`` with ``todo`` runs to do.
 
     ``auto`` on a CPU machine: one worker per core (at most one per run, and as many as the memory holds at
@@ -517,10 +518,14 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None) -> En
     with every core. With CUDA: ``runs_per_gpu`` workers on each visible GPU. Why one thread per worker on
     CPUs: small CNNs use extra threads poorly, and on a shared host torch's thread pools collapse (see
     ``experiments/bench_sweep.py`` and docs/cli.md).
+
+    ``recorded_threads``: the one thread count the folder's finished runs used, if they agree. ``--threads
+    auto`` then keeps it (and the workers follow from it), so that a resumed or extended sweep stays one
+    group in the reports: the thread count can change a result's last digits.
     """
     cpus = cpus or available_cpus()
     ray = cfg.ray or os.environ.get("RAY_ADDRESS") or None
-    threads = cfg.threads if cfg.threads != "auto" else None
+    threads = cfg.threads if cfg.threads != "auto" else recorded_threads
     if ray:
         workers = cfg.workers if cfg.workers != "auto" else max(1, todo)
         return Engine("ray", max(1, min(workers, todo)), threads or 1, runs_per_gpu=cfg.runs_per_gpu, ray=ray)
@@ -535,11 +540,11 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None) -> En
         workers = len(gpus) * cfg.runs_per_gpu
     else:
         memory = _available_memory()
-        workers = min(cpus, max(1, memory // WORKER_MEMORY) if memory else cpus)
+        workers = min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus)
     workers = max(1, min(workers, todo))
     threads = threads or max(1, cpus // workers)
     if workers == 1:
-        return Engine("inline", 1, threads if threads else cpus)
+        return Engine("inline", 1, threads)
     return Engine("local", workers, threads, gpus, cfg.runs_per_gpu)
 
 
@@ -667,7 +672,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
         jobs = _jobs(cfg, finished, found_lrs)
         todo = sum(job.kind == "run" for job in jobs)
-        engine = choose_engine(cfg, todo)
+        threads_used = set(pd.to_numeric(ok.get("threads", pd.Series(dtype=float)), errors="coerce").dropna())
+        engine = choose_engine(cfg, todo, recorded_threads=int(threads_used.pop()) if len(threads_used) == 1 else None)
         device = resolve_device(cfg.device)
         starting = stack.enter_context(_starting(engine))  # workers start while the driver gets the data ready
         # built here first: the dataset is checked (and decoded into the disk cache) before any worker starts
@@ -766,10 +772,9 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                         progress.end(job.index, result.row, 0.0)
                         continue
                     lr = cfg.lr if cfg.lr != "find" else lrs.get(job.depth)
-                    t0, inline = time.monotonic(), engine.kind == "inline"
+                    t0, inline, submitting = time.monotonic(), engine.kind == "inline", job
                     if inline:  # the job runs inside submit: announce it first
                         _announce(job, "", progress, say)
-                    submitting = job
                     fut = ex.submit(run_job, cfg, job, lr, out, tuple(cbs))
                     submitting = None
                     if not inline:

@@ -17,7 +17,7 @@ from cnn_depth.cli import app, gather_list_values
 from cnn_depth.records import RESULT_COLUMNS
 
 runner = CliRunner()
-SMALL = ["--epochs", "1", "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--quiet"]
+SMALL = ["--epochs", "1", "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--quiet", "--workers", "1"]
 # Filled on every row of a finished run; error is empty when status is ok.
 FILLED = [c for c in RESULT_COLUMNS if c not in ("error", "transfer")]  # transfer: empty for a run from scratch
 
@@ -132,8 +132,8 @@ def test_report_keeps_sweeps_of_other_image_counts_apart(bn_sweep, tmp_path):
     """Issue #13: a --max-per-class 20 sweep next to a --max-per-class 10 one: two groups, no row dropped."""
     out_a, _ = bn_sweep
     out_b = tmp_path / "m20"
-    assert runner.invoke(app, ["sweep", "--depths", "1", "2", "--epochs", "1", "--max-per-class", "20", "--bs", "16",
-                               "--device", "cpu", "--quiet", "--out", str(out_b)]).exit_code == 0
+    assert runner.invoke(app, ["sweep", "--depths", "1", "2", *SMALL, "--max-per-class", "20", "--out",
+                               str(out_b)]).exit_code == 0
     r = runner.invoke(app, ["report", str(out_a), str(out_b), "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0 and r.stderr == "", r.output  # no "appears in more than one file" warning
     s = pd.read_csv(tmp_path / "cmp" / "summary.csv")

@@ -123,6 +123,11 @@ def test_auto_engine_fills_the_cores_and_never_spawns_for_one_run():
     assert (many.kind, many.workers, many.threads) == ("local", 3, 5)  # never more workers than runs
     given = choose_engine(SweepConfig(device="cpu", workers=1, threads=3), todo=6, cpus=2)
     assert (given.kind, given.workers, given.threads) == ("inline", 1, 3)
+    # a resumed sweep keeps the thread count its finished runs used, so its rows stay one group
+    kept = choose_engine(cfg, todo=1, cpus=2, recorded_threads=1)
+    assert (kept.kind, kept.workers, kept.threads) == ("inline", 1, 1)
+    kept = choose_engine(cfg, todo=6, cpus=4, recorded_threads=2)
+    assert (kept.kind, kept.workers, kept.threads) == ("local", 2, 2)
 
 
 @pytest.mark.parametrize("args,message", [
