@@ -5,8 +5,9 @@ changes how pixels reach the model:
 
 - :func:`decoded_images` decodes every item once with :func:`cnn_depth.data.load_image` (the DataBlock's
   own decode) into one ``(n, c, h, w)`` uint8 array, in parallel processes for large sets, and caches it as
-  ``.npy`` under ``cache_dir()/decoded``, keyed by the item list (relative paths, sizes, mtimes) and the
-  decode settings (channels, resize), so a changed file means a new key and a rebuild.
+  ``.npy`` under ``cache_dir()/decoded``, keyed by the items' identity (resolved root, relative paths,
+  sizes, mtimes and content fingerprints) and the decode settings (channels, resize), so a changed file
+  means a new key and a rebuild; the sha256 of its bytes is recorded beside it and checked on every load.
 - :class:`TensorDL` is a fastai ``TfmdDL`` over the DataBlock's ``Datasets`` whose batches are sliced out
   of that array with one ``index_select`` per batch (no per-item Python work). :class:`FlipPadCrop`
   augmentation and :class:`ToFloatNormalize` (float conversion and normalisation) are fastai batch
@@ -17,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
-import sys
+import operator
 import time
-from concurrent.futures import ProcessPoolExecutor
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -35,22 +34,24 @@ from fastai.vision.augment import RandTransform
 from fastcore.basics import noop
 from torch import Tensor
 
-from .data import ImageSource, hash_items, image_datablock, load_image
-from .files import atomic_write, cache_dir
+from .cache import shared_entry, write_entry
+from .data import ImageSource, _workers, image_datablock, items_fingerprint, load_image, map_chunks
+from .errors import CnnDepthError
+from .files import cache_dir
 
-DECODE_VERSION = 1  # bump when the cache layout or the decode changes
-PARALLEL_MIN = 4000  # images: below this one process decodes faster than starting a pool (~117 µs/image)
-CHUNK = 1000  # images per task sent to a decode worker
+DECODE_VERSION = 2  # bump when the cache layout or the decode changes (2: keyed by content, hash recorded)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Decode once, cache on disk
 
 
-def decode_key(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]]) -> str:
-    """Cache key: the items' relative paths, byte sizes and mtimes (ns), plus channels and resize."""
-    h = hash_items(hashlib.sha256(f"v{DECODE_VERSION}|n_in={n_in}|size={size}\n".encode()), root, items)
-    return h.hexdigest()[:24]
+def decode_key(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]],
+               fingerprint: Optional[str] = None) -> str:
+    """Cache key: the items' identity (:func:`cnn_depth.data.items_fingerprint`: resolved root, relative
+    paths, sizes, mtimes, content fingerprints; pass ``fingerprint`` when known) plus channels and resize."""
+    fingerprint = fingerprint or items_fingerprint(root, items)
+    return hashlib.sha256(f"v{DECODE_VERSION}|n_in={n_in}|size={size}|{fingerprint}".encode()).hexdigest()[:24]
 
 
 def decoded_path(key: str) -> Path:
@@ -58,67 +59,95 @@ def decoded_path(key: str) -> Path:
     return cache_dir() / "decoded" / f"{key}.npy"
 
 
+def array_digest(arr: np.ndarray) -> str:
+    """sha256 of an array's bytes (C order): 0.25 s for CIFAR-10's 184 MB on one core."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
+
+
 def _decode_chunk(paths: Sequence[Path], n_in: int, size: Optional[tuple[int, int]]) -> np.ndarray:
     """Decode ``paths`` into one (k, c, h, w) uint8 array (runs in a worker process)."""
-    return np.stack([load_image(p, n_in, size).transpose(2, 0, 1) for p in paths])
-
-
-def _workers(n: int, workers: Optional[int]) -> int:
-    if workers is not None:
-        return max(1, workers)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if n < PARALLEL_MIN else min(cpus, 8)
+    out = []
+    for p in paths:
+        try:
+            out.append(load_image(p, n_in, size).transpose(2, 0, 1))
+        except CnnDepthError:
+            raise
+        except Exception as e:  # the scan decoded it: it changed since
+            raise CnnDepthError(f"cannot decode {p} ({str(e) or type(e).__name__}), although it was readable when "
+                                f"the dataset was scanned; is another program changing it?") from e
+    return np.stack(out)
 
 
 def _decode_all(items: Sequence[Path], n_in: int, size, shape: tuple, workers: int) -> np.ndarray:
     out = np.empty((len(items), *shape), dtype=np.uint8)
-    starts = range(0, len(items), CHUNK)
-    if workers == 1:
-        for s in starts:
-            out[s:s + CHUNK] = _decode_chunk(items[s:s + CHUNK], n_in, size)
-        return out
-    # fork where the platform has it: workers start in milliseconds and need nothing re-imported
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        futures = {s: ex.submit(_decode_chunk, items[s:s + CHUNK], n_in, size) for s in starts}
-        for s in starts:  # pop each result once copied, so the chunks never add up to a second copy
-            out[s:s + CHUNK] = futures.pop(s).result()
+    for s, chunk in map_chunks(_decode_chunk, items, workers, n_in, size):
+        out[s:s + len(chunk)] = chunk
     return out
 
 
+def _load_decoded(path: Path, n: int, mmap: bool) -> Optional[np.ndarray]:
+    """The cached array at ``path`` if its ``.json`` says it holds ``n`` images and its bytes match the
+    hash recorded there; None when absent or damaged (a damaged one is reported: it will be rebuilt)."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        arr = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if not (isinstance(meta, dict) and meta.get("version") == DECODE_VERSION and meta.get("n") == n
+            and arr.dtype == np.uint8 and list(arr.shape) == meta.get("shape") and len(arr) == n):
+        return None
+    if array_digest(arr) != meta.get("sha256"):
+        warnings.warn(f"the decoded images in {path} do not match the hash recorded beside them (damaged or "
+                      f"changed); decoding again", stacklevel=4)
+        return None
+    return arr
+
+
 def decoded_images(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]],
-                   workers: Optional[int] = None, rebuild: bool = False) -> torch.Tensor:
+                   workers: Optional[int] = None, rebuild: bool = False, mmap: bool = True,
+                   fingerprint: Optional[str] = None) -> torch.Tensor:
     """All ``items`` decoded as :func:`load_image` does, as one (n, c, h, w) uint8 tensor, cached on disk.
 
+    The cache entry (``.npy`` and a ``.json`` with the sha256 of its bytes) is built once however many
+    processes ask at once (see :mod:`cnn_depth.cache`), and checked against its hash on every load.
+
     Args:
-        root: the dataset root; the cache key uses paths relative to it.
+        root: the dataset root; the cache key uses its resolved path and paths relative to it.
         items: image files, in the order wanted.
         n_in: channels (1 grayscale, 3 RGB).
         size: (h, w) to resize to, or None when every image already has one size.
         workers: decode processes; by default one below ``PARALLEL_MIN`` images, else one per CPU (≤ 8).
         rebuild: decode again even when a cached copy exists.
+        mmap: map the cached file into memory copy-on-write instead of reading it: processes that load the
+            same entry share one copy of its pages (the OS page cache), and a write to the tensor copies
+            only the page written. False reads a private copy.
+        fingerprint: :func:`cnn_depth.data.items_fingerprint` of ``(root, items)`` when already computed.
     """
     items = [Path(p) for p in items]
     root = Path(root)
-    path = decoded_path(decode_key(root, items, n_in, size))
-    if path.exists() and not rebuild:
-        try:
-            arr = np.load(path)
-            if arr.dtype == np.uint8 and arr.ndim == 4 and len(arr) == len(items):
-                return torch.from_numpy(arr)
-        except (OSError, ValueError):  # a damaged file is rebuilt below
-            pass
-    first = load_image(items[0], n_in, size)
-    shape = (first.shape[2], first.shape[0], first.shape[1])
-    t0 = time.perf_counter()
-    arr = _decode_all(items, n_in, size, shape, _workers(len(items), workers))
-    seconds = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(version=DECODE_VERSION, root=str(root), n=len(items), shape=list(arr.shape), n_in=n_in,
-                size=list(size) if size else None, seconds=round(seconds, 2), first=str(items[0].relative_to(root)))
-    # written aside, then renamed: a reader never sees half a file (a lost entry is decoded again: no fsync)
-    atomic_write(path, lambda f: np.save(f, arr), durable=False)
-    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1), durable=False)
+    path = decoded_path(decode_key(root, items, n_in, size, fingerprint))
+
+    def load(p: Path) -> Optional[np.ndarray]:
+        return None if rebuild else _load_decoded(p, len(items), mmap)
+
+    def build(p: Path) -> np.ndarray:
+        first = load_image(items[0], n_in, size)
+        shape = (first.shape[2], first.shape[0], first.shape[1])
+        t0 = time.perf_counter()
+        arr = _decode_all(items, n_in, size, shape, _workers(len(items), workers))
+        seconds = time.perf_counter() - t0
+        meta = dict(version=DECODE_VERSION, root=str(root), n=len(items), shape=list(arr.shape), n_in=n_in,
+                    size=list(size) if size else None, seconds=round(seconds, 2),
+                    first=str(items[0].relative_to(root)), sha256=array_digest(arr))
+        # the array first, then its .json: an entry is valid only once both are in place and agree
+        write_entry(p, lambda f: np.save(f, arr, allow_pickle=False), "write decoded images")
+        write_entry(p.with_suffix(".json"), json.dumps(meta, indent=1), "write decoded images")
+        if mmap:  # share the pages just written instead of keeping this private copy
+            del arr
+            return np.load(p, mmap_mode="c", allow_pickle=False)
+        return arr
+
+    arr = shared_entry(path, load, build, "decoding the same images")
     return torch.from_numpy(arr)
 
 
@@ -215,18 +244,23 @@ class TensorDL(TfmdDL):
 
 
 def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], stats: tuple[list, list],
-                       bs: int = 64, augment: bool = False, device=None, workers: Optional[int] = None, **kw):
+                       bs: int = 64, augment: bool = False, device=None, workers: Optional[int] = None,
+                       mmap: bool = True, **kw):
     """fastai ``DataLoaders`` for ``folder`` served from decoded uint8 tensors (see :func:`decoded_images`).
 
     The items, split and labels come from ``image_datablock(folder, size)`` exactly as in the stock
     pipeline. Each batch is converted and normalised with ``stats`` (mean, std lists) by
     :class:`ToFloatNormalize`, after :class:`FlipPadCrop` on training batches when ``augment``. Off the
-    CPU the whole uint8 array is moved to ``device`` once and batches are sliced there. ``**kw`` goes to
-    ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
+    CPU the whole uint8 array is moved to ``device`` once and batches are sliced there. ``mmap`` goes to
+    :func:`decoded_images`; ``**kw`` to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
     """
     dblock = image_datablock(folder, size)
     dsets = dblock.datasets(folder.root)  # items, split and vocab; nothing is decoded here
-    images = decoded_images(folder.root, dsets.items, folder.n_in, size, workers=workers)
+    # the scan's fingerprint names these very files when the DataBlock found the same list (it always does
+    # unless the folder changed in between): no second read of every file
+    same = len(dsets.items) == len(folder.items) and all(map(operator.eq, dsets.items, folder.items))
+    images = decoded_images(folder.root, dsets.items, folder.n_in, size, workers=workers, mmap=mmap,
+                            fingerprint=folder.fingerprint if same else None)
     # Targets from the DataBlock's own label pipeline (parent_label, then Categorize), run once per class
     # folder since the label is the parent folder's name (60,000 items: 0.02 s instead of 1.6 s).
     label, by_folder = dsets.tls[1].tfms, {}

@@ -42,7 +42,8 @@ def data_info(dls) -> Optional[DataInfo]:
 
 def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: Optional[int] = None,
                 size=None, train_name: Optional[str] = None, valid_name: Optional[str] = None,
-                num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False, **kw):
+                num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False,
+                mmap: bool = True, **kw):
     """fastai ``DataLoaders`` for a dataset name, a folder or an archive.
 
     Args:
@@ -63,6 +64,8 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
         augment: random left-right flip and pad-4-and-random-crop on the training set (never validation):
             per batch on the device in the fast pipeline, per item with fastai's ``FlipItem``, ``CropPad``
             and ``RandomCrop`` in the pil pipeline (same distribution, different random draws).
+        mmap: fast pipeline: map the decoded cache into memory (processes share one copy) rather than read a
+            private copy (see :func:`cnn_depth.fastpath.decoded_images`).
         **kw: passed on to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
 
     Returns:
@@ -75,7 +78,7 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
     img_size = _image_size(folder, size)
     stats = channel_stats(folder, img_size)
     if pipeline == "fast":
-        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device, **kw)
+        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device, mmap=mmap, **kw)
     else:
         dblock = image_datablock(folder, img_size, batch_tfms=[Normalize.from_stats(*stats)], augment=augment)
         dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
