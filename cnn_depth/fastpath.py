@@ -10,13 +10,15 @@ changes how pixels reach the model:
   means a new key and a rebuild; the sha256 of its bytes is recorded beside it and checked on every load.
 - :class:`TensorDL` is a fastai ``TfmdDL`` over the DataBlock's ``Datasets`` whose batches are sliced out
   of that array with one ``index_select`` per batch (no per-item Python work). :class:`FlipPadCrop`
-  augmentation and :class:`ToFloatNormalize` (float conversion and normalisation) are fastai batch
-  transforms, so they run per batch on the DataLoaders' device and decode for display, and ``show_batch``,
-  ``Learner``, ``lr_find``, ``validate`` and ``predict`` work as with the stock pipeline.
+  augmentation, :class:`ToFloat` and :class:`FastNormalize` are fastai batch transforms at the stock
+  transforms' orders, so they run per batch on the DataLoaders' device, fastai's own batch augmentations
+  fit between them, and ``show_batch``, ``Learner``, ``lr_find``, ``validate`` and ``predict`` work as
+  with the stock pipeline.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import operator
 import time
@@ -172,7 +174,22 @@ def flip_pad_crop(x: torch.Tensor, pad: int = 4, flip: bool = True) -> torch.Ten
     return xp.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
-class FlipPadCrop(RandTransform):
+class _DirectCall:
+    """``__call__`` on an (image, target) batch goes straight to the image op: the result fastai's type
+    dispatch gives (``encodes`` on the ``TensorImage``, the target as it is), without its cost (about 0.15 ms
+    per transform and batch on a CPU, as much as the op itself on a CIFAR batch); any other input takes
+    the stock path."""
+
+    def __call__(self, b, split_idx=None, **kwargs):
+        if type(b) is tuple and len(b) == 2 and type(b[0]) is TensorImage and not kwargs \
+                and getattr(self, "p", 1.0) == 1.0:  # a RandTransform that always applies draws nothing
+            if self.split_idx is not None and split_idx != self.split_idx:
+                return b  # not this transform's split (FlipPadCrop: training only)
+            return self._image(b[0]), b[1]
+        return super().__call__(b, split_idx=split_idx, **kwargs)
+
+
+class FlipPadCrop(_DirectCall, RandTransform):
     """Batch transform: :func:`flip_pad_crop` on training batches only (``split_idx=0``).
 
     Order 5 puts it before the float conversion (10), so it moves uint8 rather than float pixels.
@@ -184,26 +201,39 @@ class FlipPadCrop(RandTransform):
         super().__init__(**kwargs)
         self.pad, self.flip = pad, flip
 
-    def encodes(self, x: TensorImage):
+    def _image(self, x: TensorImage) -> TensorImage:
         return flip_pad_crop(x, self.pad, self.flip)
 
+    def encodes(self, x: TensorImage):
+        return self._image(x)
 
-class ToFloatNormalize(Normalize):
-    """``IntToFloatTensor`` and ``Normalize`` as one batch transform: uint8 → ``(x / 255 - mean) / std``.
 
-    The same operations in the same order, so bit for bit the stock transforms' floats, but in place on a
-    plain tensor and dispatched once (about 0.2 ms less per CIFAR batch on a CPU). A ``Normalize``, so code
-    that looks for one finds it; decodes back to 0-255 pixels as the pair does, for ``show_batch``.
+class ToFloat(_DirectCall, IntToFloatTensor):
+    """fastai's ``IntToFloatTensor`` (order 10: uint8 → ``x / 255``) on a plain tensor, called directly.
+
+    The same operations as the stock transform, so bit for bit its floats; decodes back to 0-255 as it does.
     """
 
-    order = IntToFloatTensor.order  # 10: after FlipPadCrop (5), which moves uint8
+    def _image(self, x: TensorImage) -> TensorImage:
+        return TensorImage(x.as_subclass(Tensor).float().div_(self.div))
 
     def encodes(self, x: TensorImage):
-        return TensorImage(x.as_subclass(Tensor).float().div_(255.0).sub_(self.mean).div_(self.std))
+        return self._image(x)
 
-    def decodes(self, x: TensorImage):
-        f = to_cpu if x.device.type == "cpu" else noop
-        return ((x * f(self.std) + f(self.mean)).clamp(0.0, 1.0) * 255.0).long()
+
+class FastNormalize(_DirectCall, Normalize):
+    """fastai's ``Normalize`` (order 99: ``(x - mean) / std``) on a plain tensor, called directly.
+
+    At order 99 like the stock one, so fastai's batch augmentations (``aug_transforms``: affine at 30,
+    lighting at 40) run between the float conversion and the normalisation, on 0-1 floats, as they do in
+    the stock pipeline. The same operations, so bit for bit its floats; decodes as it does.
+    """
+
+    def _image(self, x: TensorImage) -> TensorImage:
+        return TensorImage(x.as_subclass(Tensor).sub(self.mean).div_(self.std))
+
+    def encodes(self, x: TensorImage):
+        return self._image(x)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,10 +263,12 @@ class TensorDL(TfmdDL):
         return super().new(dataset, cls, **kwargs)
 
     def create_batches(self, samps):
-        if self.images is None or self.bs is None:
+        if self.images is None or self.bs is None or self.n is None:
             yield from super().create_batches(samps)
             return
-        idx = self.index[torch.as_tensor(list(samps), dtype=torch.long, device=self.index.device)]
+        # At most n samples: fastai's index stream may be endless (show_batch(unique=True) repeats index 0).
+        samps = list(itertools.islice(samps, self.n))
+        idx = self.index[torch.as_tensor(samps, dtype=torch.long, device=self.index.device)]
         end = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
         for i in range(0, end, self.bs):
             g = idx[i:i + self.bs]
@@ -245,14 +277,15 @@ class TensorDL(TfmdDL):
 
 def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], stats: tuple[list, list],
                        bs: int = 64, augment: bool = False, device=None, workers: Optional[int] = None,
-                       mmap: bool = True, **kw):
+                       batch_tfms: Sequence = (), mmap: bool = True, **kw):
     """fastai ``DataLoaders`` for ``folder`` served from decoded uint8 tensors (see :func:`decoded_images`).
 
     The items, split and labels come from ``image_datablock(folder, size)`` exactly as in the stock
-    pipeline. Each batch is converted and normalised with ``stats`` (mean, std lists) by
-    :class:`ToFloatNormalize`, after :class:`FlipPadCrop` on training batches when ``augment``. Off the
-    CPU the whole uint8 array is moved to ``device`` once and batches are sliced there. ``mmap`` goes to
-    :func:`decoded_images`; ``**kw`` to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
+    pipeline, and so do the batch transforms' places: :class:`FlipPadCrop` on uint8 training batches when
+    ``augment`` (order 5), :class:`ToFloat` (10), ``batch_tfms`` (e.g. fastai's ``aug_transforms()``: 30,
+    40), :class:`FastNormalize` with ``stats`` (mean, std lists; 99). Off the CPU the whole uint8 array
+    is moved to ``device`` once and batches are sliced there. ``mmap`` goes to :func:`decoded_images`;
+    ``**kw`` to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
     """
     dblock = image_datablock(folder, size)
     dsets = dblock.datasets(folder.root)  # items, split and vocab; nothing is decoded here
@@ -273,6 +306,7 @@ def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], sta
         images, targets = images.to(device), targets.to(device)
     index = [torch.as_tensor(list(s), dtype=torch.long, device=images.device) for s in dsets.splits]
     dl_kwargs = [dict(images=images, targets=targets, index=i) for i in index]
-    after_batch = ([FlipPadCrop()] if augment else []) + [ToFloatNormalize.from_stats(*stats)]
+    after_batch = (([FlipPadCrop()] if augment else []) + [ToFloat()] + list(batch_tfms)
+                   + [FastNormalize.from_stats(*stats)])
     return dsets.dataloaders(bs=bs, dl_type=TensorDL, dl_kwargs=dl_kwargs, after_item=dblock.item_tfms,
                              after_batch=after_batch, device=device, **kw)
