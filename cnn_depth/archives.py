@@ -32,9 +32,9 @@ import zlib
 from pathlib import Path
 from typing import IO, Optional
 
-from .cache import CACHE_ERRNOS, cache_error, cache_folder, shared_entry, tmp_name
+from .cache import CACHE_ERRNOS, cache_error, shared_entry, tmp_name
 from .errors import CnnDepthError
-from .files import PathLike
+from .files import PathLike, cache_dir
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 MAX_EXTRACT_ENV = "CNN_DEPTH_MAX_EXTRACT_GB"
@@ -97,9 +97,8 @@ def extract(archive: PathLike, dest: Optional[PathLike] = None) -> Path:
     folder the archive's entries are in.
     """
     archive = Path(archive)
-    if dest is None:
-        dest = cache_folder("archives") / f"{archive.name.split('.')[0]}-{archive_key(archive)}"
-    dest = Path(dest)
+    # (the folder is created only to build: a complete entry in a read-only cache is used as it is)
+    dest = Path(dest) if dest else cache_dir() / "archives" / f"{archive.name.split('.')[0]}-{archive_key(archive)}"
 
     def load(entry: Path) -> Optional[Path]:
         return entry if (entry / COMPLETE).is_file() else None

@@ -43,11 +43,6 @@ def cache_error(e: OSError, path: Path, doing: str) -> CnnDepthError:
                          f"or set CNN_DEPTH_CACHE to a writable folder")
 
 
-def cache_folder(*parts: str) -> Path:
-    """``cache_dir()/parts``, created if missing; a one-line error if it cannot be."""
-    return make_folder(cache_dir().joinpath(*parts))
-
-
 def make_folder(path: Path) -> Path:
     """Create ``path`` (a cache folder) if missing and check it is writable; else a one-line error."""
     try:

@@ -34,7 +34,7 @@ from fastcore.foundation import L
 from PIL import Image
 
 from .archives import ARCHIVE_SUFFIXES, archive_key, extract, is_archive
-from .cache import cache_folder, shared_entry, write_entry
+from .cache import shared_entry, write_entry
 from .errors import CnnDepthError, check_int
 from .files import PathLike, cache_dir
 

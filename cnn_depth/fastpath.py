@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import TfmdDL
 from fastai.data.transforms import IntToFloatTensor, Normalize
-from fastai.torch_core import TensorCategory, TensorImage, default_device, to_cpu
+from fastai.torch_core import TensorCategory, TensorImage, default_device
 from fastai.vision.augment import RandTransform
-from fastcore.basics import noop
 from torch import Tensor
 
 from .cache import shared_entry, write_entry

@@ -4,7 +4,6 @@ import hashlib
 import io
 import os
 import tarfile
-import warnings
 import zipfile
 from urllib.error import URLError
 
