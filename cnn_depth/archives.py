@@ -29,6 +29,8 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Optional
 
@@ -112,12 +114,9 @@ def extract(archive: PathLike, dest: Optional[PathLike] = None) -> Path:
         except OSError as e:
             raise cache_error(e, entry.parent, "create a folder") from e
         try:
-            budget = _Budget(archive, max_extract_bytes())
-            if archive.name.lower().endswith(".zip"):
-                _extract_zip(archive, tmp, budget)
-            else:
-                _extract_tar(archive, tmp, budget)
-            with _writing(tmp):
+            writer = _Writer(archive, tmp, max_extract_bytes())
+            (_extract_zip if archive.name.lower().endswith(".zip") else _extract_tar)(archive, writer)
+            with writer._writing():
                 (tmp / COMPLETE).write_text(f"{archive}\n")
                 os.rename(tmp, entry)  # entry is absent: we hold its lock and removed any unfinished one
         except BaseException:
@@ -138,29 +137,17 @@ def _damaged(archive: Path, e: BaseException) -> CnnDepthError:
                          f"the file, or pass an extracted folder instead")
 
 
-class _writing:
-    """Context: an OSError while writing into the temporary folder ``tmp`` that says the cache is full,
-    read-only or not ours becomes a one-line cache error (others are the archive's: a name too long, ...)."""
+class _Writer:
+    """Writes an archive's members under ``root`` (the temporary folder): checks each name, counts bytes and
+    members against ``limit``, and tells a failed read (damage) from a failed write (the cache's problem)."""
 
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if isinstance(e, OSError) and e.errno in CACHE_ERRNOS:
-            raise cache_error(e, self.tmp.parent, "extract an archive") from e
-        return False
-
-
-class _Budget:
-    """Counts bytes and members against the extraction limit."""
-
-    def __init__(self, archive: Path, limit: int):
-        self.archive, self.limit, self.used, self.members = archive, limit, 0, 0
+    def __init__(self, archive: Path, root: Path, limit: int):
+        self.archive, self.root, self.limit = archive, root, limit
+        self.used = self.members = 0
+        self.made = {str(root)}  # folders known to exist: one mkdir per folder, not per file
 
     def take(self, size: int) -> None:
+        """Count one member of ``size`` bytes; a one-line error past the limit."""
         self.members += 1
         self.used += max(size, 0) + ENTRY_BYTES
         if self.used > self.limit:
@@ -169,34 +156,50 @@ class _Budget:
                 f"so far); if that is expected, raise the limit with {MAX_EXTRACT_ENV}=<GB>, or extract it yourself "
                 f"and pass the folder")
 
+    def target(self, name: str, is_dir: bool) -> Optional[str]:
+        """Where entry ``name`` goes (None: the root itself); a one-line error for a name that escapes or is
+        not UTF-8. Pure string normalisation is exact here: nothing under ``root`` is a link (none is made)."""
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CnnDepthError(f"refusing to extract {self.archive}: entry {name!r} has a name that is not UTF-8; "
+                                f"rename it and pack the archive again, or extract it yourself and rename the "
+                                f"files") from None
+        norm = os.path.normpath(name)
+        if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep) or (norm == "." and not is_dir):
+            raise CnnDepthError(f"refusing to extract {self.archive}: entry {name!r} would land outside the target "
+                                f"folder; unpack it yourself and pass the folder")
+        return None if norm == "." else os.path.join(self.root, norm)
 
-def _target(root: Path, name: str, archive: Path, is_dir: bool) -> Optional[Path]:
-    """Where entry ``name`` goes under ``root``; a one-line error for names that escape or are not UTF-8."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise CnnDepthError(f"refusing to extract {archive}: entry {name!r} has a name that is not UTF-8; rename "
-                            f"it and pack the archive again, or extract it yourself and rename the files") from None
-    target = (root / name).resolve()
-    if not target.is_relative_to(root.resolve()) or (target == root.resolve() and not is_dir):
-        raise CnnDepthError(f"refusing to extract {archive}: entry {name!r} would land outside the target "
-                            f"folder; unpack it yourself and pass the folder")
-    return None if target == root.resolve() else target
+    def mkdir(self, path: str) -> None:
+        if path not in self.made:
+            with self._writing():
+                os.makedirs(path, exist_ok=True)  # mode 0o777 less the umask
+            self.made.add(path)
 
-
-def _copy(src: IO[bytes], target: Path, root: Path, archive: Path) -> None:
-    """Copy one member's bytes (a failed read is damage, a failed write a cache problem)."""
-    with _writing(root):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as dst:
+    def copy(self, src: IO[bytes], target: str) -> None:
+        """Copy one member's bytes to ``target``."""
+        self.mkdir(os.path.dirname(target))
+        with self._writing(), open(target, "wb") as dst:
             while True:
                 try:
                     chunk = src.read(COPY_BYTES)
                 except READ_ERRORS as e:
-                    raise _damaged(archive, e) from e
+                    raise _damaged(self.archive, e) from e
                 if not chunk:
                     return
                 dst.write(chunk)
+
+    @contextmanager
+    def _writing(self):
+        """An OSError that says the cache is full, read-only or not ours becomes a one-line cache error;
+        others are the archive's (a name too long, a file where its folder should be)."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno in CACHE_ERRNOS:
+                raise cache_error(e, self.root.parent, "extract an archive") from e
+            raise
 
 
 def _decompressed(raw: IO[bytes]) -> IO[bytes]:
@@ -213,10 +216,12 @@ def _decompressed(raw: IO[bytes]) -> IO[bytes]:
 
 
 class _Tail(io.RawIOBase):
-    """A reader that counts the bytes read through it and keeps the last ``keep`` of them."""
+    """A reader that counts the bytes read through it and keeps at least the last ``keep`` of them."""
 
     def __init__(self, f: IO[bytes], keep: int = 1 << 20):
-        self.f, self.keep, self.pos, self.kept = f, keep, 0, b""
+        self.f, self.keep, self.pos = f, keep, 0
+        self.chunks: deque = deque()  # the last reads, oldest first, at least ``keep`` bytes when there are
+        self.kept = 0
 
     def readable(self) -> bool:
         return True
@@ -224,18 +229,21 @@ class _Tail(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         b = self.f.read(n)
         self.pos += len(b)
-        self.kept = (self.kept + b)[-self.keep:]
+        self.chunks.append(b)
+        self.kept += len(b)
+        while self.kept - len(self.chunks[0]) >= self.keep:
+            self.kept -= len(self.chunks.popleft())
         return b
 
     def after(self, offset: int) -> bytes:
         """The kept bytes from stream position ``offset`` on."""
-        start = self.pos - len(self.kept)
+        start = self.pos - self.kept
         if offset < start:
             raise ValueError("tar end marker is before the kept bytes")
-        return self.kept[offset - start:]
+        return b"".join(self.chunks)[offset - start:]
 
 
-def _extract_tar(archive: Path, root: Path, budget: _Budget) -> None:
+def _extract_tar(archive: Path, w: _Writer) -> None:
     try:
         raw = open(archive, "rb")
     except OSError as e:
@@ -245,17 +253,16 @@ def _extract_tar(archive: Path, root: Path, budget: _Budget) -> None:
             stream = _Tail(_decompressed(raw))
             with tarfile.open(fileobj=stream, mode="r|") as t:
                 for m in t:
-                    budget.take(m.size if m.isreg() else 0)
-                    target = _target(root, m.name, archive, m.isdir())
+                    w.take(m.size if m.isreg() else 0)
+                    target = w.target(m.name, m.isdir())
                     if m.issym() or m.islnk():
                         raise CnnDepthError(f"refusing to extract {archive}: it holds a link ({m.name}); "
                                             f"unpack it yourself and pass the folder")
                     if m.isdir():
                         if target is not None:
-                            with _writing(root):
-                                target.mkdir(parents=True, exist_ok=True)
+                            w.mkdir(target)
                     elif m.isreg():
-                        _copy(t.extractfile(m), target, root, archive)
+                        w.copy(t.extractfile(m), target)
                     else:
                         raise CnnDepthError(f"refusing to extract {archive}: entry {m.name!r} is not a file or "
                                             f"folder (a device or FIFO); unpack it yourself and pass the folder")
@@ -279,26 +286,26 @@ def _extract_tar(archive: Path, root: Path, budget: _Budget) -> None:
 ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}  # what zipfile reads
 
 
-def _extract_zip(archive: Path, root: Path, budget: _Budget) -> None:
+def _extract_zip(archive: Path, w: _Writer) -> None:
     try:
         z = zipfile.ZipFile(archive)
     except READ_ERRORS as e:
         raise _damaged(archive, e) from e
     try:
         with z:
-            _extract_zip_members(z, archive, root, budget)
+            _extract_zip_members(z, archive, w)
     except CnnDepthError:
         raise
     except READ_ERRORS as e:
         raise _damaged(archive, e) from e
 
 
-def _extract_zip_members(z: zipfile.ZipFile, archive: Path, root: Path, budget: _Budget) -> None:
+def _extract_zip_members(z: zipfile.ZipFile, archive: Path, w: _Writer) -> None:
     infos = z.infolist()
     for info in infos:  # the directory gives every size up front: check the limit before writing
-        budget.take(0 if info.is_dir() else info.file_size)
+        w.take(0 if info.is_dir() else info.file_size)
     for info in infos:
-        target = _target(root, info.filename, archive, info.is_dir())
+        target = w.target(info.filename, info.is_dir())
         if info.flag_bits & 0x1:
             raise CnnDepthError(f"cannot extract {archive}: entry {info.filename!r} is encrypted; decrypt it "
                                 f"yourself (unzip asks for the password) and pass the folder")
@@ -311,8 +318,7 @@ def _extract_zip_members(z: zipfile.ZipFile, archive: Path, root: Path, budget: 
                                 f"unpack it yourself and pass the folder")
         if info.is_dir():
             if target is not None:
-                with _writing(root):
-                    target.mkdir(parents=True, exist_ok=True)
+                w.mkdir(target)
             continue
         with z.open(info) as src:  # ZipExtFile checks the member's CRC-32 when its last byte is read
-            _copy(src, target, root, archive)
+            w.copy(src, target)

@@ -67,7 +67,9 @@ def test_processes_started_at_once_on_a_fresh_cache_all_succeed(tmp_path, round_
     assert reports[0]["counts"] == {"train": 300, "valid": 300} and reports[0]["n_bad"] == 0
     entries = [p for p in (cache / "archives").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / ".complete").is_file()
-    assert oct(entries[0].stat().st_mode & 0o077) != "0o0"  # not 0700: the user's umask, like any folder
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert entries[0].stat().st_mode & 0o777 == 0o777 & ~umask  # like any folder the user makes (was 0700)
     assert len(list((cache / "decoded").glob("*.npy"))) == 1 and len(list((cache / "scans").glob("*.json"))) == 1
     assert not _temporaries(cache)
 
@@ -76,12 +78,12 @@ KILLED = """
 import sys, time
 from pathlib import Path
 import cnn_depth.archives as archives
-copy = archives._copy
+copy = archives._Writer.copy
 def slow_copy(*args):  # the real copy, then a pause: the parent kills this process mid-extraction
     copy(*args)
     Path(sys.argv[2]).touch()
     time.sleep(0.05)
-archives._copy = slow_copy
+archives._Writer.copy = slow_copy
 from cnn_depth.data import image_folder
 image_folder(sys.argv[1])
 """

@@ -112,11 +112,12 @@ def test_zip_archive(image_folder_factory, tmp_path):
     assert image_folder(out).counts == {"train": 12, "valid": 12}
 
 
-def test_archive_entry_outside_target_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["../../escaped.txt", "/tmp/escaped.txt", "d/train/../../../escaped.txt"])
+def test_archive_entry_outside_target_is_refused(tmp_path, name):
     out = tmp_path / "evil.tgz"
     with tarfile.open(out, "w:gz") as t:
         data = b"x"
-        info = tarfile.TarInfo("../../escaped.txt")
+        info = tarfile.TarInfo(name)
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
     with pytest.raises(CnnDepthError, match="outside the target folder"):
