@@ -333,7 +333,16 @@ def to_uint8(im: Image.Image, path: PathLike = "") -> Image.Image:
 
 
 def open_image(path: PathLike, mode: Optional[str] = None) -> Image.Image:
-    """fastai's ``load_image`` (open, decode all of it, convert to ``mode``), with :func:`to_uint8` first."""
+    """fastai's ``load_image`` (open, decode all of it, convert to ``mode``), with :func:`to_uint8` first.
+
+    Only a regular file is opened (a FIFO would block PIL forever); anything else is a one-line error.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise CnnDepthError(f"no such image file: {_shown(path)}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise CnnDepthError(f"{_shown(path)} is not a regular file (a FIFO, device or folder); give an image file")
     im = Image.open(path)
     im.load()
     im = to_uint8(im._new(im.im), path)

@@ -394,3 +394,5 @@ def test_only_regular_files_are_images(image_folder_factory):
             dls = dataloaders(root, bs=4, device="cpu", pipeline=pipeline)
         assert dls.data_info.source.counts == {"train": 9, "valid": 8}
         assert len(dls.train_ds) == 9
+    with pytest.raises(CnnDepthError, match="fifo.png is not a regular file"):  # e.g. explain --image x.png
+        data_mod.load_image(a / "fifo.png", 3)
