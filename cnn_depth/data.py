@@ -2,109 +2,66 @@
 fastai DataBlock that turns them into DataLoaders.
 
 Every source ends up as a folder laid out ``<root>/<train>/<class>/*`` and ``<root>/<valid>/<class>/*``,
-read by one DataBlock: ``get_image_files`` items, ``GrandparentSplitter`` splits, ``parent_label`` labels.
+read by one DataBlock: ``image_items`` (the regular files ``get_image_files`` would pick), ``GrandparentSplitter``
+splits, ``parent_label`` labels. Every source is checked before use (see :func:`image_folder`).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import multiprocessing
 import os
-import shutil
-import tarfile
-import tempfile
+import stat
+import sys
 import warnings
-import zipfile
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.external import URLs, untar_data
-from fastai.data.transforms import GrandparentSplitter, get_image_files, parent_label
+from fastai.data.transforms import GrandparentSplitter, image_extensions, parent_label
 from fastai.vision.augment import CropPad, FlipItem, PadMode, RandomCrop, Resize, ResizeMethod
 from fastai.vision.core import PILImage, PILImageBW
 from fastai.vision.data import ImageBlock
 from fastcore.foundation import L
 from PIL import Image
 
+from .archives import ARCHIVE_SUFFIXES, archive_key, extract, is_archive
+from .cache import shared_entry, write_entry
 from .errors import CnnDepthError, check_int
-from .files import PathLike, atomic_write, cache_dir
+from .files import PathLike, cache_dir
 
 DEFAULT_SOURCE = "cifar10-sample"
 DEFAULT_SIZE = 32  # px: what mixed-size images are resized to when no size is given
 SPLIT_NAMES = [("train", "test"), ("train", "valid"), ("train", "val"), ("training", "testing")]
-ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 STATS_SAMPLE = 1000  # training images decoded to compute the per-channel mean and std
 PIPELINES = ("fast", "pil")  # dataloaders(pipeline=...): decoded tensors in memory, or a PIL decode per item
 SAMPLE_ARCHIVE = "cifar10_sample.tgz"  # package data: see experiments/make_cifar10_sample.py
 
 # ---------------------------------------------------------------------------------------------------------
-# Archives
-
-
-def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _file_key(path: Path) -> str:
-    """A short key for one file: its resolved path, byte size and mtime (see :func:`hash_items`)."""
-    path = path.resolve()
-    return hash_items(hashlib.sha256(str(path).encode()), path.parent, [path]).hexdigest()[:16]
-
-
-def _check_member(dest: Path, name: str, archive: Path) -> None:
-    target = (dest / name).resolve()
-    if not target.is_relative_to(dest.resolve()):
-        raise CnnDepthError(f"refusing to extract {archive}: entry {name!r} would land outside the target "
-                            f"folder; unpack it yourself and pass the folder")
+# Archives (see cnn_depth.archives: extraction is verified, bounded and safe for several processes)
 
 
 def extract_archive(archive: PathLike, dest: Optional[PathLike] = None) -> Path:
-    """Extract a .tgz/.tar.gz/.tar/.zip once into the cache (no entry may land outside it); return the folder.
-
-    An archive whose entries all sit in one top folder returns that folder.
-    """
-    archive = Path(archive)
-    dest = Path(dest) if dest else cache_dir() / "archives" / f"{archive.name.split('.')[0]}-{_file_key(archive)}"
-    if not (dest / ".complete").exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
-        try:
-            if archive.name.lower().endswith(".zip"):
-                with zipfile.ZipFile(archive) as z:
-                    for name in z.namelist():
-                        _check_member(tmp, name, archive)
-                    z.extractall(tmp)
-            else:
-                with tarfile.open(archive) as t:
-                    for m in t.getmembers():
-                        _check_member(tmp, m.name, archive)
-                        if (m.issym() or m.islnk()):
-                            raise CnnDepthError(f"refusing to extract {archive}: it holds a link ({m.name}); "
-                                                f"unpack it yourself and pass the folder")
-                    t.extractall(tmp, filter="data")
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CnnDepthError(f"cannot read archive {archive} ({e}); check the file or pass an extracted "
-                                f"folder instead") from e
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        (tmp / ".complete").write_text(str(archive))
-        if dest.exists():  # a half-finished extraction from an interrupted run
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    return _single_top_folder(dest)
+    """Extract a .tgz/.tar.gz/.tar/.zip once into the cache (see :func:`cnn_depth.archives.extract`); return
+    the folder, or the one top folder all its entries sit in."""
+    return _single_top_folder(extract(archive, dest))
 
 
 def _single_top_folder(root: Path) -> Path:
     """Descend into ``root``'s only folder while it has no files or other folders (macOS junk ignored)."""
     while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        try:
+            entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        except OSError as e:
+            raise CnnDepthError(f"cannot read folder {root} ({e.strerror or e}); check its permissions") from e
         if len(entries) == 1 and entries[0].is_dir() and not _find_splits(root, quiet=True):
             root = entries[0]
         else:
@@ -161,7 +118,7 @@ def _download(url: str, name: str, hint: str) -> Path:
                   "CIFAR-10, first 500 train + 100 test images per class (embedded, works offline)")
 def cifar10_sample() -> Path:
     with resources.as_file(resources.files("cnn_depth") / "_data" / SAMPLE_ARCHIVE) as archive:
-        return extract_archive(archive, cache_dir() / "datasets" / f"cifar10-sample-{_file_key(archive)}")
+        return extract_archive(archive, cache_dir() / "datasets" / f"cifar10-sample-{archive_key(archive)}")
 
 
 @register_dataset("cifar10", "train", "test", "full CIFAR-10 (50,000 / 10,000) via fastai's untar_data(URLs.CIFAR)")
@@ -205,32 +162,83 @@ def resolve_splits(root: Path, train_name: Optional[str] = None, valid_name: Opt
     return found
 
 
-def image_items(path: PathLike, folders: Sequence[str], max_per_class: Optional[int] = None,
-                exclude: Sequence[str] = ()) -> L:
-    """``get_image_files`` over the split folders, keeping ``<split>/<class>/<file>``, sorted, capped per class.
+def _shown(path: PathLike) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (surrogate escapes) shown as ``\\udcXX``."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
-    ``exclude`` holds paths relative to ``path`` (unreadable files); the cap counts what is left, so
-    ``max_per_class=N`` gives the first N readable images of each class in each split, by file name.
+
+def _check_name(name: str, folder: str) -> None:
+    """A one-line error for a file or folder name that is not UTF-8 (Linux allows any bytes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CnnDepthError(f"{_shown(os.path.join(folder, name))!r} has a name that is not UTF-8; rename it "
+                            f"(e.g. convmv -f latin1 -t utf8 -r --notest {_shown(folder)!r})") from None
+
+
+def _entries(folder: str) -> list:
+    """``os.scandir(folder)`` as a list; a one-line error for a folder that cannot be read."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise CnnDepthError(f"cannot read folder {_shown(folder)} ({e.strerror or e}); check its permissions") from e
+
+
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_dir()``/``is_file()`` (links followed), False where that fails (a dangling link, a loop)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
+
+
+def image_items(path: PathLike, folders: Sequence[str], max_per_class: Optional[int] = None,
+                exclude: Sequence[str] = (), skipped: Optional[list] = None) -> L:
+    """The image files ``<path>/<split>/<class>/<file>`` of the split ``folders``, sorted, capped per class.
+
+    Images are what fastai's ``get_image_files`` takes (an image extension, no hidden names), but only regular
+    files (a link to one counts): a dangling link, a link loop, a FIFO or a device named ``x.png`` is left
+    out and its path relative to ``path`` appended to ``skipped`` when given. Only the three levels are
+    read, so a link loop among the folders cannot make the walk endless. A name that is not UTF-8 is a
+    one-line error. ``exclude`` holds paths relative to ``path`` (unreadable files); the cap counts what
+    is left, so ``max_per_class=N`` gives the first N readable images of each class in each split, by name.
     """
-    path, skip, folders = Path(path), set(exclude), set(folders)
-    # Work on the relative path's parts as strings: pathlib per file costs ~1 s on CIFAR-10's 60,000 files.
-    # Sorting by the parts tuple is the order sorted() gives the Paths themselves.
-    kept, root = [], str(path)
-    for f in get_image_files(path, folders=list(folders)):
-        rel = _relative(f, root)
-        parts = tuple(rel.split(os.sep))
-        if len(parts) == 3 and parts[0] in folders and rel not in skip:
-            kept.append((parts, f))
+    path, skip, root = Path(path), set(exclude), str(path)
+    # Strings and os.scandir, not pathlib, per file: pathlib costs ~1 s on CIFAR-10's 60,000 files. Sorting
+    # by the parts tuple is the order sorted() gives the Paths themselves.
+    kept = []
+    for split in sorted(set(folders)):
+        split_dir = os.path.join(root, split)
+        for c in _entries(split_dir):
+            if c.name.startswith(".") or not _is(c, "dir"):
+                continue
+            _check_name(c.name, split_dir)
+            class_dir = path / split / c.name  # each item is class_dir / name: 25 % cheaper than Path(str)
+            for e in _entries(c.path):
+                name = e.name
+                if name.startswith(".") or f".{name.split('.')[-1].lower()}" not in image_extensions:
+                    continue
+                _check_name(name, c.path)
+                rel = f"{split}{os.sep}{c.name}{os.sep}{name}"
+                if not _is(e, "file"):
+                    if skipped is not None:
+                        skipped.append(rel)
+                elif rel not in skip:
+                    kept.append(((split, c.name, name), class_dir, name))
     kept.sort(key=lambda t: t[0])
-    if max_per_class is None:
-        return L(f for _, f in kept)
-    taken: Counter = Counter()
-    out = []
-    for (split, cls, _), f in kept:
-        if taken[split, cls] < max_per_class:
-            taken[split, cls] += 1
-            out.append(f)
-    return L(out)
+    if max_per_class is not None:
+        taken: Counter = Counter()
+        capped = []
+        for t in kept:
+            split, cls, _ = t[0]
+            if taken[split, cls] < max_per_class:
+                taken[split, cls] += 1
+                capped.append(t)
+        kept = capped
+    return L(class_dir / name for _, class_dir, name in kept)
 
 
 def _relative(f: PathLike, root: str) -> str:
@@ -239,42 +247,215 @@ def _relative(f: PathLike, root: str) -> str:
     return s[len(root) + 1:] if s.startswith(root + os.sep) else str(Path(f).relative_to(root))
 
 
-def hash_items(h, root: Path, items: Sequence[Path]):
-    """Feed each item's path (relative to ``root``), byte size and mtime (ns) to the hash ``h``; return it.
+FINGERPRINT_BYTES = 4096  # bytes of each file's start and end that go into cache keys
 
-    What cache keys are made of: a changed, added, removed or touched file changes the key.
+
+def hash_items(h, root: Path, items: Sequence[Path]):
+    """Feed each item's path (relative to ``root``), byte size, mtime (ns) and first and last
+    ``FINGERPRINT_BYTES`` to the hash ``h``; return it.
+
+    What cache keys are made of: a changed, added, removed or touched file changes the key, and so does new
+    content with the same size and mtime (two archives of one layout and fixed-size files). Files of up to
+    8 KiB (CIFAR's JPEGs) are hashed whole. A file that vanishes or is not a regular file is a one-line
+    error; one that cannot be read is hashed by its metadata (the scan reports it and is not cached).
     """
     root = str(root)
+    n = FINGERPRINT_BYTES
     for f in items:
-        st = os.stat(f)
-        h.update(f"{_relative(f, root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        rel = _relative(f, root)
+        try:  # O_NONBLOCK: a FIFO put in place of an image opens at once instead of waiting for a writer
+            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError as e:
+            raise _vanished(f) from e
+        except OSError as e:
+            h.update(os.fsencode(rel) + f"|unreadable:{e.errno}\n".encode())
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CnnDepthError(f"{_shown(f)} is not a regular file any more; is another program changing "
+                                    f"{_shown(root)}?")
+            head = os.read(fd, n)
+            tail = os.pread(fd, n, max(st.st_size - n, n)) if st.st_size > n else b""
+        finally:
+            os.close(fd)
+        h.update(os.fsencode(rel) + f"|{st.st_size}|{st.st_mtime_ns}|".encode())
+        h.update(head)
+        h.update(tail)
+        h.update(b"\n")
     return h
 
 
-def _scan_headers(root: Path, files: Sequence[Path]) -> dict:
-    """Size and mode of every image from its header, cached by (paths, sizes, mtimes); lists unreadable ones."""
-    h = hash_items(hashlib.sha256(str(root.resolve()).encode()), root, files)
-    cache = cache_dir() / "scans" / f"{h.hexdigest()[:24]}.json"
-    if cache.exists():
-        try:
-            return json.loads(cache.read_text())
-        except ValueError:
-            pass
-    sizes, modes, bad = Counter(), Counter(), []
+def items_fingerprint(root: Path, items: Sequence[Path]) -> str:
+    """What identifies a list of image files: the resolved root and :func:`hash_items` (hex sha256)."""
+    return hash_items(hashlib.sha256(f"{Path(root).resolve()}\n".encode()), root, items).hexdigest()
+
+
+def _vanished(f: PathLike) -> CnnDepthError:
+    return CnnDepthError(f"{_shown(f)} vanished while it was being read; is another program changing the dataset "
+                         f"(or deleting the cache)? Run again when it has finished")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding: 8-bit pixels from any image PIL opens, with 16-bit and float images scaled
+
+
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "F"} | SIXTEEN_BIT_MODES
+
+
+class UnsupportedImage(CnnDepthError):
+    """An image whose values cannot be mapped to 8 bits without guessing (see :func:`to_uint8`)."""
+
+
+def to_uint8(im: Image.Image, path: PathLike = "") -> Image.Image:
+    """``im`` with 8-bit values: 16-bit (``I;16``) scaled by 255/65535; 32-bit integer (``I``) the same when
+    its values fit in 16 bits; float (``F``) scaled by 255 when its values lie in [0, 1]; other modes as
+    they are (``convert`` handles them). Anything else is an :class:`UnsupportedImage` (one line).
+
+    PIL's ``convert("L")`` clips these modes instead (a 16-bit image turns white, a [0, 1] float one black).
+    """
+    if im.mode not in SIXTEEN_BIT_MODES and im.mode not in ("I", "F"):
+        return im
+    a = np.asarray(im)
+    if im.mode == "F":
+        ok = a.size == 0 or (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1)
+        if not ok:
+            lo, hi = (np.nanmin(a), np.nanmax(a)) if np.isfinite(a).any() else (np.nan, np.nan)
+            raise UnsupportedImage(f"{_shown(path)} is a float image with values {lo:.4g}..{hi:.4g}, outside [0, 1]; "
+                                   f"save it as 8 or 16 bits, or scale it to [0, 1]")
+        return Image.fromarray(np.round(a.astype(np.float64) * 255).astype(np.uint8), mode="L")
+    a = a.astype(np.int64)
+    if im.mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+        raise UnsupportedImage(f"{_shown(path)} is a 32-bit integer image with values {a.min()}..{a.max()}, "
+                               f"beyond 16 bits; save it as 8 or 16 bits")
+    return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
+def open_image(path: PathLike, mode: Optional[str] = None) -> Image.Image:
+    """fastai's ``load_image`` (open, decode all of it, convert to ``mode``), with :func:`to_uint8` first.
+
+    Only a regular file is opened (a FIFO would block PIL forever); anything else is a one-line error.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise CnnDepthError(f"no such image file: {_shown(path)}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise CnnDepthError(f"{_shown(path)} is not a regular file (a FIFO, device or folder); give an image file")
+    im = Image.open(path)
+    im.load()
+    im = to_uint8(im._new(im.im), path)
+    return im.convert(mode) if mode else im
+
+
+class _ScaledCreate:
+    """``create`` from a path through :func:`open_image`; anything else as fastai does it."""
+
+    @classmethod
+    def create(cls, fn, **kwargs):
+        if isinstance(fn, (str, os.PathLike)):
+            return cls(open_image(fn, **{**cls._open_args, **kwargs}))
+        return super().create(fn, **kwargs)
+
+
+class PILImage8(_ScaledCreate, PILImage):
+    """fastai's ``PILImage`` (RGB) whose files are decoded by :func:`open_image` (16-bit and float scaled)."""
+
+
+class PILImageBW8(_ScaledCreate, PILImageBW):
+    """fastai's ``PILImageBW`` (grayscale) whose files are decoded by :func:`open_image`."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A scan of every image: decoded once, so truncated files are found before training
+
+
+SCAN_VERSION = 2  # bump when what a scan records changes
+PARALLEL_MIN = 4000  # images: below this one process is faster than starting a pool (~150 µs/image)
+CHUNK = 1000  # images per task sent to a worker process
+
+
+def _workers(n: int, workers: Optional[int] = None) -> int:
+    """Worker processes for ``n`` images: ``workers`` if given, else 1 below ``PARALLEL_MIN``, else one per CPU (≤ 8)."""
+    if workers is not None:
+        return max(1, workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if n < PARALLEL_MIN else min(cpus, 8)
+
+
+def map_chunks(fn: Callable, items: Sequence, workers: int, *args) -> Iterator[tuple[int, object]]:
+    """``(start, fn(items[start:start + CHUNK], *args))`` for every chunk, in order; in ``workers``
+    processes when more than one (fork where the platform has it: workers start in milliseconds)."""
+    starts = range(0, len(items), CHUNK)
+    if workers == 1:
+        for s in starts:
+            yield s, fn(items[s:s + CHUNK], *args)
+        return
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        futures = {s: ex.submit(fn, items[s:s + CHUNK], *args) for s in starts}
+        for s in starts:  # pop each result once used, so the chunks never add up to a second copy
+            yield s, futures.pop(s).result()
+
+
+def _scan_chunk(files: Sequence[Path]) -> list[tuple]:
+    """(kind, detail) per file: ("ok", (size, mode)), ("bad", reason), ("unsupported", message) or
+    ("oserror", reason) for a file the OS would not read (not a property of its content: never cached)."""
+    out = []
     for f in files:
         try:
             with Image.open(f) as im:
-                sizes[f"{im.size[0]}x{im.size[1]}"] += 1
-                modes[im.mode] += 1
-        except Exception:  # any file PIL cannot read is skipped and counted, never a crash
-            bad.append(str(f.relative_to(root)))
-    scan = dict(sizes=dict(sizes), modes=dict(modes), bad=bad)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache, json.dumps(scan), durable=False)
-    return scan
+                im.load()  # decodes it all: a truncated file fails here, not in the middle of training
+                to_uint8(im, f)
+                out.append(("ok", (f"{im.size[0]}x{im.size[1]}", im.mode)))
+        except FileNotFoundError as e:
+            raise _vanished(f) from e
+        except UnsupportedImage as e:
+            out.append(("unsupported", str(e)))
+        except OSError as e:
+            out.append(("oserror" if e.errno is not None else "bad", str(e)))
+        except Exception as e:  # any file PIL cannot decode is skipped and counted, never a crash
+            out.append(("bad", str(e) or type(e).__name__))
+    return out
 
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+def _scan_headers(root: Path, files: Sequence[Path], fingerprint: Optional[str] = None) -> dict:
+    """Size and mode of every image, each decoded in full, cached by :func:`items_fingerprint`.
+
+    Returns ``sizes`` ("WxH" -> count), ``modes``, ``bad`` (paths relative to ``root`` that cannot be
+    decoded) and ``unsupported`` (one message per image :func:`to_uint8` refuses). A scan in which the OS
+    refused to read a file is returned but not cached; one in which a file vanished is an error.
+    """
+    fingerprint = fingerprint or items_fingerprint(root, files)
+    key = hashlib.sha256(f"scan v{SCAN_VERSION}|{fingerprint}".encode()).hexdigest()[:24]
+
+    def load(entry: Path) -> Optional[dict]:
+        try:
+            scan = json.loads(entry.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return scan if isinstance(scan, dict) and {"sizes", "modes", "bad", "unsupported"} <= set(scan) else None
+
+    def build(entry: Path) -> dict:
+        sizes, modes, bad, unsupported, cacheable = Counter(), Counter(), [], [], True
+        root_s = str(root)
+        for s, results in map_chunks(_scan_chunk, list(files), _workers(len(files))):
+            for f, (kind, detail) in zip(files[s:s + CHUNK], results):
+                if kind == "ok":
+                    sizes[detail[0]] += 1
+                    modes[detail[1]] += 1
+                elif kind == "unsupported":
+                    unsupported.append(detail)
+                else:
+                    bad.append(_relative(f, root_s))
+                    cacheable &= kind != "oserror"
+        scan = dict(sizes=dict(sizes), modes=dict(modes), bad=bad, unsupported=unsupported)
+        if cacheable:
+            write_entry(entry, json.dumps(scan))
+        return scan
+
+    return shared_entry(cache_dir() / "scans" / f"{key}.json", load, build, "scanning the same images")
 
 
 @dataclass
@@ -297,6 +478,7 @@ class ImageSource:
     max_per_class: Optional[int] = None
     vocab: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)  # split -> number of items
+    fingerprint: str = ""  # items_fingerprint(root, items): the cache key of these exact files
 
     @property
     def uniform_size(self) -> Optional[tuple[int, int]]:
@@ -313,7 +495,22 @@ def resolve_source(source: PathLike) -> Union[str, Path]:
     if isinstance(source, str) and source in _SOURCES:
         return source
     path = Path(source).expanduser()
-    if path.exists():
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CnnDepthError(f"the path {_shown(path)!r} is not UTF-8; rename it or use a link with a UTF-8 name") \
+            from None
+    try:
+        st = path.stat()
+    except OSError as e:  # ENOENT, a dangling link, a link loop, a path through a file, no permission
+        if e.errno == errno.ENOENT:
+            st = None
+        else:
+            raise CnnDepthError(f"cannot read {path} ({e.strerror or e}); check the path given to --data") from e
+    if st is not None:
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise CnnDepthError(f"{path} is not a folder or an archive file (a device, FIFO or socket); give a "
+                                f"folder or a {'/'.join(ARCHIVE_SUFFIXES)} file")
         return path.resolve()
     if isinstance(source, str) and "/" not in source and "." not in source:
         raise CnnDepthError(f"unknown dataset {source!r}; choose one of: {', '.join(list_datasets())}, "
@@ -323,7 +520,13 @@ def resolve_source(source: PathLike) -> Union[str, Path]:
 
 def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int] = None,
                  train_name: Optional[str] = None, valid_name: Optional[str] = None) -> ImageSource:
-    """Resolve a dataset name, folder or archive into an :class:`ImageSource` (validated, scanned)."""
+    """Resolve a dataset name, folder or archive into an :class:`ImageSource` (validated, scanned).
+
+    Every image the source will use is decoded once (the result is cached per exact set of files): files that
+    cannot be decoded (truncated, not an image, unreadable) are left out with a warning that counts them, and
+    so are entries that are not regular files; images whose values :func:`to_uint8` cannot map to 8 bits are
+    a one-line error.
+    """
     if max_per_class is not None:
         max_per_class = check_int(max_per_class, "max_per_class")
     name = str(source)
@@ -341,21 +544,30 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
         root = _single_top_folder(resolved)
     train_name, valid_name = resolve_splits(root, train_name, valid_name)
     folders = (train_name, valid_name)
-    # Read the headers of the files the cap keeps; an unreadable one is replaced by the next file of its
-    # class, so a small cap over a big dataset reads only a few headers.
+    # Scan the files the cap keeps; an unreadable one is replaced by the next file of its class, so a small
+    # cap over a big dataset decodes only a few images.
     bad: list[str] = []
+    not_files: list[str] = []
     while True:
         get_items = partial(image_items, folders=folders, max_per_class=max_per_class, exclude=tuple(bad))
-        items = get_items(root)
+        items = image_items(root, folders, max_per_class, tuple(bad), skipped=None if bad else not_files)
         if not items and not bad:  # the first pass excludes nothing, and a cap keeps ≥ 1 per class
             raise CnnDepthError(f"no images found in {root}/{train_name}/<class>/ or {root}/{valid_name}/<class>/; "
                                 f"put image files (.jpg, .png, ...) in one folder per class")
-        scan = _scan_headers(root, items)
+        fingerprint = items_fingerprint(root, items)
+        scan = _scan_headers(root, items, fingerprint)
+        if scan["unsupported"]:
+            n = len(scan["unsupported"])
+            raise CnnDepthError(f"{n} image(s) cannot be scaled to 8 bits; the first: {scan['unsupported'][0]}")
         if not scan["bad"]:
             break
         bad += scan["bad"]
+    if not_files:
+        warnings.warn(f"skipped {len(not_files)} entries in {root} that are not regular files (a dangling or "
+                      f"looping link, a FIFO, a device; first: {_shown(not_files[0])})", stacklevel=2)
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root} (first: {bad[0]})", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root} (truncated, damaged or not "
+                      f"readable; first: {_shown(bad[0])})", stacklevel=2)
     by_split = defaultdict(set)
     counts = Counter()
     for f in items:
@@ -374,7 +586,8 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
     n_in = 1 if set(scan["modes"]) <= GRAY_MODES else 3
     return ImageSource(name, root, train_name, valid_name, items, get_items, n_in, scan["sizes"], len(bad),
                        max_per_class=max_per_class, vocab=sorted(train_classes),
-                       counts={train_name: counts[train_name], valid_name: counts[valid_name]})
+                       counts={train_name: counts[train_name], valid_name: counts[valid_name]},
+                       fingerprint=fingerprint)
 
 
 def _image_size(folder: ImageSource, size) -> Optional[tuple[int, int]]:
@@ -393,7 +606,7 @@ def _image_size(folder: ImageSource, size) -> Optional[tuple[int, int]]:
 
 def load_image(path: Path, n_in: int, size: Optional[tuple[int, int]] = None) -> np.ndarray:
     """Decode one image to a (h, w, c) uint8 array, as the DataBlock sees it (mode, squish resize)."""
-    img = (PILImageBW if n_in == 1 else PILImage).create(path)
+    img = (PILImageBW8 if n_in == 1 else PILImage8).create(path)
     if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.BILINEAR)
     a = np.asarray(img)
@@ -431,15 +644,17 @@ def augment_item_tfms(size: tuple[int, int], pad: int = 4) -> list:
 
 
 def image_datablock(folder: ImageSource, size: Optional[tuple[int, int]] = None, batch_tfms=None,
-                    augment: bool = False) -> DataBlock:
+                    augment: bool = False, item_tfms: Sequence = ()) -> DataBlock:
     """The DataBlock for ``folder``: image files, grandparent split, parent-folder label.
 
-    ``augment`` adds :func:`augment_item_tfms` (per item, on PIL images, in the loader).
+    Images are decoded by :class:`PILImage8` (fastai's ``PILImage`` with 16-bit and float images scaled).
+    ``size`` adds a squish ``Resize``; ``augment`` adds :func:`augment_item_tfms` (per item, on PIL images,
+    in the loader); ``item_tfms`` are added as given.
     """
-    item_tfms = [Resize(size, method=ResizeMethod.Squish)] if size else []
+    item_tfms = ([Resize(size, method=ResizeMethod.Squish)] if size else []) + list(item_tfms)
     if augment:
         item_tfms += augment_item_tfms(size or folder.uniform_size)
-    return DataBlock(blocks=(ImageBlock(cls=PILImageBW if folder.n_in == 1 else PILImage), CategoryBlock),
+    return DataBlock(blocks=(ImageBlock(cls=PILImageBW8 if folder.n_in == 1 else PILImage8), CategoryBlock),
                      get_items=folder.get_items,
                      splitter=GrandparentSplitter(train_name=folder.train_name, valid_name=folder.valid_name),
                      get_y=parent_label,

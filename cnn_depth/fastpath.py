@@ -5,23 +5,24 @@ changes how pixels reach the model:
 
 - :func:`decoded_images` decodes every item once with :func:`cnn_depth.data.load_image` (the DataBlock's
   own decode) into one ``(n, c, h, w)`` uint8 array, in parallel processes for large sets, and caches it as
-  ``.npy`` under ``cache_dir()/decoded``, keyed by the item list (relative paths, sizes, mtimes) and the
-  decode settings (channels, resize), so a changed file means a new key and a rebuild.
+  ``.npy`` under ``cache_dir()/decoded``, keyed by the items' identity (resolved root, relative paths,
+  sizes, mtimes and content fingerprints) and the decode settings (channels, resize), so a changed file
+  means a new key and a rebuild; the sha256 of its bytes is recorded beside it and checked on every load.
 - :class:`TensorDL` is a fastai ``TfmdDL`` over the DataBlock's ``Datasets`` whose batches are sliced out
   of that array with one ``index_select`` per batch (no per-item Python work). :class:`FlipPadCrop`
-  augmentation and :class:`ToFloatNormalize` (float conversion and normalisation) are fastai batch
-  transforms, so they run per batch on the DataLoaders' device and decode for display, and ``show_batch``,
-  ``Learner``, ``lr_find``, ``validate`` and ``predict`` work as with the stock pipeline.
+  augmentation, :class:`ToFloat` and :class:`FastNormalize` are fastai batch transforms at the stock
+  transforms' orders, so they run per batch on the DataLoaders' device, fastai's own batch augmentations
+  fit between them, and ``show_batch``, ``Learner``, ``lr_find``, ``validate`` and ``predict`` work as
+  with the stock pipeline.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import multiprocessing
-import os
-import sys
+import operator
 import time
-from concurrent.futures import ProcessPoolExecutor
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -30,27 +31,28 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import TfmdDL
 from fastai.data.transforms import IntToFloatTensor, Normalize
-from fastai.torch_core import TensorCategory, TensorImage, default_device, to_cpu
+from fastai.torch_core import TensorCategory, TensorImage, default_device
 from fastai.vision.augment import RandTransform
-from fastcore.basics import noop
 from torch import Tensor
 
-from .data import ImageSource, hash_items, image_datablock, load_image
-from .files import atomic_write, cache_dir
+from .cache import shared_entry, write_entry
+from .data import ImageSource, _workers, image_datablock, items_fingerprint, load_image, map_chunks
+from .errors import CnnDepthError
+from .files import cache_dir
 
-DECODE_VERSION = 1  # bump when the cache layout or the decode changes
-PARALLEL_MIN = 4000  # images: below this one process decodes faster than starting a pool (~117 µs/image)
-CHUNK = 1000  # images per task sent to a decode worker
+DECODE_VERSION = 2  # bump when the cache layout or the decode changes (2: keyed by content, hash recorded)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Decode once, cache on disk
 
 
-def decode_key(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]]) -> str:
-    """Cache key: the items' relative paths, byte sizes and mtimes (ns), plus channels and resize."""
-    h = hash_items(hashlib.sha256(f"v{DECODE_VERSION}|n_in={n_in}|size={size}\n".encode()), root, items)
-    return h.hexdigest()[:24]
+def decode_key(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]],
+               fingerprint: Optional[str] = None) -> str:
+    """Cache key: the items' identity (:func:`cnn_depth.data.items_fingerprint`: resolved root, relative
+    paths, sizes, mtimes, content fingerprints; pass ``fingerprint`` when known) plus channels and resize."""
+    fingerprint = fingerprint or items_fingerprint(root, items)
+    return hashlib.sha256(f"v{DECODE_VERSION}|n_in={n_in}|size={size}|{fingerprint}".encode()).hexdigest()[:24]
 
 
 def decoded_path(key: str) -> Path:
@@ -58,67 +60,95 @@ def decoded_path(key: str) -> Path:
     return cache_dir() / "decoded" / f"{key}.npy"
 
 
+def array_digest(arr: np.ndarray) -> str:
+    """sha256 of an array's bytes (C order): 0.25 s for CIFAR-10's 184 MB on one core."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
+
+
 def _decode_chunk(paths: Sequence[Path], n_in: int, size: Optional[tuple[int, int]]) -> np.ndarray:
     """Decode ``paths`` into one (k, c, h, w) uint8 array (runs in a worker process)."""
-    return np.stack([load_image(p, n_in, size).transpose(2, 0, 1) for p in paths])
-
-
-def _workers(n: int, workers: Optional[int]) -> int:
-    if workers is not None:
-        return max(1, workers)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if n < PARALLEL_MIN else min(cpus, 8)
+    out = []
+    for p in paths:
+        try:
+            out.append(load_image(p, n_in, size).transpose(2, 0, 1))
+        except CnnDepthError:
+            raise
+        except Exception as e:  # the scan decoded it: it changed since
+            raise CnnDepthError(f"cannot decode {p} ({str(e) or type(e).__name__}), although it was readable when "
+                                f"the dataset was scanned; is another program changing it?") from e
+    return np.stack(out)
 
 
 def _decode_all(items: Sequence[Path], n_in: int, size, shape: tuple, workers: int) -> np.ndarray:
     out = np.empty((len(items), *shape), dtype=np.uint8)
-    starts = range(0, len(items), CHUNK)
-    if workers == 1:
-        for s in starts:
-            out[s:s + CHUNK] = _decode_chunk(items[s:s + CHUNK], n_in, size)
-        return out
-    # fork where the platform has it: workers start in milliseconds and need nothing re-imported
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        futures = {s: ex.submit(_decode_chunk, items[s:s + CHUNK], n_in, size) for s in starts}
-        for s in starts:  # pop each result once copied, so the chunks never add up to a second copy
-            out[s:s + CHUNK] = futures.pop(s).result()
+    for s, chunk in map_chunks(_decode_chunk, items, workers, n_in, size):
+        out[s:s + len(chunk)] = chunk
     return out
 
 
+def _load_decoded(path: Path, n: int, mmap: bool) -> Optional[np.ndarray]:
+    """The cached array at ``path`` if its ``.json`` says it holds ``n`` images and its bytes match the
+    hash recorded there; None when absent or damaged (a damaged one is reported: it will be rebuilt)."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        arr = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if not (isinstance(meta, dict) and meta.get("version") == DECODE_VERSION and meta.get("n") == n
+            and arr.dtype == np.uint8 and list(arr.shape) == meta.get("shape") and len(arr) == n):
+        return None
+    if array_digest(arr) != meta.get("sha256"):
+        warnings.warn(f"the decoded images in {path} do not match the hash recorded beside them (damaged or "
+                      f"changed); decoding again", stacklevel=4)
+        return None
+    return arr
+
+
 def decoded_images(root: Path, items: Sequence[Path], n_in: int, size: Optional[tuple[int, int]],
-                   workers: Optional[int] = None, rebuild: bool = False) -> torch.Tensor:
+                   workers: Optional[int] = None, rebuild: bool = False, mmap: bool = True,
+                   fingerprint: Optional[str] = None) -> torch.Tensor:
     """All ``items`` decoded as :func:`load_image` does, as one (n, c, h, w) uint8 tensor, cached on disk.
 
+    The cache entry (``.npy`` and a ``.json`` with the sha256 of its bytes) is built once however many
+    processes ask at once (see :mod:`cnn_depth.cache`), and checked against its hash on every load.
+
     Args:
-        root: the dataset root; the cache key uses paths relative to it.
+        root: the dataset root; the cache key uses its resolved path and paths relative to it.
         items: image files, in the order wanted.
         n_in: channels (1 grayscale, 3 RGB).
         size: (h, w) to resize to, or None when every image already has one size.
         workers: decode processes; by default one below ``PARALLEL_MIN`` images, else one per CPU (≤ 8).
         rebuild: decode again even when a cached copy exists.
+        mmap: map the cached file into memory copy-on-write instead of reading it: processes that load the
+            same entry share one copy of its pages (the OS page cache), and a write to the tensor copies
+            only the page written. False reads a private copy.
+        fingerprint: :func:`cnn_depth.data.items_fingerprint` of ``(root, items)`` when already computed.
     """
     items = [Path(p) for p in items]
     root = Path(root)
-    path = decoded_path(decode_key(root, items, n_in, size))
-    if path.exists() and not rebuild:
-        try:
-            arr = np.load(path)
-            if arr.dtype == np.uint8 and arr.ndim == 4 and len(arr) == len(items):
-                return torch.from_numpy(arr)
-        except (OSError, ValueError):  # a damaged file is rebuilt below
-            pass
-    first = load_image(items[0], n_in, size)
-    shape = (first.shape[2], first.shape[0], first.shape[1])
-    t0 = time.perf_counter()
-    arr = _decode_all(items, n_in, size, shape, _workers(len(items), workers))
-    seconds = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(version=DECODE_VERSION, root=str(root), n=len(items), shape=list(arr.shape), n_in=n_in,
-                size=list(size) if size else None, seconds=round(seconds, 2), first=str(items[0].relative_to(root)))
-    # written aside, then renamed: a reader never sees half a file (a lost entry is decoded again: no fsync)
-    atomic_write(path, lambda f: np.save(f, arr), durable=False)
-    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1), durable=False)
+    path = decoded_path(decode_key(root, items, n_in, size, fingerprint))
+
+    def load(p: Path) -> Optional[np.ndarray]:
+        return None if rebuild else _load_decoded(p, len(items), mmap)
+
+    def build(p: Path) -> np.ndarray:
+        first = load_image(items[0], n_in, size)
+        shape = (first.shape[2], first.shape[0], first.shape[1])
+        t0 = time.perf_counter()
+        arr = _decode_all(items, n_in, size, shape, _workers(len(items), workers))
+        seconds = time.perf_counter() - t0
+        meta = dict(version=DECODE_VERSION, root=str(root), n=len(items), shape=list(arr.shape), n_in=n_in,
+                    size=list(size) if size else None, seconds=round(seconds, 2),
+                    first=str(items[0].relative_to(root)), sha256=array_digest(arr))
+        # the array first, then its .json: an entry is valid only once both are in place and agree
+        write_entry(p, lambda f: np.save(f, arr, allow_pickle=False), "write decoded images")
+        write_entry(p.with_suffix(".json"), json.dumps(meta, indent=1), "write decoded images")
+        if mmap:  # share the pages just written instead of keeping this private copy
+            del arr
+            return np.load(p, mmap_mode="c", allow_pickle=False)
+        return arr
+
+    arr = shared_entry(path, load, build, "decoding the same images")
     return torch.from_numpy(arr)
 
 
@@ -143,7 +173,22 @@ def flip_pad_crop(x: torch.Tensor, pad: int = 4, flip: bool = True) -> torch.Ten
     return xp.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
-class FlipPadCrop(RandTransform):
+class _DirectCall:
+    """``__call__`` on an (image, target) batch goes straight to the image op: the result fastai's type
+    dispatch gives (``encodes`` on the ``TensorImage``, the target as it is), without its cost (about 0.15 ms
+    per transform and batch on a CPU, as much as the op itself on a CIFAR batch); any other input takes
+    the stock path."""
+
+    def __call__(self, b, split_idx=None, **kwargs):
+        if type(b) is tuple and len(b) == 2 and type(b[0]) is TensorImage and not kwargs \
+                and getattr(self, "p", 1.0) == 1.0:  # a RandTransform that always applies draws nothing
+            if self.split_idx is not None and split_idx != self.split_idx:
+                return b  # not this transform's split (FlipPadCrop: training only)
+            return self._image(b[0]), b[1]
+        return super().__call__(b, split_idx=split_idx, **kwargs)
+
+
+class FlipPadCrop(_DirectCall, RandTransform):
     """Batch transform: :func:`flip_pad_crop` on training batches only (``split_idx=0``).
 
     Order 5 puts it before the float conversion (10), so it moves uint8 rather than float pixels.
@@ -155,26 +200,39 @@ class FlipPadCrop(RandTransform):
         super().__init__(**kwargs)
         self.pad, self.flip = pad, flip
 
-    def encodes(self, x: TensorImage):
+    def _image(self, x: TensorImage) -> TensorImage:
         return flip_pad_crop(x, self.pad, self.flip)
 
+    def encodes(self, x: TensorImage):
+        return self._image(x)
 
-class ToFloatNormalize(Normalize):
-    """``IntToFloatTensor`` and ``Normalize`` as one batch transform: uint8 → ``(x / 255 - mean) / std``.
 
-    The same operations in the same order, so bit for bit the stock transforms' floats, but in place on a
-    plain tensor and dispatched once (about 0.2 ms less per CIFAR batch on a CPU). A ``Normalize``, so code
-    that looks for one finds it; decodes back to 0-255 pixels as the pair does, for ``show_batch``.
+class ToFloat(_DirectCall, IntToFloatTensor):
+    """fastai's ``IntToFloatTensor`` (order 10: uint8 → ``x / 255``) on a plain tensor, called directly.
+
+    The same operations as the stock transform, so bit for bit its floats; decodes back to 0-255 as it does.
     """
 
-    order = IntToFloatTensor.order  # 10: after FlipPadCrop (5), which moves uint8
+    def _image(self, x: TensorImage) -> TensorImage:
+        return TensorImage(x.as_subclass(Tensor).float().div_(self.div))
 
     def encodes(self, x: TensorImage):
-        return TensorImage(x.as_subclass(Tensor).float().div_(255.0).sub_(self.mean).div_(self.std))
+        return self._image(x)
 
-    def decodes(self, x: TensorImage):
-        f = to_cpu if x.device.type == "cpu" else noop
-        return ((x * f(self.std) + f(self.mean)).clamp(0.0, 1.0) * 255.0).long()
+
+class FastNormalize(_DirectCall, Normalize):
+    """fastai's ``Normalize`` (order 99: ``(x - mean) / std``) on a plain tensor, called directly.
+
+    At order 99 like the stock one, so fastai's batch augmentations (``aug_transforms``: affine at 30,
+    lighting at 40) run between the float conversion and the normalisation, on 0-1 floats, as they do in
+    the stock pipeline. The same operations, so bit for bit its floats; decodes as it does.
+    """
+
+    def _image(self, x: TensorImage) -> TensorImage:
+        return TensorImage(x.as_subclass(Tensor).sub(self.mean).div_(self.std))
+
+    def encodes(self, x: TensorImage):
+        return self._image(x)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -204,10 +262,12 @@ class TensorDL(TfmdDL):
         return super().new(dataset, cls, **kwargs)
 
     def create_batches(self, samps):
-        if self.images is None or self.bs is None:
+        if self.images is None or self.bs is None or self.n is None:
             yield from super().create_batches(samps)
             return
-        idx = self.index[torch.as_tensor(list(samps), dtype=torch.long, device=self.index.device)]
+        # At most n samples: fastai's index stream may be endless (show_batch(unique=True) repeats index 0).
+        samps = list(itertools.islice(samps, self.n))
+        idx = self.index[torch.as_tensor(samps, dtype=torch.long, device=self.index.device)]
         end = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
         for i in range(0, end, self.bs):
             g = idx[i:i + self.bs]
@@ -215,18 +275,24 @@ class TensorDL(TfmdDL):
 
 
 def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], stats: tuple[list, list],
-                       bs: int = 64, augment: bool = False, device=None, workers: Optional[int] = None, **kw):
+                       bs: int = 64, augment: bool = False, device=None, workers: Optional[int] = None,
+                       batch_tfms: Sequence = (), mmap: bool = True, **kw):
     """fastai ``DataLoaders`` for ``folder`` served from decoded uint8 tensors (see :func:`decoded_images`).
 
     The items, split and labels come from ``image_datablock(folder, size)`` exactly as in the stock
-    pipeline. Each batch is converted and normalised with ``stats`` (mean, std lists) by
-    :class:`ToFloatNormalize`, after :class:`FlipPadCrop` on training batches when ``augment``. Off the
-    CPU the whole uint8 array is moved to ``device`` once and batches are sliced there. ``**kw`` goes to
-    ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
+    pipeline, and so do the batch transforms' places: :class:`FlipPadCrop` on uint8 training batches when
+    ``augment`` (order 5), :class:`ToFloat` (10), ``batch_tfms`` (e.g. fastai's ``aug_transforms()``: 30,
+    40), :class:`FastNormalize` with ``stats`` (mean, std lists; 99). Off the CPU the whole uint8 array
+    is moved to ``device`` once and batches are sliced there. ``mmap`` goes to :func:`decoded_images`;
+    ``**kw`` to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
     """
     dblock = image_datablock(folder, size)
     dsets = dblock.datasets(folder.root)  # items, split and vocab; nothing is decoded here
-    images = decoded_images(folder.root, dsets.items, folder.n_in, size, workers=workers)
+    # the scan's fingerprint names these very files when the DataBlock found the same list (it always does
+    # unless the folder changed in between): no second read of every file
+    same = len(dsets.items) == len(folder.items) and all(map(operator.eq, dsets.items, folder.items))
+    images = decoded_images(folder.root, dsets.items, folder.n_in, size, workers=workers, mmap=mmap,
+                            fingerprint=folder.fingerprint if same else None)
     # Targets from the DataBlock's own label pipeline (parent_label, then Categorize), run once per class
     # folder since the label is the parent folder's name (60,000 items: 0.02 s instead of 1.6 s).
     label, by_folder = dsets.tls[1].tfms, {}
@@ -239,6 +305,7 @@ def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], sta
         images, targets = images.to(device), targets.to(device)
     index = [torch.as_tensor(list(s), dtype=torch.long, device=images.device) for s in dsets.splits]
     dl_kwargs = [dict(images=images, targets=targets, index=i) for i in index]
-    after_batch = ([FlipPadCrop()] if augment else []) + [ToFloatNormalize.from_stats(*stats)]
+    after_batch = (([FlipPadCrop()] if augment else []) + [ToFloat()] + list(batch_tfms)
+                   + [FastNormalize.from_stats(*stats)])
     return dsets.dataloaders(bs=bs, dl_type=TensorDL, dl_kwargs=dl_kwargs, after_item=dblock.item_tfms,
                              after_batch=after_batch, device=device, **kw)

@@ -6,12 +6,18 @@ DataLoaders were built from travels with them as one :class:`DataInfo`, ``dls.da
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
-from fastai.vision.augment import Normalize
+from fastai.data.transforms import IntToFloatTensor
+from fastai.vision.augment import Normalize, Resize, ResizeMethod
+from fastcore.foundation import L
+from PIL import Image
 
-from .data import DEFAULT_SOURCE, PIPELINES, ImageSource, _image_size, channel_stats, image_datablock, image_folder
+from .data import (DEFAULT_SOURCE, PIPELINES, ImageSource, _image_size, augment_item_tfms, channel_stats,
+                   image_datablock, image_folder)
 from .errors import CnnDepthError, check_int
 from .fastpath import tensor_dataloaders
 from .files import PathLike
@@ -40,9 +46,90 @@ def data_info(dls) -> Optional[DataInfo]:
     return info if isinstance(info, DataInfo) else None
 
 
+# Keywords of dataloaders() itself or set by it: not to be passed through **kw.
+_OWN = {"self", "kwargs", "dataset", "bs", "device", "num_workers", "dl_type", "dl_kwargs", "after_item",
+        "after_batch", "do_setup"}
+
+
+@lru_cache(maxsize=None)
+def loader_options() -> tuple[str, ...]:
+    """The fastai options ``dataloaders(**kw)`` passes on: ``Datasets.dataloaders``' and ``DataLoader``'s
+    keywords (``shuffle``, ``val_bs``, ``drop_last``, ``pin_memory``, ...), read from fastai itself."""
+    from fastai.data.core import Datasets, TfmdDL
+    from fastai.data.load import DataLoader
+    names = set()
+    for f in (Datasets.dataloaders, TfmdDL.__init__, DataLoader.__init__):
+        names |= {p.name for p in inspect.signature(f).parameters.values()
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    names |= set(DataLoader._methods)  # callbacks fastai's DataLoader takes by keyword (get_idxs, ...)
+    return tuple(sorted(names - _OWN))
+
+
+def check_loader_options(kw: dict) -> None:
+    """A one-line error for a keyword neither ``dataloaders()`` nor fastai's loaders take."""
+    options = loader_options()
+    for k in kw:
+        if k in ("after_item", "after_batch"):
+            raise CnnDepthError(f"dataloaders() builds {k} itself; pass your transforms as "
+                                f"{'item_tfms' if k == 'after_item' else 'batch_tfms'}= instead")
+        if k not in options and not (k.startswith("val_") and k[4:] in options):
+            raise CnnDepthError(f"dataloaders() got an unknown keyword {k!r}; besides its own arguments it takes "
+                                f"fastai's loader options: {', '.join(options)} (val_<option> for validation)")
+
+
+def _tfm_size(tfm) -> Optional[tuple[int, int]]:
+    """The (h, w) an item transform resizes or crops to (fastai keeps ``size`` as (w, h)), or None."""
+    size = getattr(tfm, "size", None)
+    if isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return size[1], size[0]
+    return None
+
+
+def item_tfms_size(item_tfms: list, size, pipeline: str):
+    """The ``size`` that ``item_tfms`` imply, checked against the pipeline; returns (size, the item
+    transforms the DataBlock still needs, whether they set the size themselves).
+
+    The fast pipeline decodes every image once, so only a deterministic resize can apply to it: a squish
+    ``Resize`` with bilinear resampling becomes the decode size (and part of the cache key); anything that
+    changes pixels per item or per epoch (a crop at a random place, a flip) is refused with a line that
+    names ``pipeline="pil"``. The pil pipeline applies every item transform as given; one that sets a size
+    replaces the automatic resize of mixed-size images.
+    """
+    sized = [(t, _tfm_size(t)) for t in item_tfms if _tfm_size(t) is not None]
+    implied = sized[-1][1] if sized else None
+    if implied is not None and size is not None:
+        given = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(given) != implied:
+            raise CnnDepthError(f"size={size!r} and item_tfms (which resize to {implied[0]}×{implied[1]}) disagree; "
+                                f"give the size once")
+    if pipeline == "pil":
+        return (implied if implied is not None else size), item_tfms, implied is not None
+    for t in item_tfms:
+        squish = (isinstance(t, Resize) and t.method == ResizeMethod.Squish and t.mode == Image.BILINEAR)
+        if not squish:
+            name = f"Resize(method={t.method!r})" if isinstance(t, Resize) else type(t).__name__
+            raise CnnDepthError(
+                f"item transform {name} cannot run on the fast pipeline, which decodes each image once (the only "
+                f"item transform it takes is a squish Resize, which size=N also gives); pass pipeline='pil' for "
+                f"per-item transforms, or use batch_tfms (e.g. aug_transforms()) for augmentation")
+    return (implied if implied is not None else size), [], False
+
+
+def check_batch_tfms(batch_tfms) -> list:
+    """``batch_tfms`` as a list (one transform or several, as fastai takes them), without the conversions
+    dataloaders() adds itself."""
+    tfms = list(L(batch_tfms)) if batch_tfms is not None else []
+    for t in tfms:
+        if isinstance(t, (Normalize, IntToFloatTensor)):
+            raise CnnDepthError(f"dataloaders() converts to float and normalises with the training set's channel "
+                                f"statistics itself; leave {type(t).__name__} out of batch_tfms")
+    return tfms
+
+
 def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: Optional[int] = None,
                 size=None, train_name: Optional[str] = None, valid_name: Optional[str] = None,
-                num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False, **kw):
+                num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False,
+                item_tfms=None, batch_tfms=None, mmap: bool = True, **kw):
     """fastai ``DataLoaders`` for a dataset name, a folder or an archive.
 
     Args:
@@ -63,7 +150,14 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
         augment: random left-right flip and pad-4-and-random-crop on the training set (never validation):
             per batch on the device in the fast pipeline, per item with fastai's ``FlipItem``, ``CropPad``
             and ``RandomCrop`` in the pil pipeline (same distribution, different random draws).
-        **kw: passed on to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...).
+        item_tfms: fastai item transforms, as ``ImageDataLoaders`` takes them. The pil pipeline applies any;
+            the fast pipeline only a squish ``Resize`` (it decodes once) and refuses others in one line.
+        batch_tfms: fastai batch transforms, e.g. ``aug_transforms()``: run between the float conversion and
+            the normalisation (by their ``order``) in both pipelines, as in fastai.
+        mmap: fast pipeline: map the decoded cache into memory (processes share one copy) rather than read a
+            private copy (see :func:`cnn_depth.fastpath.decoded_images`).
+        **kw: fastai loader options passed on to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...); an
+            unknown keyword is a one-line error.
 
     Returns:
         fastai ``DataLoaders``; ``dls.data_info`` (a :class:`DataInfo`) says what they were built from.
@@ -71,13 +165,20 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
     if pipeline not in PIPELINES:
         raise CnnDepthError(f"unknown pipeline {pipeline!r}; choose one of: {', '.join(PIPELINES)}")
     bs = check_int(bs, "bs")
+    check_loader_options(kw)
+    batch_tfms = check_batch_tfms(batch_tfms)
+    size, item_tfms, sized = item_tfms_size(list(L(item_tfms)) if item_tfms is not None else [], size, pipeline)
     folder = image_folder(source, max_per_class, train_name, valid_name)
     img_size = _image_size(folder, size)
     stats = channel_stats(folder, img_size)
     if pipeline == "fast":
-        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device, **kw)
+        dls = tensor_dataloaders(folder, img_size, stats, bs=bs, augment=augment, device=device,
+                                 batch_tfms=batch_tfms, mmap=mmap, **kw)
     else:
-        dblock = image_datablock(folder, img_size, batch_tfms=[Normalize.from_stats(*stats)], augment=augment)
+        if sized:  # the user's transforms set the size (a crop Resize, RandomResizedCrop, ...): no squish of ours
+            item_tfms += augment_item_tfms(img_size) if augment else []
+        dblock = image_datablock(folder, None if sized else img_size, augment=augment and not sized,
+                                 batch_tfms=[Normalize.from_stats(*stats)] + batch_tfms, item_tfms=item_tfms)
         dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
     dls.data_info = DataInfo(folder, img_size or folder.uniform_size, stats, pipeline, augment)
     return dls

@@ -205,3 +205,76 @@ def test_cuda_batches_equal_cpu_batches():
     xg, yg = epoch(gpu.valid)
     assert xg.is_cuda and torch.allclose(xg.cpu(), epoch(cpu.valid)[0], atol=1e-6)
     assert epoch(gpu.train)[0].is_cuda and gpu.train.new(shuffle=True).one_batch()[0].is_cuda
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a fastai user does with ImageDataLoaders gives the stock pipeline's result on the fast one, or one line
+
+
+@pytest.mark.parametrize("how", ["add_tfms", "batch_tfms"])
+def test_fastai_batch_augmentations_match_the_stock_pipeline_batch_for_batch(how):
+    """``dls.add_tfms(aug_transforms(), 'after_batch')`` or ``batch_tfms=aug_transforms()``: the augmentations
+    run between the float conversion (10) and the normalisation (99) in both pipelines, so under one seed
+    the fast pipeline's training batches equal the stock ones exactly, normalised."""
+    from fastai.torch_core import set_seed
+    from fastai.vision.augment import aug_transforms
+    got = {}
+    for pipeline in PIPELINES:
+        set_seed(5)
+        if how == "add_tfms":
+            dls = dataloaders(pipeline=pipeline, **SAMPLE)
+            dls.add_tfms(aug_transforms(), "after_batch")
+        else:
+            dls = dataloaders(pipeline=pipeline, batch_tfms=aug_transforms(), **SAMPLE)
+        orders = [t.order for t in dls.train.after_batch.fs]
+        assert orders == sorted(orders) and orders[0] == 10 and orders[-1] == 99 and len(orders) > 2
+        set_seed(7)
+        got[pipeline] = [b for b, _ in zip(dls.train, range(3))]
+        if pipeline == "fast":
+            plain = next(iter(dls.train.new(shuffle=False)))[0]
+    for (xp, yp), (xf, yf) in zip(got["pil"], got["fast"]):
+        assert torch.equal(yp, yf) and float((xp - xf).abs().max()) < 1e-5
+        assert abs(float(xf.mean())) < 0.3 and 0.7 < float(xf.std()) < 1.3  # still normalised
+    assert not torch.equal(got["fast"][0][0], plain)  # really augmented
+
+
+def test_show_batch_unique_returns_one_item_augmented():
+    """fastai's ``show_batch(unique=True)`` feeds an endless stream of index 0; it returns one batch."""
+    from fastai.vision.augment import aug_transforms
+    dls = dataloaders(batch_tfms=aug_transforms(), **SAMPLE)
+    x, y, samples = dls.train.show_batch(unique=True, show=False, max_n=4)
+    assert len({int(t) for t in y}) == 1 and len(x) == SAMPLE["bs"]  # one image, bs times ...
+    assert not torch.equal(x[0], x[1])  # ... augmented differently
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(foo=1), "unknown keyword 'foo'; besides its own arguments it takes fastai's loader options: .*val_bs"),
+    (dict(after_batch=[]), "pass your transforms as batch_tfms="),
+    (dict(item_tfms="RandomResizedCrop"), r"item transform RandomResizedCrop cannot run on the fast pipeline.*pipeline='pil'"),
+    (dict(item_tfms="Resize"), r"item transform Resize\(method='crop'\) cannot run on the fast pipeline"),
+    (dict(batch_tfms="Normalize"), "leave Normalize out of batch_tfms"),
+    (dict(size=10, item_tfms="Resize squish 8"), r"size=10 and item_tfms \(which resize to 8×8\) disagree"),
+])
+def test_loader_options_fastai_takes_or_one_line(kw, message):
+    from fastai.vision.augment import Normalize, RandomResizedCrop, Resize
+    made = {"RandomResizedCrop": RandomResizedCrop(16), "Resize": Resize(16), "Normalize": Normalize(),
+            "Resize squish 8": Resize(8, method="squish")}
+    kw = {k: made.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
+    with pytest.raises(CnnDepthError, match=message) as e:
+        dataloaders(**SAMPLE, **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_item_tfms_apply_as_in_fastai():
+    """A squish Resize in item_tfms is the fast pipeline's decode size (same batches as size=); the pil
+    pipeline applies any item transform, and one that sets a size replaces the automatic resize."""
+    from fastai.vision.augment import RandomResizedCrop, Resize
+    by_tfm = dataloaders(item_tfms=Resize(16, method="squish"), **SAMPLE)
+    by_size = dataloaders(size=16, **SAMPLE)
+    assert torch.equal(epoch(by_tfm.valid)[0], epoch(by_size.valid)[0]) and by_tfm.data_info.img_size == (16, 16)
+    pil = dataloaders(pipeline="pil", item_tfms=RandomResizedCrop((12, 20)), **SAMPLE)
+    assert pil.one_batch()[0].shape[-2:] == (12, 20) and pil.data_info.img_size == (12, 20)
+    assert any(isinstance(t, RandomResizedCrop) for t in pil.train.after_item.fs)
+    assert not any(isinstance(t, Resize) for t in pil.train.after_item.fs)
+    ok = dataloaders(val_bs=7, shuffle=False, **SAMPLE)  # fastai's own options still pass through
+    assert ok.valid.bs == 7 and not ok.train.shuffle
