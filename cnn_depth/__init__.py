@@ -29,10 +29,11 @@ _API = {
     "SweepConfig": "config",
     "DataInfo": "loaders", "dataloaders": "loaders",
     "image_folder": "data", "list_datasets": "data",
-    "activation_stats": "explain", "feature_maps": "explain", "grad_cam": "explain",
-    "depth_learner": "learner",
+    "activation_stats": "explain", "explain_depths": "explain", "feature_maps": "explain", "grad_cam": "explain",
+    "depth_learner": "learner", "fit_learner": "learner",
     "count_params": "models", "depth_cnn": "models", "layer_table": "models", "list_models": "models",
     "load_run_model": "checkpoint", "save_run_model": "checkpoint",
+    "format_markdown": "reports", "format_summary": "reports", "load_results": "reports",
     "plot_activations": "reports", "report": "reports", "summarize": "reports",
     "run_sweep": "sweep",
 }

@@ -33,6 +33,7 @@ SUMMARY_COLUMNS = [
     "group", *GROUP, "depth", "runs", "not_ok", "seeds",
     "accuracy_mean", "accuracy_std", "accuracy_low", "accuracy_high", "interval", "confidence",
     "diff_to_best", "diff_low", "diff_high", "paired_seeds", "prob_improvement", "verdict", "best", "note",
+    "train_loss_mean", "train_loss_low", "train_loss_high",
     "params", "macs", "peak_memory_mb", "train_seconds_mean", "images_per_second_mean", "classes", "valid_images",
 ]
 
@@ -198,6 +199,7 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
             iv = stats.accuracy_interval(o["accuracy"], int(valid.iloc[0]) if len(o) == 1 and len(valid) else None,
                                          confidence)
             v = verdicts.get(depth)
+            loss = stats.mean_interval(pd.to_numeric(o["train_loss"], errors="coerce"), confidence)
             verdict = (VERDICT_NONE if v is None else VERDICT_ONLY if len(verdicts) == 1
                        else (VERDICT_BEST if claim else VERDICT_TOP) if v.verdict == stats.BEST else v.verdict)
             row = dict(zip(GROUP, (d[c].iloc[0] for c in GROUP)), group=label, depth=depth, runs=len(o),
@@ -207,7 +209,8 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                        diff_to_best=v.diff_mean if v else math.nan, diff_low=v.diff_low if v else math.nan,
                        diff_high=v.diff_high if v else math.nan, paired_seeds=v.n_pairs if v else 0,
                        prob_improvement=v.prob_improvement if v else math.nan, verdict=verdict,
-                       best=verdict == VERDICT_BEST, note=note,
+                       best=verdict == VERDICT_BEST, note=note, train_loss_mean=loss.mean,
+                       train_loss_low=loss.low, train_loss_high=loss.high,
                        params=_first(d["params"]), macs=_first(d["macs"]), classes=_first(d["classes"]),
                        valid_images=_first(o["valid_images"]),
                        peak_memory_mb=o["peak_memory_mb"].max() if len(o) else math.nan,
@@ -278,6 +281,37 @@ def format_summary(summary: pd.DataFrame) -> str:
             lines.append(f"  intervals: accuracy: {interval_words(g[g['runs'] > 0])}; vs best: paired by seed (same "
                          f"seed, same data order), {pct} t over the shared seeds")
     return "\n".join(lines)
+
+
+def format_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table (for a paper's notes or a study's page): per group and depth the
+    runs, mean accuracy with its interval, the paired difference to the group's best depth with its interval,
+    P(> best), the verdict, the final training loss (mean and t interval over seeds), params, MACs and mean
+    training seconds. Every number is a column of ``summary`` (summary.csv), rounded; the groups' notes
+    follow the table."""
+    if summary.empty:
+        return "no runs to summarise"
+    pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
+    rows = [f"| group | depth | runs | accuracy | {pct} interval | vs best | {pct} interval (paired) | P(>best) "
+            f"| verdict | train loss | {pct} interval | params | MACs | train s |",
+            "|---|--:|--:|--:|---|--:|---|--:|---|--:|---|--:|--:|--:|"]
+
+    def iv(low, high, fmt):
+        return f"[{format(low, fmt)}, {format(high, fmt)}]" if pd.notna(low) else "-"
+
+    for r in summary.itertuples():
+        top = r.verdict in (VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY)
+        rows.append(" | ".join([
+            f"| {r.group}", str(r.depth), str(r.runs), _num(r.accuracy_mean, ".4f"),
+            iv(r.accuracy_low, r.accuracy_high, ".4f"), "" if top else _num(r.diff_to_best, "+.4f"),
+            "" if top else iv(r.diff_low, r.diff_high, "+.4f"), "" if top else _num(r.prob_improvement, ".2f"),
+            r.verdict + (f" ({r.not_ok} not ok)" if r.not_ok else ""), _num(r.train_loss_mean, ".3f"),
+            iv(r.train_loss_low, r.train_loss_high, ".3f"),
+            f"{int(r.params):,}" if pd.notna(r.params) else "-", _si(r.macs),
+            _num(r.train_seconds_mean, ".1f") + " |"]))
+    notes = [f"- {label}: {g['note'].iloc[0]}" for label, g in summary.groupby("group", sort=False)]
+    context = summary.attrs.get("context", "")
+    return "\n".join(rows + [""] + ([f"All groups: {context}.", ""] if context else []) + notes)
 
 
 # ---------------------------------------------------------------------------------------------------------

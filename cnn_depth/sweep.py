@@ -39,7 +39,7 @@ from .errors import CnnDepthError
 from .explain import activation_stats, fixed_valid_batch
 from .learner import depth_learner, fit_learner
 from .data import list_datasets
-from .loaders import dataloaders
+from .loaders import data_info, dataloaders
 from .models import count_params
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
                       environment, model_path, read_results, run_fields, run_id, write_rows, write_sweep_json)
@@ -483,13 +483,15 @@ class Engine:
     gpus: tuple = ()  # local GPU indices the workers are spread over
     runs_per_gpu: int = 1
     ray: Optional[str] = None  # "local", "auto" or an address
+    why: str = ""  # what auto weighed, when it chose
 
     def describe(self) -> str:
+        why = f" ({self.why})" if self.why else ""
         if self.kind == "inline":
-            return f"in this process, {self.threads} torch thread(s)"
+            return f"in this process, {self.threads} torch thread(s){why}"
         where = "on Ray" + ("" if self.ray == "local" else f" at {self.ray}") if self.kind == "ray" else "at once"
         gpus = f", {self.runs_per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
-        return f"{self.workers} {where}{gpus}, {self.threads} torch thread(s) each"
+        return f"{self.workers} {where}{gpus}, {self.threads} torch thread(s) each{why}"
 
     def executor(self):
         from .executors import InlineExecutor, LocalExecutor, RayExecutor
@@ -509,14 +511,76 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recorded_threads: Optional[int] = None
-                  ) -> Engine:
+# When auto may train on worker processes instead of in this one (CPUs). A run's one-thread training time is
+# about (images seen) x (PER_IMAGE + PER_MAC x its MACs per image): fitted on the 2-core development VM (bn and
+# residual nets of depths 4-32 on the embedded sample, 1 thread, validation passes counted at a third of an
+# image). Worker processes pay for themselves only above PARALLEL_MIN_SECONDS of such work: each starts by
+# importing torch and fastai and building the DataLoaders (about 10-15 s in all on that machine), and then
+# gains at most 1.2-1.5x over one process using every core (experiments/bench_sweep.py, docs/cli.md).
+SECONDS_PER_IMAGE = 0.82e-3
+SECONDS_PER_MAC_IMAGE = 1.22e-10
+PARALLEL_MIN_SECONDS = 90.0
+LR_FIND_IMAGES = 100 * 64  # lr_find: at most 100 batches (fastai's num_it), of bs 64 in the estimate
+
+
+def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls) -> Optional[float]:
+    """Rough one-thread CPU seconds of ``jobs`` (runs and lr finds) on ``dls``: what auto weighs against the
+    cost of starting worker processes. None when a model's size cannot be computed."""
+    info = data_info(dls)
+    if info is None:
+        return None
+    n_out, train, valid = len(dls.vocab), len(dls.train_ds), len(dls.valid_ds)
+    total, macs = 0.0, {}
+    try:
+        for job in jobs:
+            if job.depth not in macs:
+                macs[job.depth] = _macs(cfg.arch, job.depth, info.n_in, n_out, tuple(info.img_size))
+            images = LR_FIND_IMAGES if job.kind == "find" else cfg.epochs * (train + valid / 3) + valid / 3
+            total += images * (SECONDS_PER_IMAGE + SECONDS_PER_MAC_IMAGE * macs[job.depth])
+    except Exception:  # a model that cannot be built here fails its run with its own message: no estimate
+        return None
+    return total
+
+
+def busy_cores(interval: float = 0.25) -> float:
+    """Cores kept busy by other processes now (Linux's /proc/stat over ``interval`` seconds, this process's
+    own CPU time taken out); 0.0 where it cannot be read."""
+    def ticks():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values[:8]), values[3] + values[4]  # all, idle + iowait
+
+    try:
+        (all0, idle0), own0 = ticks(), time.process_time()
+        time.sleep(interval)
+        (all1, idle1), own1 = ticks(), time.process_time()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    cpus = os.cpu_count() or 1
+    if all1 <= all0:
+        return 0.0
+    seconds = (all1 - all0) / os.sysconf("SC_CLK_TCK") / cpus  # wall time the ticks span
+    used = (all1 - all0 - (idle1 - idle0)) / (all1 - all0) * cpus
+    return max(0.0, used - (own1 - own0) / max(seconds, 1e-9))
+
+
+def needs_estimate(cfg: SweepConfig) -> bool:
+    """Whether :func:`choose_engine` wants the work estimate and the host's load (auto on CPUs): the
+    driver then builds its DataLoaders before starting any worker."""
+    ray = cfg.ray or os.environ.get("RAY_ADDRESS")
+    return cfg.workers == "auto" and not ray and resolve_device(cfg.device).torch.type != "cuda"
+
+
+def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recorded_threads: Optional[int] = None,
+                  work: Optional[float] = None, busy: float = 0.0) -> Engine:
     """The engine for ``cfg``'s ``workers``, ``threads``, ``runs_per_gpu`` and ``ray`` with ``todo`` runs to do.
 
     ``auto`` on a CPU machine: one worker per core (at most one per run, and as many as the memory holds at
-    ``WORKER_MEMORY`` each), each with the cores divided among them; a single run trains in this process
-    with every core. With CUDA: ``runs_per_gpu`` workers on each visible GPU. Why one thread per worker on
-    CPUs: small CNNs use extra threads poorly, and on a shared host torch's thread pools collapse (see
+    ``WORKER_MEMORY`` each), each with one thread -- when there is enough work to pay for starting them
+    (``work``: :func:`estimated_seconds` at least ``PARALLEL_MIN_SECONDS``). Otherwise the runs train one
+    after another in this process, with every core that other processes leave free (``busy``: see
+    :func:`busy_cores`; torch's thread pools collapse when they share cores). With CUDA: ``runs_per_gpu``
+    workers on each visible GPU. Why one thread per worker on CPUs: small CNNs use extra threads poorly (see
     ``experiments/bench_sweep.py`` and docs/cli.md).
 
     ``recorded_threads``: the one thread count the folder's finished runs used, if they agree. ``--threads
@@ -534,18 +598,42 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
         raise CnnDepthError(f"--runs-per-gpu {cfg.runs_per_gpu} needs CUDA GPUs, and torch sees none here "
                             f"(--device {cfg.device}); leave --runs-per-gpu out")
     gpus = tuple(range(torch.cuda.device_count())) if cuda else ()
+    free = max(1, round(cpus - min(busy, cpus - 1)))  # cores other processes leave us
+    auto = cfg.workers == "auto" and not gpus
+    why = ""
     if cfg.workers != "auto":
         workers = cfg.workers
     elif gpus:
         workers = len(gpus) * cfg.runs_per_gpu
+    elif work is not None and work < PARALLEL_MIN_SECONDS and todo > 1:
+        workers = 1
+        why = (f"auto: about {work:.0f} s of one-thread training, too little to pay for starting worker "
+               f"processes" + (f"; {cpus - free} of {cpus} cores busy with other processes" if free < cpus else ""))
     else:
         memory = _available_memory()
         workers = min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus)
+        if work is not None and workers > 1 and todo > 1:
+            why = f"auto: about {work:.0f} s of one-thread training"
     workers = max(1, min(workers, todo))
-    threads = threads or max(1, cpus // workers)
     if workers == 1:
-        return Engine("inline", 1, threads)
-    return Engine("local", workers, threads, gpus, cfg.runs_per_gpu)
+        if auto and free < cpus and not why and threads is None:
+            why = f"auto: {cpus - free} of {cpus} cores busy with other processes"
+        return Engine("inline", 1, threads or (free if auto else cpus), why=why)
+    return Engine("local", workers, threads or max(1, cpus // workers), gpus, cfg.runs_per_gpu, why=why)
+
+
+def longest_first(jobs: list["Job"], seconds: Callable[["Job"], float]) -> list["Job"]:
+    """``jobs`` with the runs in order of decreasing ``seconds`` (ties in grid order), each depth's lr find
+    just before its first run: on parallel workers the last runs to start are then the short ones, so the
+    workers finish close together."""
+    runs = sorted((j for j in jobs if j.kind == "run"), key=lambda j: -seconds(j))
+    finds = {j.depth: j for j in jobs if j.kind == "find"}
+    out = []
+    for j in runs:
+        if j.depth in finds:
+            out.append(finds.pop(j.depth))
+        out.append(j)
+    return out
 
 
 def _available_memory() -> Optional[int]:
@@ -628,10 +716,6 @@ def _jobs(cfg: SweepConfig, finished: set, found_lrs: dict) -> list[Job]:
 # The sweep
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The sweep
-
-
 def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] = (),
               log: Callable[[str], None] = print, **kw) -> pd.DataFrame:
     """Train one model per (depth, seed) and write the reports; return every row of the sweep's results.csv.
@@ -673,16 +757,22 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         jobs = _jobs(cfg, finished, found_lrs)
         todo = sum(job.kind == "run" for job in jobs)
         threads_used = set(pd.to_numeric(ok.get("threads", pd.Series(dtype=float)), errors="coerce").dropna())
-        engine = choose_engine(cfg, todo, recorded_threads=int(threads_used.pop()) if len(threads_used) == 1 else None)
+        plan = functools.partial(choose_engine, cfg, todo,
+                                 recorded_threads=int(threads_used.pop()) if len(threads_used) == 1 else None)
         device = resolve_device(cfg.device)
-        starting = stack.enter_context(_starting(engine))  # workers start while the driver gets the data ready
-        # built here first: the dataset is checked (and decoded into the disk cache) before any worker starts
-        dls = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class,
-                          device=device.torch if engine.kind == "inline" else "cpu", pipeline=cfg.pipeline,
-                          augment=cfg.augment)
+        if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
+            dls = _driver_dataloaders(cfg, device.torch)
+            work = estimated_seconds(cfg, jobs, dls)
+            engine = plan(work=work, busy=busy_cores())
+            starting = stack.enter_context(_starting(engine))
+        else:  # workers start while the driver gets the data ready
+            engine, work = plan(), None
+            starting = stack.enter_context(_starting(engine))
+            dls = _driver_dataloaders(cfg, device.torch if engine.kind == "inline" else "cpu")
         check_loaders(dls, cfg)
         if engine.kind != "inline":
             _check_picklable(cbs)
+            jobs = longest_first(jobs, lambda j: estimated_seconds(cfg, [j], dls) or 0.0)
         write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
                          dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
                               depths=cfg.depths, seeds=cfg.seeds, device=device.name, engine=engine.describe()))
@@ -701,6 +791,13 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     results.attrs["out"] = str(out)
     results.attrs["summary"] = write_reports(out)
     return results
+
+
+def _driver_dataloaders(cfg: SweepConfig, device):
+    """The driver's DataLoaders: built before any run, so the dataset is checked (and decoded into the disk
+    cache, for the workers) first."""
+    return dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device,
+                       pipeline=cfg.pipeline, augment=cfg.augment)
 
 
 def _first_missing(path: Path) -> Optional[Path]:

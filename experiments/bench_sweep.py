@@ -26,6 +26,7 @@ busy, >= 2x the serial default.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -163,7 +164,10 @@ def main():
                     same_threads = [o for o in names if o != name and
                                     set(results[o].get("threads", pd.Series([0]))) == set(df.get("threads", pd.Series([1])))]
                     agree = all(_same_rows(df, results[o]) for o in same_threads) if same_threads else None
-                    rows.append(dict(mode=mode, runs=n, config=name, threads=",".join(map(str, sorted(set(df["threads"]))))
+                    folder = work / f"{mode}-{n}-{a.repeats - 1}-{names.index(name)}"
+                    engine = json.loads((folder / "sweep.json").read_text())["invocations"][-1]["engine"]
+                    picked = "serial" if engine.startswith("in this process") else engine.split(" at once")[0] + " workers"
+                    rows.append(dict(mode=mode, runs=n, config=name + (f" ({picked})" if name == "auto" else ""), threads=",".join(map(str, sorted(set(df["threads"]))))
                                      if "threads" in df else "", wall_s=round(t, 1),
                                      range_s=f"{min(times[name]):.1f}-{max(times[name]):.1f}",
                                      runs_per_min=round(n / t * 60, 2),

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from cnn_depth import SweepConfig, run_sweep
 from cnn_depth.cli import app
-from cnn_depth.sweep import choose_engine
+from cnn_depth.sweep import (PARALLEL_MIN_SECONDS, _jobs, choose_engine, estimated_seconds,
+                             longest_first)
 
 TINY = dict(depths=[1, 2], seeds=[0, 1], epochs=1, max_per_class=10, bs=16, device="cpu", quiet=True, threads=1)
 # What may differ between two runs of the same (depth, seed): when and how fast it ran, and where.
@@ -128,6 +129,41 @@ def test_auto_engine_fills_the_cores_and_never_spawns_for_one_run():
     assert (kept.kind, kept.workers, kept.threads) == ("inline", 1, 1)
     kept = choose_engine(cfg, todo=6, cpus=4, recorded_threads=2)
     assert (kept.kind, kept.workers, kept.threads) == ("local", 2, 2)
+
+
+def test_auto_engine_weighs_the_work_and_the_load():
+    cfg = SweepConfig(device="cpu")
+    small = choose_engine(cfg, todo=4, cpus=2, work=PARALLEL_MIN_SECONDS - 1)
+    assert (small.kind, small.threads) == ("inline", 2) and "too little" in small.describe()
+    big = choose_engine(cfg, todo=4, cpus=2, work=PARALLEL_MIN_SECONDS + 1)
+    assert (big.kind, big.workers, big.threads) == ("local", 2, 1)
+    # another process on one of two cores: serial runs take the free core only, workers still one thread each
+    shared = choose_engine(cfg, todo=4, cpus=2, work=10, busy=1.2)
+    assert (shared.kind, shared.threads) == ("inline", 1) and "1 of 2 cores busy" in shared.describe()
+    assert choose_engine(cfg, todo=1, cpus=8, busy=20).threads == 1  # never fewer than one
+    # what the user asked for is never second-guessed
+    asked = choose_engine(SweepConfig(device="cpu", workers=2), todo=4, cpus=2, work=1, busy=1.5)
+    assert (asked.kind, asked.workers, asked.threads, asked.why) == ("local", 2, 1, "")
+    assert choose_engine(SweepConfig(device="cpu", threads=2), todo=4, cpus=2, work=1, busy=1.5).threads == 2
+
+
+def test_work_estimate_grows_with_depth_epochs_and_images(sample_dls):
+    def seconds(**kw):
+        cfg = SweepConfig(device="cpu", **kw)
+        return estimated_seconds(cfg, _jobs(cfg, set(), {}), sample_dls)
+
+    base = seconds(depths=[2], epochs=1)
+    assert 0 < base < seconds(depths=[6], epochs=1) < seconds(depths=[6], epochs=3)
+    assert seconds(depths=[2, 6], epochs=1) == pytest.approx(base + seconds(depths=[6], epochs=1))
+    assert seconds(depths=[2], epochs=1, lr="find") > base  # the lr find counts too
+    assert estimated_seconds(SweepConfig(), [], object()) is None  # not our DataLoaders: no estimate
+
+
+def test_longest_runs_start_first_and_each_find_precedes_its_runs():
+    cfg = SweepConfig(depths=[2, 8, 4], seeds=[0, 1], lr="find")
+    order = longest_first(_jobs(cfg, set(), {}), lambda j: j.depth)
+    assert [(j.kind, j.depth) for j in order] == [("find", 8), ("run", 8), ("run", 8), ("find", 4), ("run", 4),
+                                                  ("run", 4), ("find", 2), ("run", 2), ("run", 2)]
 
 
 @pytest.mark.parametrize("args,message", [
