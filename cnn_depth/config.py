@@ -70,9 +70,11 @@ class SweepConfig:
     # How runs are spread over the machine (or a Ray cluster). None of these changes a run's numbers, except
     # threads in the last digits, so each row records its threads.
     workers: Union[int, str] = _field("auto", "Runs at once on this machine, each in its own process: a number, "
-                                              "or auto (see docs/cli.md).")
+                                              "or auto (one per core when the sweep has enough work to pay for "
+                                              "starting them, else 1; see docs/cli.md).")
     threads: Union[int, str] = _field("auto", "torch threads per run: a number, or auto (the cores divided "
-                                              "among the workers).")
+                                              "among the workers; run serially, the cores other processes "
+                                              "leave free).")
     runs_per_gpu: int = _field(1, "Runs at once on each visible GPU (CUDA only; small CNNs leave a GPU mostly "
                                   "idle).")
     ray: Optional[str] = _field(None, "Run each run as a Ray task: local (start Ray here), auto (the running "
