@@ -73,10 +73,14 @@ def paired(study: str, names: list[str]) -> str:
     a, b = (Path(n).stem for n in names)
     rows = [f"| depth | {a} | {b} | {b} − {a} | 95% interval (paired) | shared seeds | P({b} > {a}) |",
             "|--:|--:|--:|--:|---|--:|--:|"]
-    for depth in sorted(set(ra["depth"]) & set(rb["depth"])):
-        runs = [dict(zip(r.loc[(r["depth"] == depth) & (r["status"] == "ok"), "seed"].astype(int),
-                         r.loc[(r["depth"] == depth) & (r["status"] == "ok"), "accuracy"].astype(float)))
-                for r in (ra, rb)]
+    pairs = [(d, d) for d in sorted(set(ra["depth"]) & set(rb["depth"]))]
+    if not pairs and ra["depth"].nunique() == rb["depth"].nunique() == 1:  # two presets: their own depths
+        pairs = [(ra["depth"].iloc[0], rb["depth"].iloc[0])]
+    for da, db in pairs:
+        runs = [dict(zip(r.loc[(r["depth"] == d) & (r["status"] == "ok"), "seed"].astype(int),
+                         r.loc[(r["depth"] == d) & (r["status"] == "ok"), "accuracy"].astype(float)))
+                for r, d in ((ra, da), (rb, db))]
+        depth = da if da == db else f"{da} vs {db}"
         d = paired_difference(runs[1], runs[0])
         iv = f"[{d.low:+.4f}, {d.high:+.4f}]" if pd.notna(d.low) else "-"
         mean = lambda r: f"{sum(r.values()) / len(r):.4f}" if r else "-"  # noqa: E731
