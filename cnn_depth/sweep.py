@@ -511,21 +511,24 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-# When auto may train on worker processes instead of in this one (CPUs). A run's one-thread training time is
-# about (images seen) x (PER_IMAGE + PER_MAC x its MACs per image): fitted on the 2-core development VM (bn and
-# residual nets of depths 4-32 on the embedded sample, 1 thread, validation passes counted at a third of an
-# image). Worker processes pay for themselves only above PARALLEL_MIN_SECONDS of such work: each starts by
-# importing torch and fastai and building the DataLoaders (about 10-15 s in all on that machine), and then
-# gains at most 1.2-1.5x over one process using every core (experiments/bench_sweep.py, docs/cli.md).
-SECONDS_PER_IMAGE = 0.82e-3
-SECONDS_PER_MAC_IMAGE = 1.22e-10
-PARALLEL_MIN_SECONDS = 90.0
+# How auto chooses between training the runs one after another in this process (every free core as torch
+# threads) and on worker processes (one thread each). A run's one-thread training time is about
+# (images seen) x (SECONDS_PER_IMAGE + SECONDS_PER_MAC_IMAGE x its MACs per image), validation passes counted
+# at a third of an image: fitted on the quiet 2-core development VM (bn depths 2, 8 and 16, 1 thread; within
+# 6% of each). Serially, T threads run it THREAD_EXPONENT-power faster (T**0.42: 1.34x for 2 threads, as
+# measured there; an assumption beyond 2 cores). Workers add WORKER_START_SECONDS (importing torch and
+# fastai, building their DataLoaders) and finish when their busiest one does (the longest runs first).
+# Measured by experiments/bench_sweep.py (docs/cli.md).
+SECONDS_PER_IMAGE = 0.42e-3
+SECONDS_PER_MAC_IMAGE = 1.0e-10
+THREAD_EXPONENT = 0.42
+WORKER_START_SECONDS = 13.0
 LR_FIND_IMAGES = 100 * 64  # lr_find: at most 100 batches (fastai's num_it), of bs 64 in the estimate
 
 
 def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls) -> Optional[float]:
-    """Rough one-thread CPU seconds of ``jobs`` (runs and lr finds) on ``dls``: what auto weighs against the
-    cost of starting worker processes. None when a model's size cannot be computed."""
+    """Rough one-thread seconds of training ``jobs`` (runs and lr finds) on ``dls``, on a quiet core of the
+    machine the constants were fitted on: what auto weighs. None when a model's size cannot be computed."""
     info = data_info(dls)
     if info is None:
         return None
@@ -571,17 +574,36 @@ def needs_estimate(cfg: SweepConfig) -> bool:
     return cfg.workers == "auto" and not ray and resolve_device(cfg.device).torch.type != "cuda"
 
 
+def _cores(n: int, cpus: int, busy: float) -> float:
+    """The cores ``n`` busy threads of ours get next to ``busy`` cores' worth of other work (a fair share)."""
+    return n if n + busy <= cpus else cpus * n / (n + busy)
+
+
+def expected_seconds(work: Sequence[float], workers: int, threads: int, cpus: int, busy: float = 0.0) -> float:
+    """Rough wall seconds of runs of one-thread seconds ``work``: serially with ``threads`` threads
+    (``workers`` 1), or on ``workers`` worker processes of one thread each, started first and given the
+    longest runs first."""
+    if workers <= 1:
+        cores = _cores(threads, cpus, busy)
+        return sum(work) / (cores ** THREAD_EXPONENT if cores >= 1 else cores)
+    loads = [0.0] * workers
+    for w in sorted(work, reverse=True):
+        loads[loads.index(min(loads))] += w
+    share = _cores(workers, cpus, busy) / workers
+    return WORKER_START_SECONDS + max(loads) / share
+
+
 def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recorded_threads: Optional[int] = None,
-                  work: Optional[float] = None, busy: float = 0.0) -> Engine:
+                  work: Optional[Sequence[float]] = None, busy: float = 0.0) -> Engine:
     """The engine for ``cfg``'s ``workers``, ``threads``, ``runs_per_gpu`` and ``ray`` with ``todo`` runs to do.
 
     ``auto`` on a CPU machine: one worker per core (at most one per run, and as many as the memory holds at
-    ``WORKER_MEMORY`` each), each with one thread -- when there is enough work to pay for starting them
-    (``work``: :func:`estimated_seconds` at least ``PARALLEL_MIN_SECONDS``). Otherwise the runs train one
-    after another in this process, with every core that other processes leave free (``busy``: see
-    :func:`busy_cores`; torch's thread pools collapse when they share cores). With CUDA: ``runs_per_gpu``
-    workers on each visible GPU. Why one thread per worker on CPUs: small CNNs use extra threads poorly (see
-    ``experiments/bench_sweep.py`` and docs/cli.md).
+    ``WORKER_MEMORY`` each), each with one thread, when that is expected to finish sooner than training the
+    runs one after another in this process with every core other processes leave free (``work``: each job's
+    :func:`estimated_seconds`; ``busy``: :func:`busy_cores`; see :func:`expected_seconds`); else serially.
+    Without ``work``: workers whenever there are several runs. With CUDA: ``runs_per_gpu`` workers on each
+    visible GPU. Why one thread per worker on CPUs: small CNNs use extra threads poorly, and torch's thread
+    pools collapse on shared cores (``experiments/bench_sweep.py``, docs/cli.md).
 
     ``recorded_threads``: the one thread count the folder's finished runs used, if they agree. ``--threads
     auto`` then keeps it (and the workers follow from it), so that a resumed or extended sweep stays one
@@ -600,24 +622,25 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
     gpus = tuple(range(torch.cuda.device_count())) if cuda else ()
     free = max(1, round(cpus - min(busy, cpus - 1)))  # cores other processes leave us
     auto = cfg.workers == "auto" and not gpus
+    loaded = f"; {cpus - free} of {cpus} cores busy with other processes" if free < cpus else ""
     why = ""
     if cfg.workers != "auto":
         workers = cfg.workers
     elif gpus:
         workers = len(gpus) * cfg.runs_per_gpu
-    elif work is not None and work < PARALLEL_MIN_SECONDS and todo > 1:
-        workers = 1
-        why = (f"auto: about {work:.0f} s of one-thread training, too little to pay for starting worker "
-               f"processes" + (f"; {cpus - free} of {cpus} cores busy with other processes" if free < cpus else ""))
     else:
         memory = _available_memory()
-        workers = min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus)
-        if work is not None and workers > 1 and todo > 1:
-            why = f"auto: about {work:.0f} s of one-thread training"
+        workers = min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus, todo)
+        if work is not None and workers > 1:
+            serial = expected_seconds(work, 1, threads or free, cpus, busy)
+            parallel = expected_seconds(work, workers, threads or 1, cpus, busy)
+            why = f"auto: expected about {serial:.0f} s serially, {parallel:.0f} s on {workers} workers" + loaded
+            if serial <= parallel:
+                workers = 1
     workers = max(1, min(workers, todo))
     if workers == 1:
-        if auto and free < cpus and not why and threads is None:
-            why = f"auto: {cpus - free} of {cpus} cores busy with other processes"
+        if auto and not why and loaded and threads is None:
+            why = "auto" + loaded
         return Engine("inline", 1, threads or (free if auto else cpus), why=why)
     return Engine("local", workers, threads or max(1, cpus // workers), gpus, cfg.runs_per_gpu, why=why)
 
@@ -762,7 +785,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         device = resolve_device(cfg.device)
         if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
             dls = _driver_dataloaders(cfg, device.torch)
-            work = estimated_seconds(cfg, jobs, dls)
+            each = [estimated_seconds(cfg, [j], dls) for j in jobs]
+            work = None if None in each else each
             engine = plan(work=work, busy=busy_cores())
             starting = stack.enter_context(_starting(engine))
         else:  # workers start while the driver gets the data ready
