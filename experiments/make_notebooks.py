@@ -30,7 +30,7 @@ one linear layer, so any image size works.
 
 Set `CNN_DEPTH_QUICK=1` in the environment for a quick pass (20 images per class, 1 epoch): CI runs the
 notebook that way. Without it the settings below are the real ones (the whole embedded sample, 5 epochs;
-a few minutes on 2 CPU cores)."""),
+its sweep is the README main job, 44 s on 2 CPU cores)."""),
 code("""import os
 import tempfile
 
