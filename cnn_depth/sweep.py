@@ -546,12 +546,19 @@ def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls) -> Optional[
 
 
 def busy_cores(interval: float = 0.25) -> float:
-    """Cores kept busy by other processes now (Linux's /proc/stat over ``interval`` seconds, this process's
-    own CPU time taken out); 0.0 where it cannot be read."""
+    """Cores of ours (this process's affinity) kept busy by other processes now: Linux's per-core /proc/stat
+    over ``interval`` seconds, this process's own CPU time taken out; 0.0 where it cannot be read."""
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+
     def ticks():
+        total = idle = 0
         with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values[:8]), values[3] + values[4]  # all, idle + iowait
+            for line in f:
+                name, *values = line.split()
+                if name.startswith("cpu") and name != "cpu" and (mine is None or name in mine):
+                    v = [int(x) for x in values[:8]]
+                    total, idle = total + sum(v), idle + v[3] + v[4]  # all, idle + iowait
+        return total, idle
 
     try:
         (all0, idle0), own0 = ticks(), time.process_time()
@@ -559,7 +566,7 @@ def busy_cores(interval: float = 0.25) -> float:
         (all1, idle1), own1 = ticks(), time.process_time()
     except (OSError, ValueError, IndexError):
         return 0.0
-    cpus = os.cpu_count() or 1
+    cpus = len(mine) if mine else os.cpu_count() or 1
     if all1 <= all0:
         return 0.0
     seconds = (all1 - all0) / os.sysconf("SC_CLK_TCK") / cpus  # wall time the ticks span
@@ -567,11 +574,15 @@ def busy_cores(interval: float = 0.25) -> float:
     return max(0.0, used - (own1 - own0) / max(seconds, 1e-9))
 
 
+def _ray_address(cfg: SweepConfig) -> Optional[str]:
+    """Where runs go on Ray: ``--ray``, else ``RAY_ADDRESS``; None for this machine."""
+    return cfg.ray or os.environ.get("RAY_ADDRESS") or None
+
+
 def needs_estimate(cfg: SweepConfig) -> bool:
     """Whether :func:`choose_engine` wants the work estimate and the host's load (auto on CPUs): the
     driver then builds its DataLoaders before starting any worker."""
-    ray = cfg.ray or os.environ.get("RAY_ADDRESS")
-    return cfg.workers == "auto" and not ray and resolve_device(cfg.device).torch.type != "cuda"
+    return cfg.workers == "auto" and not _ray_address(cfg) and resolve_device(cfg.device).torch.type != "cuda"
 
 
 def _cores(n: int, cpus: int, busy: float) -> float:
@@ -610,7 +621,7 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
     group in the reports: the thread count can change a result's last digits.
     """
     cpus = cpus or available_cpus()
-    ray = cfg.ray or os.environ.get("RAY_ADDRESS") or None
+    ray = _ray_address(cfg)
     threads = cfg.threads if cfg.threads != "auto" else recorded_threads
     if ray:
         workers = cfg.workers if cfg.workers != "auto" else max(1, todo)
@@ -785,18 +796,20 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         device = resolve_device(cfg.device)
         if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
             dls = _driver_dataloaders(cfg, device.torch)
-            each = [estimated_seconds(cfg, [j], dls) for j in jobs]
-            work = None if None in each else each
-            engine = plan(work=work, busy=busy_cores())
+            seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
+            engine = plan(work=None if None in seconds.values() else list(seconds.values()), busy=busy_cores())
             starting = stack.enter_context(_starting(engine))
         else:  # workers start while the driver gets the data ready
-            engine, work = plan(), None
+            engine = plan()
             starting = stack.enter_context(_starting(engine))
             dls = _driver_dataloaders(cfg, device.torch if engine.kind == "inline" else "cpu")
+            seconds = None
         check_loaders(dls, cfg)
         if engine.kind != "inline":
             _check_picklable(cbs)
-            jobs = longest_first(jobs, lambda j: estimated_seconds(cfg, [j], dls) or 0.0)
+            if seconds is None:
+                seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
+            jobs = longest_first(jobs, lambda j: seconds[j] or 0.0)
         write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
                          dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
                               depths=cfg.depths, seeds=cfg.seeds, device=device.name, engine=engine.describe()))
