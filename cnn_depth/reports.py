@@ -248,6 +248,22 @@ def _si(v) -> str:
     return f"{v:.0f}"
 
 
+def _interval(low, high, fmt: str) -> str:
+    return f"[{format(low, fmt)}, {format(high, fmt)}]" if pd.notna(low) else "-"
+
+
+def _cells(r) -> dict:
+    """The formatted cells of one summary row that the text and Markdown tables share: accuracy and its
+    interval; the difference to the best depth, its paired interval and P(> best), blank on the top depth;
+    params."""
+    top = r.verdict in (VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY)
+    return dict(acc=_num(r.accuracy_mean, ".4f"), iv=_interval(r.accuracy_low, r.accuracy_high, ".4f"),
+                diff="" if top else _num(r.diff_to_best, "+.4f"),
+                div="" if top else _interval(r.diff_low, r.diff_high, "+.4f"),
+                p="" if top else _num(r.prob_improvement, ".2f"),
+                params=f"{int(r.params):,}" if pd.notna(r.params) else "-")
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as text: per group, a header line, one line per depth (mean accuracy and its interval,
     the paired difference to the best depth with its interval, P(> best), the verdict, the costs), and the
@@ -264,18 +280,12 @@ def format_summary(summary: pd.DataFrame) -> str:
         lines.append(f"{label}" + (f"   ({context})" if context else ""))
         lines.append(head)
         for r in g.itertuples():
-            acc = _num(r.accuracy_mean, ".4f")
-            iv = f"[{_num(r.accuracy_low, '.4f')}, {_num(r.accuracy_high, '.4f')}]" if pd.notna(r.accuracy_low) else "-"
-            top = r.verdict in (VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY)
-            diff = "" if top else _num(r.diff_to_best, "+.4f")
-            div = "" if top else (f"[{r.diff_low:+.4f}, {r.diff_high:+.4f}]" if pd.notna(r.diff_low) else "-")
-            p = "" if top else _num(r.prob_improvement, ".2f")
-            params = f"{int(r.params):,}" if pd.notna(r.params) else "-"
+            c = _cells(r)
             mark = " *" if r.best else ""
             extra = f"  ({r.not_ok} not ok)" if r.not_ok else ""
-            lines.append(f"{r.depth:>5} {r.runs:>4}  {acc:<8} {iv:<17}  {diff:>7} {div:<22} {p:>8}  "
-                         f"{r.verdict + mark:<26} {params:>10} {_si(r.macs):>7} {_num(r.train_seconds_mean, '.1f'):>8} "
-                         f"{_num(r.peak_memory_mb, '.0f'):>8}{extra}")
+            lines.append(f"{r.depth:>5} {r.runs:>4}  {c['acc']:<8} {c['iv']:<17}  {c['diff']:>7} {c['div']:<22} "
+                         f"{c['p']:>8}  {r.verdict + mark:<26} {c['params']:>10} {_si(r.macs):>7} "
+                         f"{_num(r.train_seconds_mean, '.1f'):>8} {_num(r.peak_memory_mb, '.0f'):>8}{extra}")
         lines.append(f"  note: {g['note'].iloc[0]}")
         if g["runs"].any():
             lines.append(f"  intervals: accuracy: {interval_words(g[g['runs'] > 0])}; vs best: paired by seed (same "
@@ -296,18 +306,12 @@ def format_markdown(summary: pd.DataFrame) -> str:
             f"| verdict | train loss | {pct} interval | params | MACs | train s |",
             "|---|--:|--:|--:|---|--:|---|--:|---|--:|---|--:|--:|--:|"]
 
-    def iv(low, high, fmt):
-        return f"[{format(low, fmt)}, {format(high, fmt)}]" if pd.notna(low) else "-"
-
     for r in summary.itertuples():
-        top = r.verdict in (VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY)
+        c = _cells(r)
         rows.append(" | ".join([
-            f"| {r.group}", str(r.depth), str(r.runs), _num(r.accuracy_mean, ".4f"),
-            iv(r.accuracy_low, r.accuracy_high, ".4f"), "" if top else _num(r.diff_to_best, "+.4f"),
-            "" if top else iv(r.diff_low, r.diff_high, "+.4f"), "" if top else _num(r.prob_improvement, ".2f"),
+            f"| {r.group}", str(r.depth), str(r.runs), c["acc"], c["iv"], c["diff"], c["div"], c["p"],
             r.verdict + (f" ({r.not_ok} not ok)" if r.not_ok else ""), _num(r.train_loss_mean, ".3f"),
-            iv(r.train_loss_low, r.train_loss_high, ".3f"),
-            f"{int(r.params):,}" if pd.notna(r.params) else "-", _si(r.macs),
+            _interval(r.train_loss_low, r.train_loss_high, ".3f"), c["params"], _si(r.macs),
             _num(r.train_seconds_mean, ".1f") + " |"]))
     notes = [f"- {label}: {g['note'].iloc[0]}" for label, g in summary.groupby("group", sort=False)]
     context = summary.attrs.get("context", "")
