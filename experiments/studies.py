@@ -177,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("command", choices=["run", "update", "check"])
     ap.add_argument("study", nargs="*", help=f"one or more of {', '.join(studies())} (default: all)")
     args = ap.parse_args(argv)
+    unknown = [s for s in args.study if s not in studies()]
+    if unknown:
+        ap.error(f"no study {', '.join(unknown)}: choose from {', '.join(studies())}")
     import os
     os.chdir(ROOT)  # the configs' out folders are relative to the repository root
     if args.command == "check":
