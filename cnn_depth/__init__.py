@@ -29,7 +29,7 @@ _API = {
     "SweepConfig": "config",
     "DataInfo": "loaders", "dataloaders": "loaders",
     "image_folder": "data", "list_datasets": "data",
-    "activation_stats": "explain", "explain_depths": "explain", "feature_maps": "explain", "grad_cam": "explain",
+    "activation_stats": "probes", "explain_depths": "explain", "feature_maps": "explain", "grad_cam": "explain",
     "depth_learner": "learner", "fit_learner": "learner",
     "count_params": "models", "depth_cnn": "models", "layer_table": "models", "list_models": "models",
     "load_run_model": "checkpoint", "save_run_model": "checkpoint",

@@ -406,7 +406,7 @@ class LocalExecutor(_Executor):
         gpus: GPU indices as the driver sees them; slot ``i`` gets ``gpus[i % len(gpus)]`` as its only
             visible GPU (``CUDA_VISIBLE_DEVICES``). Empty: the workers see what the driver sees.
         runs_per_gpu: slots per GPU; only with ``gpus``.
-        preload: modules the fork server imports once for every worker (e.g. ``["cnn_depth.sweep"]``);
+        preload: modules the fork server imports once for every worker (e.g. ``["cnn_depth.run"]``);
             empty: each worker is spawned and imports what its tasks need itself.
     """
 

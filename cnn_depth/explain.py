@@ -35,13 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.hook import Hooks, hook_outputs
-from fastai.torch_core import TensorImage, one_param
+from fastai.torch_core import TensorImage
 from fastai.vision.augment import Normalize
 from torch import nn
 
 from .checkpoint import load_run_model, saved_models
 from .errors import CnnDepthError
 from .models import count_params, eval_mode
+from .probes import _batch, activation_stats, conv_stages, fixed_valid_batch, relu_layers  # noqa: F401 (public here too)
 
 PathLike = Union[str, os.PathLike]
 N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
@@ -52,25 +53,6 @@ CAM_CMAP = "magma"  # perceptually uniform: equal steps of importance look equal
 
 # ---------------------------------------------------------------------------------------------------------
 # Hooks: feature maps, Grad-CAM, activation statistics
-
-
-def conv_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The named conv stages of a registered model: every child except ``head``, in order."""
-    stages = [(n, m) for n, m in model.named_children() if n != "head"]
-    if not stages:
-        raise CnnDepthError(f"{type(model).__name__} has no named conv stages before a 'head' child; build the "
-                            f"model with depth_cnn()")
-    return stages
-
-
-def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` as a float batch (N, C, H, W) on the model's device."""
-    x = torch.as_tensor(x)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise CnnDepthError(f"expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    return x.float().to(one_param(model).device)
 
 
 def has_convs(model: nn.Module) -> bool:
@@ -174,48 +156,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
     peak = cam.max()
     cam = cam / peak if peak > 0 else torch.zeros_like(cam)
     return cam.clamp_(0, 1).cpu()
-
-
-def relu_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
-    """The ReLUs of the stages in order, as (stage, qualified name, module): one per main-path conv (or per
-    hidden linear layer of an MLP)."""
-    return [(sname, f"{sname}.{n}", m) for sname, stage in conv_stages(model)
-            for n, m in stage.named_modules() if isinstance(m, nn.ReLU)]
-
-
-def _relu_stats(m, i, o) -> dict:
-    o = o.detach().float()
-    return dict(mean=o.mean().item(), std=o.std().item() if o.numel() > 1 else 0.0,
-                frac_zero=(o == 0).float().mean().item(), shape="x".join(map(str, o.shape[1:])))
-
-
-def activation_stats(model: nn.Module, xb: torch.Tensor) -> list[dict]:
-    """Statistics of every conv layer's ReLU output on the batch ``xb``, in eval mode.
-
-    One row per ReLU module in the stages (the ReLUs of the head's linear layers are left out). A ReLU
-    follows every main-path conv (after the shortcut add for the last conv of a residual block) or hidden
-    linear layer, so the depth family, the MLPs and the presets give ``model.config["depth"]`` rows
-    (torchvision nets one per ReLU module: see the module docstring).
-
-    Returns:
-        rows with ``layer`` (the ReLU's qualified name), ``stage``, ``index`` (1 = first conv, on the input
-        side), ``mean``, ``std``, ``frac_zero`` (the fraction of outputs exactly 0, over batch, channels and
-        pixels) and ``shape`` ("CxHxW", or the width for an MLP layer).
-    """
-    relus = relu_layers(model)
-    with eval_mode(model), Hooks([m for _, _, m in relus], _relu_stats) as hooks, torch.no_grad():
-        model(_batch(model, xb))
-        stored = list(hooks.stored)
-    return [dict(layer=name, stage=stage, index=i, **s)
-            for i, ((stage, name, _), s) in enumerate(zip(relus, stored), start=1)]
-
-
-def fixed_valid_batch(dls, n: int = 64) -> torch.Tensor:
-    """The first ``n`` validation images (normalised, no shuffle, no augmentation): the same batch every run."""
-    n = min(n, len(dls.valid_ds))
-    if n < 1:
-        raise CnnDepthError("the validation split is empty; activation statistics need validation images")
-    return dls.valid.new(shuffle=False, drop_last=False, bs=n).one_batch()[0]
 
 
 # ---------------------------------------------------------------------------------------------------------

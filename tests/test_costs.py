@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from cnn_depth.sweep import PeakMemory, macs_per_image
+from cnn_depth.run import PeakMemory, macs_per_image
 
 
 def config(arch, depth, n_in=3, n_out=10, size=(32, 32)):

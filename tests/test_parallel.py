@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cnn_depth import SweepConfig, run_sweep
 from cnn_depth.cli import app
-from cnn_depth.sweep import (WORKER_START_SECONDS, _jobs, choose_engine, estimated_seconds,
+from cnn_depth.plan import (WORKER_START_SECONDS, _jobs, choose_engine, estimated_seconds,
                              expected_seconds, longest_first)
 
 TINY = dict(depths=[1, 2], seeds=[0, 1], epochs=1, max_per_class=10, bs=16, device="cpu", quiet=True, threads=1)

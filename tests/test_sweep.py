@@ -222,7 +222,7 @@ def test_a_training_split_smaller_than_the_batch_is_refused_before_any_run(tmp_p
 def test_a_run_that_trains_on_no_batch_is_failed_not_diverged(tmp_path):
     """train_run on its own (as another driver may call it): zero batches is said plainly."""
     from cnn_depth import dataloaders
-    from cnn_depth.sweep import resolve_device, train_run
+    from cnn_depth.run import resolve_device, train_run
 
     dls = dataloaders("cifar10-sample", bs=32, max_per_class=2, device="cpu")
     cfg = SweepConfig(depths=[1], **{**SMALL, "max_per_class": 2, "bs": 32})
@@ -250,7 +250,7 @@ def test_rerun_with_save_models_saves_the_models_it_lacked(tmp_path):
 def test_counting_macs_leaves_the_runs_random_numbers_alone(tmp_path):
     """MACs are counted on a model built once per process: the first run of a depth and a later one with the
     same seed must see the same random numbers (augmentation draws from torch's RNG)."""
-    from cnn_depth.sweep import _macs
+    from cnn_depth.run import _macs
 
     _macs.cache_clear()
     settings = dict(SMALL, depths=[2], augment=True)
