@@ -46,6 +46,7 @@ import platform
 import resource
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -141,8 +142,14 @@ def step_ms(model_args: dict, device: torch.device, bs: int, use_amp: bool, step
 
 
 def probe_model(n_in: int, n_out: int) -> nn.Module:
-    """``--overhead``: a model that costs next to nothing, so a path's time is its per-batch overhead."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, n_out))
+    """``--overhead``: a model that costs next to nothing, so a path's time is its per-batch overhead.
+
+    Its children are named as the registered models' are (a body, then ``head``), so the Learner's splitter
+    (:func:`cnn_depth.learner.body_head_split`) gives the same two parameter groups as for the CNN: a body
+    without parameters (pool, flatten) and the linear head.
+    """
+    return nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     head=nn.Linear(n_in, n_out)))
 
 
 def median_step_ms(stamps: list) -> float:
