@@ -39,7 +39,7 @@ class OneLineErrors(TyperGroup):
             sys.exit(e.exit_code)
         except CnnDepthError as e:
             echo_error(str(e))
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))  # 2: bad input; 1 for errors that carry it (a full disk)
         except typer.Abort:
             echo_error("aborted")
             sys.exit(1)
@@ -284,7 +284,7 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote w
                                                                "dataset instead (default 0)."),
                 target: Optional[str] = typer.Option(None, help="Class name or index for Grad-CAM (default: the "
                                                                 "predicted class)."),
-                out: Optional[Path] = typer.Option(None, help="Folder for the PNGs (default RUN_DIR/explain/{run_id}/).")):
+                out: Optional[str] = typer.Option(None, help="Folder for the PNGs (default RUN_DIR/explain/{run_id}/).")):
     """Show what one saved model learned: input.png (top-3 predictions), feature_maps.png, gradcam.png; or,
     with --depths, one depths.png with a row per depth (top-3, feature maps of each stage, Grad-CAM).
 
