@@ -32,6 +32,7 @@ from fastai.vision.core import PILImage, PILImageBW
 from fastai.vision.data import ImageBlock
 from fastcore.foundation import L
 from PIL import Image
+from torch import Tensor
 
 from .archives import ARCHIVE_SUFFIXES, archive_key, extract, is_archive
 from .cache import shared_entry, write_entry
@@ -350,13 +351,25 @@ def open_image(path: PathLike, mode: Optional[str] = None) -> Image.Image:
 
 
 class _ScaledCreate:
-    """``create`` from a path through :func:`open_image`; anything else as fastai does it."""
+    """``create`` from a path through :func:`open_image`; anything else as fastai does it.
+
+    The annotation is fastai's own (``PILBase.create``): fastai reads it to know which inputs ``test_dl`` and
+    ``predict`` may start from (a str, Path, bytes, array, tensor or PIL image), so it must stay the same."""
 
     @classmethod
-    def create(cls, fn, **kwargs):
+    def create(cls, fn: Path | str | Tensor | np.ndarray | bytes | Image.Image, **kwargs):
+        args = {**cls._open_args, **kwargs}
         if isinstance(fn, (str, os.PathLike)):
-            return cls(open_image(fn, **{**cls._open_args, **kwargs}))
-        return super().create(fn, **kwargs)
+            return cls(open_image(fn, **args))
+        if isinstance(fn, Image.Image) and type(fn) is not cls:
+            # a loaded copy: fastai re-classes the object it is given (a lazily opened file then has no data,
+            # and the caller's image would change class under them)
+            fn = fn.copy()
+        img = super().create(fn, **kwargs)
+        mode = args.get("mode")
+        if mode and img.mode != mode:  # an array or image of other channels: converted as a file of it would be
+            img = cls(to_uint8(img._new(img.im)).convert(mode))
+        return img
 
 
 class PILImage8(_ScaledCreate, PILImage):

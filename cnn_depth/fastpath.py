@@ -239,7 +239,19 @@ class FastNormalize(_DirectCall, Normalize):
 # The DataLoader
 
 
-class TensorDL(TfmdDL):
+class ImageDL(TfmdDL):
+    """fastai's ``TfmdDL`` (the pil pipeline's loader, and the base of :class:`TensorDL`) that pickles after
+    an epoch cut short: fastai keeps the epoch's item generator (``self.it``) until the epoch ends, so after
+    ``lr_find`` or a ``break`` out of a loop stock DataLoaders cannot be pickled (``cannot pickle 'generator'``).
+    The generator is not part of the loader's state: a pickled copy starts its next epoch afresh."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("it", None)
+        return state
+
+
+class TensorDL(ImageDL):
     """A ``TfmdDL`` whose batches are rows of a decoded uint8 tensor, sliced by index, one op per batch.
 
     ``dataset`` is the DataBlock's ``Datasets`` subset (items, vocab, decode and show come from it);

@@ -19,7 +19,7 @@ from PIL import Image
 from .data import (DEFAULT_SOURCE, PIPELINES, ImageSource, _image_size, augment_item_tfms, channel_stats,
                    image_datablock, image_folder)
 from .errors import CnnDepthError, check_int
-from .fastpath import tensor_dataloaders
+from .fastpath import ImageDL, tensor_dataloaders
 from .files import PathLike
 
 
@@ -179,6 +179,6 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
             item_tfms += augment_item_tfms(img_size) if augment else []
         dblock = image_datablock(folder, None if sized else img_size, augment=augment and not sized,
                                  batch_tfms=[Normalize.from_stats(*stats)] + batch_tfms, item_tfms=item_tfms)
-        dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, **kw)
+        dls = dblock.dataloaders(folder.root, bs=bs, num_workers=num_workers, device=device, dl_type=ImageDL, **kw)
     dls.data_info = DataInfo(folder, img_size or folder.uniform_size, stats, pipeline, augment)
     return dls
