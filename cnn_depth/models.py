@@ -10,7 +10,10 @@ the feature map and doubles the width. The ``depth - 1`` convs after the stem ar
 the stages (earlier stages get the extra ones), so depth 3 has the tutorial SimpleCNN's widths
 16-32-64, depth 4 DeeperCNN's 16-32-64-128, and depth 7 is 16-32-32-64-64-128-128. A stride-2 3×3 conv
 with padding 1 maps n pixels to ceil(n/2), so no map ever shrinks below 1 px, whatever the depth or image
-size. The head is global average pooling and one linear layer: it never depends on the image size.
+size. The head is global average pooling and one linear layer: it never depends on the image size, so
+a family takes images of any size at any depth. The presets with 2×2 max-pool stages do not: each stage
+halves (rounding down) the map, so they need a minimum size (:func:`min_input_size`, checked by
+:func:`check_input_size` before a Learner or a sweep trains).
 
 Two more kinds of model sit in the same registry, built the same way (named stages, then ``head``):
 
@@ -143,7 +146,8 @@ class TutorialCNN(nn.Sequential):
                 n_flat = features(torch.zeros(1, n_in, h, w)).numel()
         except RuntimeError as e:
             raise CnnDepthError(f"preset {name} cannot take {h}×{w} images: its {len(widths)} conv+pool "
-                                f"stages need larger inputs; resize them (size=32) or pick another arch") from e
+                                f"stages need larger inputs ({pooled_min_size([(ks, padding)] * len(widths))} px "
+                                f"at least); resize them or pick another arch") from e
         fcs, nf_in = [], n_flat
         for nf in fc:
             fcs += [nn.Linear(nf_in, nf), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
@@ -188,17 +192,31 @@ class ModelSpec:
     depth: Optional[int]
     description: str
     kind: str = "cnn"  # "cnn" (conv stages), "mlp" (hidden linear layers) or "transfer" (torchvision nets)
+    min_size: int = 1  # the smallest image side (px) it takes; the families and transfer nets take any
+    stages: int = 0  # conv + 2x2 max-pool stages (the presets that have them), for the message
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, description: str, depth: Optional[int] = None, kind: str = "cnn"):
-    """Decorator: add a builder ``(depth, n_in, n_out, img_size) -> nn.Module`` to the registry."""
+def register_model(name: str, description: str, depth: Optional[int] = None, kind: str = "cnn",
+                   pooled: Sequence[tuple[int, int]] = ()):
+    """Decorator: add a builder ``(depth, n_in, n_out, img_size) -> nn.Module`` to the registry.
+
+    ``pooled``: (kernel size, padding) of each conv + 2×2 max-pool stage, for the minimum input size."""
     def _register(build):
-        _REGISTRY[name] = ModelSpec(name, build, depth, description, kind)
+        _REGISTRY[name] = ModelSpec(name, build, depth, description, kind, pooled_min_size(pooled), len(pooled))
         return build
     return _register
+
+
+def pooled_min_size(stages: Sequence[tuple[int, int]]) -> int:
+    """The smallest side (px) that conv (kernel ``ks``, padding ``p``, stride 1) + ``MaxPool2d(2)`` stages
+    map to at least 1 px: backwards from 1 px, a pool needs twice its output, a conv ``ks - 1 - 2p`` more."""
+    n = 1
+    for ks, padding in reversed(list(stages)):
+        n = max(1, 2 * n + ks - 1 - 2 * padding)
+    return n
 
 
 for _arch, _desc in [("plain", "conv-ReLU layers, no normalisation (the tutorials' style)"),
@@ -208,24 +226,29 @@ for _arch, _desc in [("plain", "conv-ReLU layers, no normalisation (the tutorial
 
 
 @register_model("simplecnn", "tutorial SimpleCNN: convs 16-32-64, each with 2×2 max-pool, then a linear layer",
-                depth=3)
+                depth=3, pooled=[(3, 1)] * 3)
+
 def simplecnn(depth, n_in, n_out, img_size):
     return TutorialCNN([16, 32, 64], [], n_in, n_out, img_size, name="simplecnn")
 
 
 @register_model("deepercnn", "tutorial DeeperCNN: convs 16-32-64-128, each with 2×2 max-pool, then a linear layer",
-                depth=4)
+                depth=4, pooled=[(3, 1)] * 4)
+
 def deepercnn(depth, n_in, n_out, img_size):
     return TutorialCNN([16, 32, 64, 128], [], n_in, n_out, img_size, name="deepercnn")
 
 
-@register_model("tutorial-net", "PyTorch-tutorial net: 5×5 convs 16-32 with 2×2 max-pool, fc 120-84-n_out", depth=2)
+@register_model("tutorial-net", "PyTorch-tutorial net: 5×5 convs 16-32 with 2×2 max-pool, fc 120-84-n_out", depth=2,
+                pooled=[(5, 0)] * 2)
+
 def tutorial_net(depth, n_in, n_out, img_size):
     return TutorialCNN([16, 32], [120, 84], n_in, n_out, img_size, ks=5, padding=0, name="tutorial-net")
 
 
 @register_model("customcnn", "digits CNN: convs 32-64-128 each with 2×2 max-pool, fc 625 with dropout 0.5, fc n_out",
-                depth=3)
+                depth=3, pooled=[(3, 1)] * 3)
+
 def customcnn(depth, n_in, n_out, img_size):
     return TutorialCNN([32, 64, 128], [625], n_in, n_out, img_size, dropout=0.5, name="customcnn")
 
@@ -255,6 +278,29 @@ def model_spec(arch: str) -> ModelSpec:
     if arch not in _REGISTRY:
         raise CnnDepthError(f"unknown arch {arch!r}; choose one of: {', '.join(list_models())}")
     return _REGISTRY[arch]
+
+
+def min_input_size(arch: str, depth: Optional[int] = None) -> int:
+    """The smallest image side (px) ``arch`` at ``depth`` takes: 1 for the families (a stride-2 conv maps n px
+    to ceil(n/2), never below 1, at any depth), the MLPs and the transfer nets; for the presets with 2×2
+    max-pool stages, what those stages need (simplecnn and customcnn 8, deepercnn 16, tutorial-net 16)."""
+    if depth is not None or model_spec(arch).depth is not None:
+        check_depth(depth, arch)
+    return model_spec(arch).min_size
+
+
+def check_input_size(arch: str, depth: Optional[int], img_size: ImgSize) -> None:
+    """Refuse, in one line naming the smallest size that works, images too small for ``arch`` at ``depth``
+    (:func:`min_input_size`): they would fail every run with a shape error deep inside the forward pass."""
+    h, w = _pair(img_size)
+    need = min_input_size(arch, depth)
+    if min(h, w) < need:
+        spec = model_spec(arch)
+        families = ", ".join(n for n in list_models() if _REGISTRY[n].depth is None)
+        raise CnnDepthError(f"preset {arch} needs images of at least {need}×{need} px (its {spec.stages} conv + "
+                            f"2×2 max-pool stages), these are {h}×{w}: resize the images to {need}×{need} px or more "
+                            f"(in Python: dataloaders(..., size={need})), or use a family arch ({families}), "
+                            f"which takes any size")
 
 
 def check_depth(depth, arch: str = "bn") -> int:
@@ -290,6 +336,7 @@ def depth_cnn(depth: Optional[int] = None, n_in: int = 3, n_out: int = 10, arch:
     depth = check_depth(depth, arch)
     n_in, n_out = check_int(n_in, "n_in"), check_int(n_out, "n_out")
     spec = model_spec(arch)
+    check_input_size(arch, depth, img_size)
     if pretrained and spec.kind != "transfer":
         raise CnnDepthError(f"arch {arch} has no pretrained weights; --pretrained works with "
                             f"{', '.join(TRANSFER_ARCHS)} (or leave it out)")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnn_depth import CnnDepthError, count_params, depth_cnn, layer_table, list_models
-from cnn_depth.models import model_spec, stage_sizes
+from cnn_depth.models import check_input_size, min_input_size, model_spec, stage_sizes
 
 FAMILIES = [m for m in list_models() if model_spec(m).depth is None]
 CONV_FAMILIES = [m for m in FAMILIES if model_spec(m).kind == "cnn"]
@@ -140,9 +140,35 @@ def test_fashiondnn_is_the_chapters_model():
     (dict(depth=34, arch="resnet18"), "preset resnet18 has a fixed depth of 18"),
     (dict(arch="bn", depth=3, pretrained=True), "arch bn has no pretrained weights; --pretrained works with resnet18"),
     (dict(depth=None, arch="bn"), "whole number"),
-    (dict(arch="tutorial-net", img_size=8), "cannot take 8×8 images"),
+    (dict(arch="tutorial-net", img_size=8), "preset tutorial-net needs images of at least 16×16 px (its 2 conv + "
+                                            "2×2 max-pool stages), these are 8×8: resize the images to 16×16 px"),
 ])
 def test_bad_model_arguments_give_one_line(kwargs, message):
     with pytest.raises(CnnDepthError, match=re.escape(message)) as e:
         depth_cnn(**kwargs)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arch", [p for p in PRESETS if model_spec(p).kind != "transfer"])
+def test_min_input_size_is_the_smallest_that_builds_and_runs(arch):
+    """The minimum each preset states is exact: that size trains a batch, one pixel less is refused in one
+    line naming it, before any shape error inside the forward pass."""
+    n = min_input_size(arch)
+    model = depth_cnn(arch=arch, img_size=n).train()
+    model(torch.zeros(2, 3, n, n)).sum().backward()
+    if n > 1:
+        with pytest.raises(CnnDepthError, match=re.escape(f"at least {n}×{n} px")) as e:
+            depth_cnn(arch=arch, img_size=(n, n - 1))
+        assert "\n" not in str(e.value) and f"size={n}" in str(e.value)
+        with pytest.raises(CnnDepthError, match="at least"):
+            check_input_size(arch, None, n - 1)
+    check_input_size(arch, None, n)
+
+
+def test_min_input_sizes_of_the_pooled_presets_and_the_families():
+    assert {a: min_input_size(a) for a in ("simplecnn", "deepercnn", "tutorial-net", "customcnn")} == \
+        {"simplecnn": 8, "deepercnn": 16, "tutorial-net": 16, "customcnn": 8}
+    # a family's stride-2 convs round up, so any depth takes a 1-pixel image
+    for arch in FAMILIES:
+        assert min_input_size(arch, 20) == 1
+        depth_cnn(20, arch=arch, img_size=1).eval()(torch.zeros(1, 3, 1, 1))
