@@ -36,12 +36,41 @@ def group_colours(n: int) -> list:
     return [colormaps["hsv"](i / n) for i in range(n)]
 
 
+def wrap(text: str, width: int) -> str:
+    """``text`` with every line longer than ``width`` characters broken at spaces, or inside a long path or
+    file name after a ``/``, ``_`` or ``-`` (a name without any is cut), so that a title never runs off the
+    figure."""
+    import re
+
+    out = []
+    for line in text.split("\n"):
+        current = ""
+        for token in re.findall(r"\s+|[^\s/_-]*[/_-]+|[^\s/_-]+", line):
+            if len(current) + len(token) > width and current.strip():
+                out.append(current.rstrip())
+                current = ""
+            if not current and token.isspace():
+                continue
+            while len(token) > width:  # one name longer than a line: cut it
+                out.append(token[:width])
+                token = token[width:]
+            current += token
+        out.append(current.rstrip())
+    return "\n".join(out)
+
+
+def _chars(width_in: float, fontsize: float) -> int:
+    """How many characters of DejaVu Sans at ``fontsize`` fit in ``width_in`` inches, with a margin: its
+    widest common glyphs are about 0.7 em, a typical line's average under 0.6 em."""
+    return max(20, int(width_in * 72 / (0.66 * fontsize)))
+
+
 def _message_figure(title: str, message: str):
     """A figure that says why there is nothing to draw, instead of empty axes."""
     fig = _figure(7.5, 3)
     ax = fig.subplots()
     ax.set_axis_off()
-    ax.set_title(title)
+    ax.set_title(wrap(title, _chars(7.0, 12)))
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, transform=ax.transAxes)
     return fig
 
@@ -90,10 +119,77 @@ def plot_accuracy_vs_depth(summary: pd.DataFrame, path: PathLike, title: str = "
 
 
 def _save(fig, path: PathLike) -> Path:
+    """Write ``fig`` to ``path`` (aside, then renamed: a failed write leaves the old figure, if any, whole).
+    A full disk or an unwritable folder is one line (:func:`write_failed`), not a traceback."""
+    from .files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png"))
+    except OSError as e:
+        raise CnnDepthError(write_failed(path, e)) from e
     return path
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def write_failed(path: PathLike, error: OSError) -> str:
+    """The one line for a file that could not be written: which file, why, the free space left on its disk,
+    and what to do (finished runs are kept: rerunning the command resumes and writes the reports again)."""
+    import errno
+    import shutil
+
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free on its disk" if folder else "its folder is missing"
+    except OSError:
+        free = "free space unknown"
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+    fix = ("free some space (or give another --out)" if full else "give a folder you can write to (--out)")
+    return (f"cannot write {path}: {why} ({free}); {fix} and rerun the same command: finished runs are kept "
+            f"and the reports are written again")
+
+
+LEGEND_CHARS = 44  # legend labels are wrapped to this many characters, so the legend never squeezes the axes
+
+
+def _short_labels(summary: pd.DataFrame) -> dict:
+    """Each group's label as the figures show it: data sources named by their file name, not the whole path."""
+    from .reports import group_labels, summary_groups
+
+    try:
+        groups = summary_groups(summary)
+    except KeyError:  # a summary without its settings' columns: its own labels
+        return {}
+    return dict(zip(dict.fromkeys(summary["group"]), group_labels(groups, short=True)[0]))
+
+
+def _header(fig, ax, title: str, summary: pd.DataFrame) -> None:
+    """The figure's title and the settings every group shares (data sources by file name) above the axes,
+    wrapped to the figure's width; over the axes, in red, what differs between the groups compared
+    (:func:`cnn_depth.reports.comparison_note`)."""
+    from .reports import comparison_note, group_labels, summary_groups
+
+    try:
+        groups = summary_groups(summary)
+    except KeyError:
+        groups = []
+    context = group_labels(groups, short=True)[1] if groups else summary.attrs.get("context", "")
+    width = fig.get_figwidth()
+    fig.suptitle(wrap(title, _chars(width, 11)) + (f"\n{wrap(context, _chars(width, 9.5))}" if context else ""),
+                 fontsize=10)
+    note = comparison_note(summary, short=True) if groups else ""
+    if note:  # centred over the axes, which leave the legend's width free on the right
+        ax.set_title(wrap(note, _chars(width * 0.75, 9)), fontsize=9,
+                     color="firebrick" if note.startswith("warning") else "0.2")
 
 
 def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
@@ -116,6 +212,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
         return _message_figure(title, why)
     groups = list(dict.fromkeys(s["group"]))
     colours = dict(zip(groups, group_colours(len(groups))))
+    short = _short_labels(summary)
     fig = _figure(11, 6.6)
     ax, ax_cost = fig.subplots(2, 1, sharex=True, height_ratios=[2.4, 1])
     log = _depth_axis(ax, summary["depth"])
@@ -135,7 +232,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
         yerr = np.vstack([np.where(np.isnan(low), 0, y - low), np.where(np.isnan(high), 0, high - y)])
         h = ax.errorbar(x, y, yerr=yerr, color=c, marker="o", ms=5, capsize=3, lw=1.6, elinewidth=1.2, zorder=3)
         handles.append(h)
-        labels.append(f"{label} ({_n_seeds(g.loc[g['runs'] > 0, 'runs'])})")
+        labels.append(wrap(f"{short.get(label, label)} ({_n_seeds(g.loc[g['runs'] > 0, 'runs'])})", LEGEND_CHARS))
         v = g["verdict"].to_numpy()
         best, top = v == "best", v == "highest mean"
         ring = np.isin(v, ["tied with best", "too few seeds", "above best on shared seeds"])
@@ -170,8 +267,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
         labels.append("error bars: " + words.replace(" over ", "\nover ").replace(" (1 seed", "\n(1 seed"))
     ax.set_ylabel("validation accuracy (mean)")
     ax.grid(alpha=0.3)
-    context = summary.attrs.get("context", "")
-    ax.set_title(title + (f"\n{context}" if context else ""), fontsize=10)
+    _header(fig, ax, title, summary)
     ax_cost.set_yscale("log")
     ax_cost.set_ylabel("cost (log scale)", fontsize=9)
     ax_cost.set_xlabel("depth (conv layers)" + (", log2 axis" if log else ""))
@@ -210,6 +306,7 @@ def curves_figure(history: pd.DataFrame, results: pd.DataFrame):
     depths = sorted(int(d) for d in h["depth"].unique())
     cmap = colormaps["viridis"]
     colour = {d: cmap(0.9 * i / max(1, len(depths) - 1)) for i, d in enumerate(depths)}
+    short = _short_labels(ok.drop_duplicates("group")) if "group" in ok.columns else {}
     fig = _figure(11.5, 0.4 + 3.6 * len(groups))
     rows = np.atleast_1d(fig.subfigures(len(groups), 1)) if len(groups) > 1 else [fig]
     for sub, label in zip(rows, groups):
@@ -234,7 +331,8 @@ def curves_figure(history: pd.DataFrame, results: pd.DataFrame):
         ns = (f"{seeds.min()} seed{'s' if seeds.max() > 1 else ''}" if seeds.min() == seeds.max() else
               f"{seeds.min()}-{seeds.max()} seeds")
         band = "; band: min to max over seeds" if seeds.max() > 1 else ""
-        sub.suptitle(f"{label + ': ' if label else ''}mean over seeds per depth ({ns}{band})", fontsize=10)
+        sub.suptitle(wrap(f"{short.get(label, label) + ': ' if label else ''}mean over seeds per depth ({ns}{band})",
+                          _chars(fig.get_figwidth() * 0.8, 10)), fontsize=10)
         ax_loss.set_title("training and validation loss", fontsize=9)
         ax_acc.set_title("validation accuracy", fontsize=9)
         chance = ok.loc[ok["group"] == label, "classes"].dropna() if "group" in ok.columns else ok["classes"].dropna()
@@ -295,8 +393,5 @@ def plot_activations(activations, out_png: PathLike) -> Path:
     ax_s.legend(fontsize=8, ncol=1 + len(g.groupby(["arch", "depth"])) // 12, loc="best")
     fig.suptitle(f"Activations after training on a fixed validation batch"
                  f"{f' (seeds averaged: up to {n_seeds} per depth)' if n_seeds > 1 else ''}")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return out_png
+    return _save(fig, out_png)
 

@@ -127,20 +127,95 @@ def drop_repeated_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[sorted(order.index[keep])]
 
 
-def group_labels(groups: Sequence[tuple]) -> tuple[list[str], str]:
-    """Labels that tell groups apart by what differs between them (``bn · lr find``, ``bn · lr 0.003``), and
-    one line of what they share. A single group is labelled ``arch · dataset · N ep``."""
-    if not groups:
-        return [], ""
-    cols = {c: [g[i] for g in groups] for i, c in enumerate(GROUP)}
+def short_paths(paths: Sequence[str]) -> dict[str, str]:
+    """Each path's shortest tail that still tells it from the others: its file name alone where that is
+    unique (``/home/me/data/x.tgz`` -> ``x.tgz``), else as many folders above it as it takes (``d/toy`` and
+    ``e/toy``). Registry names (no ``/``) stay as they are."""
+    distinct = list(dict.fromkeys(paths))
+    parts = {p: [q for q in str(p).replace("\\", "/").split("/") if q] or [str(p)] for p in distinct}
+    out = {}
+    for p in distinct:
+        for k in range(1, len(parts[p]) + 1):
+            tail = parts[p][-k:]
+            if all(parts[q][-k:] != tail for q in distinct if q != p):
+                break
+        out[p] = "/".join(tail)
+    return out
+
+
+def _differs(cols: dict) -> list[str]:
+    """The GROUP columns whose values differ between groups; ``source`` only where the dataset names do not
+    already tell the sources apart."""
     differs = [c for c in GROUP if len(set(cols[c])) > 1]
     if "source" in differs and len(set(zip(cols["dataset"], cols["source"]))) == len(set(cols["dataset"])):
         differs.remove("source")  # the dataset names already tell the sources apart
+    return differs
+
+
+def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str], str]:
+    """Labels that tell groups apart by what differs between them (``bn · lr find``, ``bn · lr 0.003``), and
+    one line of what they share. A single group is labelled ``arch · dataset · N ep``.
+
+    ``short``: data sources given as paths are named by their file name (or the shortest tail that tells
+    them apart), as the figures show them; the printed table and summary.csv keep the whole path."""
+    if not groups:
+        return [], ""
+    cols = {c: [g[i] for g in groups] for i, c in enumerate(GROUP)}
+    differs = _differs(cols)
+    if short:
+        names = short_paths(cols["source"])
+        cols["source"] = [names[v] for v in cols["source"]]
     shown = ["arch"] + [c for c in differs if c != "arch"] if len(groups) > 1 else ["arch", "dataset", "epochs"]
     labels = [" · ".join(_shown(c, cols[c][k]) for c in shown) for k in range(len(groups))]
     common = [_shown(c, cols[c][0]) for c in GROUP if c not in shown and c not in differs
               and not (c == "source" and cols["source"][0] == cols["dataset"][0])]
     return labels, " · ".join(common)
+
+
+SETTING_NAMES = {"dataset": "dataset", "arch": "arch", "source": "data source", "epochs": "epochs",
+                 "lr_setting": "lr", "bs": "batch size", "max_per_class": "images per class",
+                 "pipeline": "pipeline", "augment": "augmentation", "threads": "torch threads", "device": "device",
+                 "precision": "precision", "pretrained": "pretrained weights", "transfer": "transfer"}
+
+
+def summary_groups(summary: pd.DataFrame) -> list[tuple]:
+    """Each group's settings (``GROUP``, as comparable strings), in the summary's order, from its columns
+    alone: a summary read back from summary.csv gives the same."""
+    if summary.empty:
+        return []
+    first = summary.drop_duplicates("group")
+    return [tuple(_canon(c, v) for c, v in zip(GROUP, r)) for r in first[GROUP].itertuples(index=False)]
+
+
+def setting_differences(summary: pd.DataFrame, short: bool = False) -> list[tuple[str, list[str]]]:
+    """The settings that decide a run's numbers and differ between the summary's groups, each with its
+    values as the labels show them, in group order: e.g. ``[("arch", ["bn", "residual"]), ("epochs",
+    ["2 ep", "1 ep"])]``. Empty for one group, or groups that differ in nothing else than, e.g., source paths
+    the dataset names already tell apart."""
+    groups = summary_groups(summary)
+    if len(groups) < 2:
+        return []
+    cols = {c: [g[i] for g in groups] for i, c in enumerate(GROUP)}
+    if short:
+        names = short_paths(cols["source"])
+        cols["source"] = [names[v] for v in cols["source"]]
+    return [(c, [v if c == "source" else _shown(c, v) for v in dict.fromkeys(cols[c])]) for c in _differs(cols)]
+
+
+def comparison_note(summary: pd.DataFrame, short: bool = False) -> str:
+    """One line that says what differs between the groups compared: ``the groups differ in arch (bn vs plain)
+    only; every other setting is the same``, or where they differ in more than one setting a warning, e.g.
+    ``warning: the groups differ in 2 settings: arch (bn vs residual) and epochs (2 ep vs 1 ep); a gap
+    between two groups may come from either, not from one alone``. Empty for one group."""
+    diffs = setting_differences(summary, short)
+    if not diffs:
+        return ""
+    parts = [f"{SETTING_NAMES[c]} ({' vs '.join(v) if len(v) == 2 else ', '.join(v)})" for c, v in diffs]
+    if len(parts) == 1:
+        return f"the groups differ in {parts[0]} only; every other setting is the same"
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (f"warning: the groups differ in {len(parts)} settings: {listed}; a gap between two groups may come "
+            f"from {'either' if len(parts) == 2 else 'any of them'}, not from one alone")
 
 
 def _compact(values) -> str:
@@ -267,7 +342,9 @@ def _cells(r) -> dict:
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as text: per group, a header line, one line per depth (mean accuracy and its interval,
     the paired difference to the best depth with its interval, P(> best), the verdict, the costs), and the
-    group's note under it. Every number is a column of ``summary`` (summary.csv), rounded."""
+    group's note under it; for several groups, a last line says which settings differ between them
+    (:func:`comparison_note`: a warning where more than one does). Every number is a column of ``summary``
+    (summary.csv), rounded."""
     if summary.empty:
         return "no runs to summarise"
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
@@ -290,7 +367,8 @@ def format_summary(summary: pd.DataFrame) -> str:
         if g["runs"].any():
             lines.append(f"  intervals: accuracy: {interval_words(g[g['runs'] > 0])}; vs best: paired by seed (same "
                          f"seed, same data order), {pct} t over the shared seeds")
-    return "\n".join(lines)
+    compared = comparison_note(summary)
+    return "\n".join(lines + ([compared] if compared else []))
 
 
 def format_markdown(summary: pd.DataFrame) -> str:
