@@ -17,7 +17,7 @@ A run folder written by ``cnn-depth sweep --save-models`` keeps one file per tra
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 import shlex
@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from .errors import CnnDepthError
-from .files import PathLike, atomic_write
+from .files import PathLike, atomic_write, writing
 from .loaders import data_info
 from .models import depth_cnn
-from .records import MODELS_DIR, model_path, run_id  # noqa: F401  (model_path, run_id: part of this API)
+from .records import MODELS_DIR, model_path, read_sweep_json, run_id  # noqa: F401  (model_path, run_id: part of this API)
 
 FORMAT = "cnn-depth-model"
 VERSION = 1
@@ -120,10 +120,12 @@ def checkpoint_dict(learn_or_model, dls=None, **meta) -> dict:
 
 
 def write_checkpoint(path: PathLike, ckpt: dict) -> Path:
-    """Write a :func:`checkpoint_dict` to ``path``, aside then renamed: a killed run leaves no half file."""
+    """Write a :func:`checkpoint_dict` to ``path``, aside then renamed: a killed run leaves no half file, and a
+    full disk is one line (:class:`~cnn_depth.files.DiskFull`), the old file untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda f: torch.save(ckpt, f))
+    with writing(path, "the model"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def save_run_model(path: PathLike, learn_or_model, dls=None, **meta) -> Path:
@@ -148,8 +150,8 @@ def resave_command(run_dir: PathLike) -> str:
 
     run_dir = Path(run_dir)
     try:
-        config = json.loads((run_dir / "sweep.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        config = read_sweep_json(run_dir / "sweep.json")["config"]
+    except (CnnDepthError, KeyError):  # none, or damaged: the options cannot be read from it
         return f"cnn-depth sweep <the options that made it> --out {shlex.quote(str(run_dir))} --save-models"
     args = ["cnn-depth", "sweep"]
     for name in ("depths", "seeds", *RESULT_FIELDS):
@@ -207,12 +209,9 @@ def _one_line(e: BaseException, limit: int = 100) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
-                   arch: Optional[str] = None) -> tuple[dict, Optional[str]]:
-    """Pick one saved model of a run folder: (its entry from ``saved_models``, a note or None).
-
-    ``arch`` and ``depth`` may be left out when the run holds only one; ``seed`` defaults to the lowest.
-    """
+def pick_arch(run_dir: PathLike, arch: Optional[str] = None) -> tuple[str, list[dict]]:
+    """(the arch, its entries from :func:`saved_models`) of a run folder; ``arch`` may be left out when the
+    folder holds models of one arch only. One-line errors: several archs and none chosen, an arch not saved."""
     runs = saved_models(run_dir)
     archs = sorted({r["arch"] for r in runs})
     if arch is None:
@@ -223,6 +222,16 @@ def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optiona
     runs = [r for r in runs if r["arch"] == arch]
     if not runs:
         raise CnnDepthError(f"arch {arch!r} is not in {run_dir}; saved archs: {', '.join(archs)}")
+    return arch, runs
+
+
+def find_run_model(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[int] = None,
+                   arch: Optional[str] = None) -> tuple[dict, Optional[str]]:
+    """Pick one saved model of a run folder: (its entry from ``saved_models``, a note or None).
+
+    ``arch`` and ``depth`` may be left out when the run holds only one; ``seed`` defaults to the lowest.
+    """
+    arch, runs = pick_arch(run_dir, arch)
     depths = [r["depth"] for r in runs]
     if depth is None:
         if len(set(depths)) > 1:
@@ -260,9 +269,106 @@ def read_run_model(path: PathLike) -> dict:
                             f"damaged or not a cnn-depth model: {_replace(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt:
         raise CnnDepthError(f"{path} is not a cnn-depth model file (no {FORMAT!r} format tag); {_replace(path)}")
-    if ckpt.get("version", 0) > VERSION:
-        raise CnnDepthError(f"{path} was saved by a newer cnn-depth (format version {ckpt['version']}); "
-                            f"upgrade cnn-depth")
+    return check_checkpoint(ckpt, path)
+
+
+def _shown(v) -> str:
+    """A value from a checkpoint in a message: its type and the start of its text."""
+    if isinstance(v, torch.Tensor):
+        return f"a tensor of shape {tuple(v.shape)}"
+    text = repr(v)
+    kind = {dict: "a dict ", list: "a list ", str: "a string ", tuple: "a tuple "}.get(type(v), "")
+    return f"{kind}{text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _int_in(v, low: int, high: Optional[int] = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+
+def _numbers(v, n: int, positive: bool = False) -> bool:
+    return (isinstance(v, list) and len(v) == n and
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+                for x in v))
+
+
+MAX_IMG_SIZE = 16384  # px per side: a guard against a damaged img_size that would resize an image to gigabytes
+
+
+def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
+    """``ckpt`` (as ``torch.load(weights_only=True)`` read it) if every field holds what
+    :func:`checkpoint_dict` writes (see the module docstring), else a one-line :class:`CnnDepthError` naming
+    the file, the field and the fix. Checked before the model is rebuilt, so that a damaged field is named
+    as such, not blamed later on an image or a class."""
+    from .models import MAX_DEPTH, list_models
+
+    def refuse(field: str, value, what: str):
+        raise CnnDepthError(f"{path}: {field} is {_shown(value)}, not {what}; the file is damaged or was changed: "
+                            f"{_replace(path)}")
+
+    if "version" not in ckpt:
+        raise CnnDepthError(f"{path} has no format version; the file is damaged or was changed: {_replace(path)}")
+    version = ckpt["version"]
+    if not _int_in(version, 1):
+        refuse("version", version, "a whole number ≥ 1")
+    if version > VERSION:
+        raise CnnDepthError(f"{path} was saved by a newer cnn-depth (format version {version}); upgrade cnn-depth")
+    sd = ckpt["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        refuse("state_dict", sd, "a dict of weight tensors")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            refuse(f"state_dict[{k!r}]", v, "a tensor")
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        refuse("config", config, "a dict (arch, depth, n_in, n_out, img_size)")
+    for key in ("arch", "depth", "n_in", "n_out", "img_size"):
+        if key not in config:
+            raise CnnDepthError(f"{path}: config has no {key}, so the model cannot be rebuilt; the file is damaged "
+                                f"or was changed: {_replace(path)}")
+    unknown = sorted(set(config) - {"arch", "depth", "n_in", "n_out", "img_size"})
+    if unknown:
+        refuse(f"config.{unknown[0]}", config[unknown[0]], "a field of a cnn-depth model (there is none)")
+    if not isinstance(config["arch"], str) or config["arch"] not in list_models():
+        refuse("config.arch", config["arch"], f"a registered model ({', '.join(list_models())})")
+    if not (config["depth"] is None or _int_in(config["depth"], 1, MAX_DEPTH)):
+        refuse("config.depth", config["depth"], f"a whole number from 1 to {MAX_DEPTH}")
+    if config["n_in"] not in (1, 3) or isinstance(config["n_in"], bool):
+        refuse("config.n_in", config["n_in"], "1 (grayscale) or 3 (RGB) channels")
+    if not _int_in(config["n_out"], 1):
+        refuse("config.n_out", config["n_out"], "a whole number of classes ≥ 1")
+    size = config["img_size"]
+    if not (_int_in(size, 1, MAX_IMG_SIZE) or (isinstance(size, list) and len(size) == 2 and
+                                               all(_int_in(v, 1, MAX_IMG_SIZE) for v in size))):
+        refuse("config.img_size", size, f"[height, width] in px, each from 1 to {MAX_IMG_SIZE}")
+    n_out, n_in = config["n_out"], config["n_in"]
+    vocab = ckpt.get("vocab")
+    if vocab is not None and not (isinstance(vocab, list) and all(isinstance(v, str) for v in vocab)):
+        refuse("vocab", vocab, "a list of class names")
+    if vocab is not None and len(vocab) != n_out:
+        raise CnnDepthError(f"{path}: vocab has {len(vocab)} class names but the model's head has {n_out} outputs "
+                            f"(config.n_out); the file is damaged or was changed: {_replace(path)}")
+    stats = ckpt.get("stats")
+    if stats is not None:
+        if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
+            refuse("stats", stats, "a dict of mean and std per channel")
+        if not _numbers(stats["mean"], n_in):
+            refuse("stats.mean", stats["mean"], f"{n_in} finite number(s), one per channel")
+        if not _numbers(stats["std"], n_in, positive=True):
+            refuse("stats.std", stats["std"], f"{n_in} positive number(s), one per channel")
+    source = ckpt.get("source")
+    if source is not None:
+        if not isinstance(source, dict):
+            refuse("source", source, "a dict (name, root, max_per_class, train_name, valid_name)")
+        if not isinstance(source.get("name"), str) or not source["name"].strip():
+            refuse("source.name", source.get("name"), "the dataset's name or path")
+        for key in ("root", "train_name", "valid_name"):
+            if source.get(key) is not None and not isinstance(source[key], str):
+                refuse(f"source.{key}", source[key], "a string or None")
+        if source.get("max_per_class") is not None and not _int_in(source["max_per_class"], 1):
+            refuse("source.max_per_class", source["max_per_class"], "a whole number ≥ 1 or None")
+    for key in ("meta", "versions"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            refuse(key, ckpt[key], "a dict")
     return ckpt
 
 

@@ -103,6 +103,9 @@ class SweepConfig:
                 raise CnnDepthError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if self.out is not None:
             self.out = str(_typed(self.out, (str, os.PathLike), "out"))
+            if not self.out.strip():  # "" would silently mean the default folder
+                raise CnnDepthError("out is empty; give a folder (e.g. --out runs/x), or leave out --out for the "
+                                    "default")
         for name in ("augment", "quiet", "save_models"):
             _typed(getattr(self, name), bool, name)
         for name in ("workers", "threads"):

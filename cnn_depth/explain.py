@@ -21,15 +21,15 @@ the model:
 MLPs have no conv layers: ``feature_maps`` and ``grad_cam`` refuse them with one line, and their figures
 show the activations of each hidden layer's units instead.
 
-Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas, never through pyplot, so nothing
+Figures are drawn on matplotlib ``Figure`` objects (``plots._figure``) and saved atomically by
+``files.save_figure`` (a full disk is one line), never through pyplot, so nothing
 here changes a notebook's backend.
 """
 from __future__ import annotations
 
 import operator
-import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,12 +39,13 @@ from fastai.torch_core import TensorImage
 from fastai.vision.augment import Normalize
 from torch import nn
 
-from .checkpoint import load_run_model, saved_models
+from .checkpoint import load_run_model, pick_arch
 from .errors import CnnDepthError
+from .files import PathLike, output_folder, save_figure
 from .models import count_params, eval_mode
+from .plots import _figure
 from .probes import _batch, activation_stats, conv_stages, fixed_valid_batch, relu_layers  # noqa: F401 (public here too)
 
-PathLike = Union[str, os.PathLike]
 N_CHANNELS = 8  # feature maps shown per conv stage: the most active ones
 N_TILES = 4  # channels per stage in explain_depths: a 2×2 mosaic of the most active ones
 TOP_K = 3  # predictions shown on input.png
@@ -162,15 +163,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, vocab: Optional[Seq
 # Figures
 
 
-def _figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _show_image(ax, a: np.ndarray) -> None:
     if a.shape[-1] == 1:
         ax.imshow(a[..., 0], cmap="gray", vmin=0, vmax=255)
@@ -194,7 +186,7 @@ def _plot_input(path: Path, a: np.ndarray, probs: torch.Tensor, vocab: list, tit
         ax_bar.text(min(p + 0.02, 0.85), yi, f"{p:.2f}", va="center", fontsize=9)
     ax_bar.set_yticks(y, [f"{n} (true)" if n == label else n for n in names])
     ax_bar.set(xlim=(0, 1), xlabel="probability", title=f"top-{len(names)} predictions")
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _plot_feature_maps(path: Path, maps: list, title: str):
@@ -221,7 +213,7 @@ def _plot_feature_maps(path: Path, maps: list, title: str):
         axes[r, 0].set_ylabel(f"{name}\n{C}×{h}×{w}", fontsize=9)
         fig.colorbar(im, ax=axes[r, :].tolist(), shrink=0.9, pad=0.01, aspect=10).ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _plot_grad_cam(path: Path, a: np.ndarray, cam: torch.Tensor, title: str):
@@ -234,7 +226,7 @@ def _plot_grad_cam(path: Path, a: np.ndarray, cam: torch.Tensor, title: str):
     ax_cam.set_title("Grad-CAM over the input", fontsize=9)
     fig.colorbar(im, ax=ax_cam, shrink=0.85, label="importance (0-1)")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _plot_hidden_units(path: Path, units: list, title: str):
@@ -245,7 +237,7 @@ def _plot_hidden_units(path: Path, units: list, title: str):
         _unit_bars(ax, u, name)
     axes[-1].set_xlabel("unit, most active first")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _unit_bars(ax, u: torch.Tensor, name: str, small: bool = False) -> None:
@@ -337,7 +329,7 @@ def _plot_depths(path: Path, rows: list, title: str):
     if any(o.ndim == 2 for r in rows for _, o in r["stages"]):
         what.append("hidden layers: their units for this image, largest first")
     fig.suptitle("\n".join([title] + what), fontsize=9)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,8 +428,7 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
     probs = _probs(model, x)
     pred = int(probs.argmax())
     log(f"{info['run_id']}: {what}: predicted {vocab[pred]} ({probs[pred]:.2f})")
-    out = Path(out) if out is not None else Path(run_dir) / "explain" / info["run_id"]
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out if out is not None else Path(run_dir) / "explain" / info["run_id"])
     _plot_input(out / "input.png", a, probs, vocab, f"{info['run_id']}\n{what}", label)
     if not has_convs(model):
         log(f"{info['run_id']}: an MLP has no conv layers, so no feature maps or Grad-CAM; hidden_layers.png "
@@ -464,16 +455,8 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
 
 def saved_depths(run_dir: PathLike, arch: Optional[str] = None) -> tuple[str, list[int]]:
     """(arch, its saved depths, ascending) of a run folder; ``arch`` may be left out when it holds one."""
-    runs = saved_models(run_dir)
-    archs = sorted({r["arch"] for r in runs})
-    if arch is None:
-        if len(archs) > 1:
-            raise CnnDepthError(f"{run_dir} holds models of several archs ({', '.join(archs)}); pick one with --arch")
-        arch = archs[0]
-    depths = sorted({r["depth"] for r in runs if r["arch"] == arch})
-    if not depths:
-        raise CnnDepthError(f"arch {arch!r} is not in {run_dir}; saved archs: {', '.join(archs)}")
-    return arch, depths
+    arch, runs = pick_arch(run_dir, arch)
+    return arch, sorted({r["depth"] for r in runs})
 
 
 def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, seed: Optional[int] = None,
@@ -540,8 +523,7 @@ def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, se
     for r in rows:
         pred = int(r["probs"].argmax())
         log(f"{r['info']['run_id']}: {r['what']}: predicted {r['vocab'][pred]} ({r['probs'][pred]:.2f})")
-    out = Path(out) if out is not None else Path(run_dir) / "explain" / f"{arch}-d{compact_ints(depths)}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out if out is not None else Path(run_dir) / "explain" / f"{arch}-d{compact_ints(depths)}")
     path = out / "depths.png"
     cam = (f" (Grad-CAM for {'the target' if target is not None else 'each predicted class'})"
            if any("cam" in r for r in rows) else "")

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CnnDepthError
-from .files import PathLike, atomic_open, atomic_write
+from .files import PathLike, atomic_open, atomic_write, is_disk_full, disk_full_error, writing
 
 # The fields that identify a run in every file, in this order.
 RUN_FIELDS = ["run_id", "dataset", "arch", "depth", "seed"]
@@ -104,38 +104,125 @@ def read_rows(path: PathLike) -> tuple[Optional[list[str]], list[dict]]:
         return reader.fieldnames, list(reader)
 
 
+# What identifies one row of each file a sweep writes (results.csv: a run; history.csv: a run's epoch;
+# activations.csv: a run's layer). A rewrite keeps one row per key, the later one (a rerun's row replaces the
+# old one, as the readers do).
+UNIQUE = {tuple(RESULT_COLUMNS): ("run_id",), tuple(HISTORY_COLUMNS): ("run_id", "epoch"),
+          tuple(ACTIVATION_CSV_COLUMNS): ("run_id", "index")}
+
+
+def _existing(path: Path, unique: Sequence[str], strict: bool) -> tuple[Optional[list[str]], list[dict], list[str]]:
+    """The rows of a CSV ``write_rows`` may keep: (header, rows as dicts of strings, what was left out and why).
+
+    Left out: a torn last line (no end of line: a crash mid-write, or a cut copy), a line with another number
+    of fields than the header (cut by hand) and the earlier of two lines with the same ``unique`` key. With
+    ``strict`` (results.csv: a line is a finished run) a cut line inside the file is a one-line error instead
+    of being left out, as when the file is read.
+    """
+    if not path.exists():
+        return None, [], []
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CnnDepthError(f"{path} is not UTF-8 text (byte {e.start}); fix the file, or move the folder aside "
+                            f"and use another --out") from e
+    notes = []
+    if raw and not raw.endswith("\n"):
+        cut = raw.rfind("\n")
+        notes.append(f"the last line ({raw[cut + 1:][:40]!r}) was cut short, by a crash or a copy")
+        raw = raw[:cut + 1]
+    reader = csv.reader(io.StringIO(raw, newline=""))
+    try:
+        header = next(reader, None)
+        rows, lines = [], []
+        for row in reader:
+            if not row:
+                continue
+            if header is not None and len(row) != len(header):
+                if strict:
+                    raise CnnDepthError(f"{path} line {reader.line_num}: {len(row)} fields where the header has "
+                                        f"{len(header)}; fix or delete that line")
+                notes.append(f"line {reader.line_num} has {len(row)} fields where the header has {len(header)} "
+                             f"(cut by hand or damaged)")
+                continue
+            rows.append(dict(zip(header, row)))
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise CnnDepthError(f"cannot read {path} as CSV (line {reader.line_num}: {e}); fix or delete that "
+                            f"line") from e
+    if header is None:
+        return None, [], notes
+    last = {}
+    for i, r in enumerate(rows):
+        last[tuple(r.get(k) for k in unique)] = i
+    dups = [i for i, r in enumerate(rows) if last[tuple(r.get(k) for k in unique)] != i]
+    for i in dups:
+        notes.append(f"line {lines[i]} has the same {'/'.join(unique)} as line "
+                     f"{lines[last[tuple(rows[i].get(k) for k in unique)]]}, which is kept")
+    if dups:
+        rows = [r for i, r in enumerate(rows) if i not in set(dups)]
+    return header, rows, notes
+
+
 def write_rows(path: PathLike, columns: Sequence[str], rows: list[dict], key: str = "run_id",
-               replace: Sequence[str] = ()) -> None:
+               replace: Sequence[str] = (), unique: Optional[Sequence[str]] = None,
+               strict: Optional[bool] = None) -> None:
     """Add ``rows`` to a CSV, dropping old rows whose ``key`` is in ``replace`` or in ``rows``; durable when
     it returns.
 
-    The common case appends (then flush and fsync). A retried run, a changed header or a damaged last line
-    rewrites the whole file aside and renames it over the old one (:func:`~cnn_depth.files.atomic_open`), so
-    a crash leaves the old or the new file, never half of one.
+    The common case appends (then flush and fsync). A retried run, a changed header, a damaged line or two
+    lines with the same ``unique`` key (``UNIQUE`` for the sweep's files, else ``key``) rewrite the whole file
+    aside and rename it over the old one (:func:`~cnn_depth.files.atomic_open`), so a crash leaves the old or
+    the new file, never half of one; what the rewrite leaves out (a cut line, the earlier of two lines of one
+    run) is said in one :class:`RowWarning`. ``strict`` (default: for results.csv, where a line is a finished
+    run) makes a cut line inside the file a one-line error instead. A full disk is one line
+    (:class:`~cnn_depth.files.DiskFull`).
     """
     path = Path(path)
-    header, old = read_rows(path)
-    keys = {str(r[key]) for r in rows} | set(replace)
-    clean_end = not path.exists() or path.stat().st_size == 0 or path.read_bytes()[-1:] == b"\n"
-    if header == list(columns) and clean_end and not any(r.get(key) in keys for r in old):
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, columns, extrasaction="ignore").writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
+    unique = list(unique or UNIQUE.get(tuple(columns), (key,)))
+    if strict is None:
+        strict = path.name == "results.csv" or tuple(columns) == tuple(RESULT_COLUMNS)
+    with writing(path, "rows to"):
+        header, old, notes = _existing(path, unique, strict)
+        keys = {str(r[key]) for r in rows} | set(replace)
+        if header == list(columns) and not notes and not any(r.get(key) in keys for r in old):
+            if rows:
+                with open(path, "a", newline="") as f:
+                    csv.DictWriter(f, columns, extrasaction="ignore").writerows(rows)
+                    f.flush()
+                    os.fsync(f.fileno())
+            return
+        if not rows and not notes and header is None:
+            return
+        if notes:
+            warnings.warn(f"{path}: {len(notes)} line(s) left out: {'; '.join(notes)}", RowWarning, stacklevel=2)
+        cols = list(columns) + [c for c in (header or []) if c not in columns]
+        keep = [r for r in old if r.get(key) not in keys]
+        with atomic_open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(keep + rows)
+
+
+def tidy_rows(path: PathLike) -> None:
+    """Rewrite a sweep's CSV file with one row per key (``UNIQUE``) and without cut lines, saying once
+    (a :class:`RowWarning`) what was left out; nothing when it is already so. A resume calls it first
+    (:func:`check_folder`), so that every later read of the file finds it clean and says nothing."""
+    path = Path(path)
+    if not path.is_file():
         return
-    cols = list(columns) + [c for c in (header or []) if c not in columns]
-    if not clean_end:  # the last line was cut short (a crash mid-write), even if every field is there
-        old = old[:-1]
-    keep = [r for r in old if r.get(key) not in keys and None not in r.values()]  # None: a truncated line
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(keep + rows)
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), None)
+    if header:
+        unique = {"history.csv": ("run_id", "epoch"), "activations.csv": ("run_id", "index")}.get(path.name,
+                                                                                                  ("run_id",))
+        write_rows(path, header, [], unique=unique)
 
 
 def write_json(path: PathLike, data: dict) -> None:
-    """``data`` as indented JSON, written atomically."""
-    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+    """``data`` as indented JSON, written atomically; a full disk is one line."""
+    with writing(path):
+        atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -410,13 +497,8 @@ def _fill_legacy(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     old = df["threads"].isna()
     if not old.any():
         return df
-    meta = {}
-    try:
-        meta = json.loads((path.parent / "sweep.json").read_text())
-    except (OSError, ValueError):
-        pass
-    config = meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {}
-    env = meta.get("environment") if isinstance(meta, dict) and isinstance(meta.get("environment"), dict) else {}
+    meta = read_sweep_json(path.parent / "sweep.json")
+    config, env = meta.get("config", {}), meta.get("environment", {})
     df = df.copy()
 
     def fill(column, value):
@@ -467,31 +549,144 @@ def read_activations(path: PathLike) -> pd.DataFrame:
 # sweep.json: the config and the environment of every invocation
 
 
-def _git(*args: str) -> Optional[str]:
-    src = Path(__file__).resolve().parent.parent
-    if not (src / "pyproject.toml").exists():  # an installed copy: a git repo around it says nothing about it
-        return None
+def _git(package_dir: Path, *args: str) -> Optional[str]:
     try:
-        r = subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, timeout=10)
+        r = subprocess.run(["git", *args], cwd=package_dir, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def git_state(package_dir: Optional[PathLike] = None) -> dict:
+    """The commit of the code: ``git_commit``, ``git_dirty`` and ``git_note`` (why they are empty, or "").
+
+    Recorded only when the package's own files are tracked by the repository around ``package_dir`` (the
+    cnn_depth package folder; this one by default): a copy of the package inside another repository (a
+    notebook project, a site-packages inside someone's checkout) would otherwise record that repository's
+    commit, which says nothing about this code. ``git_dirty``: tracked files of that repository changed since
+    the commit.
+    """
+    package_dir = Path(package_dir or Path(__file__).resolve().parent)
+    marker = package_dir / "__init__.py"
+    commit = None
+    if _git(package_dir, "ls-files", "--error-unmatch", "--", marker.name) is not None:
+        commit = _git(package_dir, "rev-parse", "HEAD")
+    if not commit:
+        where = ("is not in a git repository (or git cannot read it)" if _git(package_dir, "rev-parse", "--git-dir") is None
+                 else "is not tracked by the git repository around it")
+        return dict(git_commit="", git_dirty=None,
+                    git_note=f"the cnn_depth code at {package_dir} {where}, so no commit is recorded")
+    dirty = _git(package_dir, "status", "--porcelain", "--untracked-files=no")
+    return dict(git_commit=commit, git_dirty=bool(dirty), git_note="")
+
+
 def environment(device: str, precision: str) -> dict:
-    """Versions, hardware and the git commit of the code (when it runs from a checkout)."""
+    """Versions, hardware and the git commit of the code (:func:`git_state`: only from its own checkout)."""
     import fastai
     import torch
     import torchvision
 
     from . import __version__
 
-    commit = _git("rev-parse", "HEAD")
     return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
                 fastai=fastai.__version__, cnn_depth=__version__, device=device, precision=precision,
                 platform=platform.platform(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                git_commit=commit, git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no"))
-                if commit else None)
+                **git_state())
+
+
+# sweep.json as read back: what each key of its config must hold (keys may be missing: older versions wrote
+# fewer). A value of another type would stop a resume with a traceback, or be taken for a setting it is not.
+def _whole(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _or_none(check):
+    return lambda v: v is None or check(v)
+
+
+def _ints(low: int):
+    return lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(low)(x) for x in v)
+
+
+def _auto(v) -> bool:
+    return v == "auto" or _whole(1)(v)
+
+
+CONFIG_SCHEMA = {
+    "depths": ("a non-empty list of whole numbers ≥ 1", _ints(1)),
+    "seeds": ("a non-empty list of whole numbers ≥ 0", _ints(0)),
+    "epochs": ("a whole number ≥ 1", _whole(1)),
+    "lr": ("a positive number or \"find\"", lambda v: v == "find" or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)),
+    "bs": ("a whole number ≥ 1", _whole(1)),
+    "arch": ("a model name", _text),
+    "pretrained": ("true or false", lambda v: isinstance(v, bool)),
+    "transfer": ("a transfer mode or null", _or_none(_text)),
+    "dataset": ("a dataset name or path", _text),
+    "max_per_class": ("a whole number ≥ 1 or null", _or_none(_whole(1))),
+    "pipeline": ("a pipeline name", _text),
+    "augment": ("true or false", lambda v: isinstance(v, bool)),
+    "out": ("a folder or null", _or_none(lambda v: isinstance(v, str))),
+    "device": ("a device name", _text),
+    "quiet": ("true or false", lambda v: isinstance(v, bool)),
+    "save_models": ("true or false", lambda v: isinstance(v, bool)),
+    "workers": ("a whole number ≥ 1 or \"auto\"", _auto),
+    "threads": ("a whole number ≥ 1 or \"auto\"", _auto),
+    "runs_per_gpu": ("a whole number ≥ 1", _whole(1)),
+    "ray": ("an address or null", _or_none(lambda v: isinstance(v, str))),
+}
+
+
+def _json_value(v) -> str:
+    text = json.dumps(v, default=str)
+    kind = {dict: "an object ", list: "a list ", str: "a string "}.get(type(v), "")
+    return f"{kind}{text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def read_sweep_json(path: PathLike) -> dict:
+    """A sweep's ``sweep.json`` (give the file or its folder), checked: an object with a ``config`` object
+    whose known keys hold what :class:`~cnn_depth.config.SweepConfig` wrote (:data:`CONFIG_SCHEMA`), an
+    ``environment`` object and a list of ``invocations`` objects (either may be missing). ``{}`` when there
+    is no file; anything else is one line naming the file, the field and the fix."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "sweep.json"
+    if not path.exists():
+        return {}
+    fix = ("it was changed by hand or damaged: put back what the sweep wrote, or move the folder aside (or use "
+           "another --out) to start over")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CnnDepthError(f"cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:80]}); "
+                            f"{fix}") from e
+
+    def refuse(field: str, value, what: str):
+        raise CnnDepthError(f"{path}: {field} is {_json_value(value)}, not {what}; {fix}")
+
+    if not isinstance(data, dict):
+        refuse("the file", data, "an object with config, environment and invocations")
+    if "config" not in data:
+        raise CnnDepthError(f"{path} has no config; {fix}")
+    config = data["config"]
+    if not isinstance(config, dict):
+        refuse("config", config, "an object of the sweep's settings")
+    for name, (what, ok) in CONFIG_SCHEMA.items():
+        if name in config and not ok(config[name]):
+            refuse(f"config.{name}", config[name], what)
+    if not isinstance(data.get("environment", {}), dict):
+        refuse("environment", data["environment"], "an object (versions, device, git commit)")
+    invocations = data.get("invocations", [])
+    if not isinstance(invocations, list):
+        refuse("invocations", invocations, "a list of the commands run on this folder")
+    for i, inv in enumerate(invocations):
+        if not isinstance(inv, dict):
+            refuse(f"invocations[{i}]", inv, "an object (started, argv, ...)")
+    return data
 
 
 def _same(a, b) -> bool:
@@ -529,7 +724,8 @@ def claim_folder(out: PathLike) -> Iterator[Path]:
         raise CnnDepthError(f"cannot lock {out} ({e.strerror or e}); pick a folder you can write to with --out") from e
     try:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        owner.write_text(f"pid {os.getpid()} on {platform.node()}, since {started}\n")
+        with writing(owner):
+            owner.write_text(f"pid {os.getpid()} on {platform.node()}, since {started}\n")
         yield out
     finally:
         owner.unlink(missing_ok=True)
@@ -542,11 +738,7 @@ def check_folder(out: Path, config: dict, fields: Sequence[str], save_models: bo
     ``out/models`` must be a folder (or not exist yet)."""
     meta = out / "sweep.json"
     if meta.exists():
-        try:
-            old = json.loads(meta.read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CnnDepthError(f"cannot read {meta} ({type(e).__name__}); use another --out, or delete the "
-                                f"folder to start over") from e
+        old = read_sweep_json(meta)["config"]
         for name in fields:
             new = config[name]
             if name in old and not _same(old[name], new):
@@ -558,6 +750,8 @@ def check_folder(out: Path, config: dict, fields: Sequence[str], save_models: bo
     elif (out / "results.csv").exists():
         raise CnnDepthError(f"{out} has a results.csv but no sweep.json, so it cannot be resumed safely; "
                             f"use another --out")
+    for name in ("results.csv", "history.csv", "activations.csv"):  # one row per run (and epoch, layer) from here on
+        tidy_rows(out / name)
     models = out / MODELS_DIR
     if save_models and models.exists() and not models.is_dir():
         raise CnnDepthError(f"{models} is a file, so models cannot be saved there; move it away, or leave out "
@@ -568,6 +762,8 @@ def check_folder(out: Path, config: dict, fields: Sequence[str], save_models: bo
         probe.write_text("")
         probe.unlink()
     except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(out, e, "a file in") from e
         raise CnnDepthError(f"cannot write to {out} ({e.strerror or e}); pick a folder you can write to "
                             f"with --out") from e
     return out
@@ -577,7 +773,7 @@ def write_sweep_json(out: Path, config: dict, env: dict, invocation: dict) -> di
     """Write (or update) ``sweep.json``: ``config`` with depths and seeds grown to every run in the folder,
     ``env``, and ``invocation`` appended to the list of every command run on this folder."""
     path = out / "sweep.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = read_sweep_json(path)
     config = dict(config)
     for name in ("depths", "seeds"):
         config[name] = list(dict.fromkeys(old.get("config", {}).get(name, []) + list(config[name])))
