@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import socket
 import stat
 import sys
 import warnings
@@ -22,6 +23,7 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
+from urllib.parse import urlparse
 
 import numpy as np
 from fastai.data.block import CategoryBlock, DataBlock
@@ -34,6 +36,7 @@ from fastcore.foundation import L
 from PIL import Image
 from torch import Tensor
 
+from . import fashion_mnist
 from .archives import ARCHIVE_SUFFIXES, archive_key, extract, is_archive
 from .cache import shared_entry, write_entry
 from .errors import CnnDepthError, check_int
@@ -107,12 +110,35 @@ def dataset_spec(name: str) -> SourceSpec:
     return _SOURCES[name]
 
 
+DOWNLOAD_CHECK_SECONDS = 5.0  # a registered dataset's host must answer a TCP connection within this, or we are offline
+
+
+def fastai_copy(url: str) -> Optional[Path]:
+    """The folder fastai's ``untar_data(url)`` left in its default place (``~/.fastai/data/<name>``), if any:
+    found without creating fastai's config file."""
+    folder = Path("~/.fastai/data").expanduser() / Path(url).name.split(".")[0]
+    return folder if folder.is_dir() and any(folder.iterdir()) else None
+
+
 def _download(url: str, name: str, hint: str) -> Path:
+    """fastai's ``untar_data(url)``, with its config, lock, archive and data in our cache (``~/.fastai`` is
+    only read, for a copy fastai made before). Offline, one line at once: no progress bar, nothing written."""
+    found = fastai_copy(url)
+    if found is not None:
+        return found
+    host = urlparse(url).hostname or ""
+
+    def offline(why: str) -> CnnDepthError:
+        return CnnDepthError(f"cannot download {name} ({why}); offline, use a local copy instead: {hint}")
+
     try:
-        return untar_data(url)
+        socket.create_connection((host, 443), timeout=DOWNLOAD_CHECK_SECONDS).close()
+    except OSError as e:
+        raise offline(f"{host} does not answer: {e.strerror or type(e).__name__}") from e
+    try:
+        return untar_data(url, base=str(cache_dir() / "fastai"))
     except Exception as e:  # URLError, timeouts, HTTP errors: all mean "no copy here and no download"
-        raise CnnDepthError(f"cannot download {name} ({type(e).__name__}: {str(e)[:80]}); offline, use a local "
-                            f"copy instead: {hint}") from e
+        raise offline(f"{type(e).__name__}: {str(e)[:80]}") from e
 
 
 @register_dataset("cifar10-sample", "train", "test",
@@ -133,6 +159,11 @@ def cifar10() -> Path:
 def mnist() -> Path:
     return _download(URLs.MNIST, "MNIST",
                      "--data path/to/mnist_png (or a .tgz) laid out training/<digit>/, testing/<digit>/")
+
+
+register_dataset("fashion-mnist", "training", "testing",
+                 "Fashion-MNIST, 28×28 gray clothes, 10 classes (60,000 / 10,000), via torchvision, as PNGs")(
+    fashion_mnist.fashion_mnist)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,7 +190,8 @@ def resolve_splits(root: Path, train_name: Optional[str] = None, valid_name: Opt
     if not found:
         tried = ", ".join(f"{t}/{v}" for t, v in SPLIT_NAMES)
         raise CnnDepthError(f"{root} has no train/valid split folders (tried {tried}); lay it out as "
-                            f"<root>/<train>/<class>/* or pass train_name= and valid_name=")
+                            f"<root>/<train>/<class>/* with one of those name pairs (from Python, dataloaders(train_name=..., "
+                            f"valid_name=...) takes other names)")
     return found
 
 
@@ -196,13 +228,20 @@ def _is(entry: os.DirEntry, kind: str) -> bool:
         return False
 
 
+def _holds_images(folder: str) -> bool:
+    """Whether ``folder`` has a file with an image extension directly in it."""
+    return any(not e.name.startswith(".") and f".{e.name.split('.')[-1].lower()}" in image_extensions
+               for e in _entries(folder))
+
+
 def image_items(path: PathLike, folders: Sequence[str], max_per_class: Optional[int] = None,
-                exclude: Sequence[str] = (), skipped: Optional[list] = None) -> L:
+                exclude: Sequence[str] = (), skipped: Optional[list] = None, nested: Optional[list] = None) -> L:
     """The image files ``<path>/<split>/<class>/<file>`` of the split ``folders``, sorted, capped per class.
 
     Images are what fastai's ``get_image_files`` takes (an image extension, no hidden names), but only regular
     files (a link to one counts): a dangling link, a link loop, a FIFO or a device named ``x.png`` is left
-    out and its path relative to ``path`` appended to ``skipped`` when given. Only the three levels are
+    out and its path relative to ``path`` appended to ``skipped`` when given; a folder inside a class folder that
+    holds images is not read (a class is one folder) and its relative path appended to ``nested`` when given. Only the three levels are
     read, so a link loop among the folders cannot make the walk endless. A name that is not UTF-8 is a
     one-line error. ``exclude`` holds paths relative to ``path`` (unreadable files); the cap counts what
     is left, so ``max_per_class=N`` gives the first N readable images of each class in each split, by name.
@@ -220,7 +259,11 @@ def image_items(path: PathLike, folders: Sequence[str], max_per_class: Optional[
             class_dir = path / split / c.name  # each item is class_dir / name: 25 % cheaper than Path(str)
             for e in _entries(c.path):
                 name = e.name
-                if name.startswith(".") or f".{name.split('.')[-1].lower()}" not in image_extensions:
+                if name.startswith("."):
+                    continue
+                if f".{name.split('.')[-1].lower()}" not in image_extensions:
+                    if nested is not None and _is(e, "dir") and _holds_images(e.path):
+                        nested.append(f"{split}{os.sep}{c.name}{os.sep}{name}")
                     continue
                 _check_name(name, c.path)
                 rel = f"{split}{os.sep}{c.name}{os.sep}{name}"
@@ -344,8 +387,10 @@ def open_image(path: PathLike, mode: Optional[str] = None) -> Image.Image:
         raise CnnDepthError(f"no such image file: {_shown(path)}") from e
     if not stat.S_ISREG(st.st_mode):
         raise CnnDepthError(f"{_shown(path)} is not a regular file (a FIFO, device or folder); give an image file")
-    im = Image.open(path)
-    im.load()
+    with warnings.catch_warnings():  # PIL's size warning: image_folder says it once per dataset instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+        im.load()
     im = to_uint8(im._new(im.im), path)
     return im.convert(mode) if mode else im
 
@@ -418,10 +463,12 @@ def _scan_chunk(files: Sequence[Path]) -> list[tuple]:
     out = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im.load()  # decodes it all: a truncated file fails here, not in the middle of training
-                to_uint8(im, f)
-                out.append(("ok", (f"{im.size[0]}x{im.size[1]}", im.mode)))
+            with warnings.catch_warnings():  # PIL's size warning: image_folder says it once per dataset instead
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    im.load()  # decodes it all: a truncated file fails here, not in the middle of training
+                    to_uint8(im, f)
+                    out.append(("ok", (f"{im.size[0]}x{im.size[1]}", im.mode)))
         except FileNotFoundError as e:
             raise _vanished(f) from e
         except UnsupportedImage as e:
@@ -519,7 +566,7 @@ def resolve_source(source: PathLike) -> Union[str, Path]:
         if e.errno == errno.ENOENT:
             st = None
         else:
-            raise CnnDepthError(f"cannot read {path} ({e.strerror or e}); check the path given to --data") from e
+            raise CnnDepthError(f"cannot read {path} ({e.strerror or e}); check the path (--data, or dataloaders' source)") from e
     if st is not None:
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise CnnDepthError(f"{path} is not a folder or an archive file (a device, FIFO or socket); give a "
@@ -528,7 +575,7 @@ def resolve_source(source: PathLike) -> Union[str, Path]:
     if isinstance(source, str) and "/" not in source and "." not in source:
         raise CnnDepthError(f"unknown dataset {source!r}; choose one of: {', '.join(list_datasets())}, "
                             f"or give a folder or archive with --data PATH")
-    raise CnnDepthError(f"no such file or folder: {path}; check the path given to --data")
+    raise CnnDepthError(f"no such file or folder: {path}; check the path (--data, or dataloaders' source)")
 
 
 def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int] = None,
@@ -561,9 +608,11 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
     # cap over a big dataset decodes only a few images.
     bad: list[str] = []
     not_files: list[str] = []
+    nested: list[str] = []
     while True:
         get_items = partial(image_items, folders=folders, max_per_class=max_per_class, exclude=tuple(bad))
-        items = image_items(root, folders, max_per_class, tuple(bad), skipped=None if bad else not_files)
+        items = image_items(root, folders, max_per_class, tuple(bad), skipped=None if bad else not_files,
+                            nested=None if bad else nested)
         if not items and not bad:  # the first pass excludes nothing, and a cap keeps ≥ 1 per class
             raise CnnDepthError(f"no images found in {root}/{train_name}/<class>/ or {root}/{valid_name}/<class>/; "
                                 f"put image files (.jpg, .png, ...) in one folder per class")
@@ -578,6 +627,16 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
     if not_files:
         warnings.warn(f"skipped {len(not_files)} entries in {root} that are not regular files (a dangling or "
                       f"looping link, a FIFO, a device; first: {_shown(not_files[0])})", stacklevel=2)
+    large = sum(n for wh, n in scan["sizes"].items()
+                if Image.MAX_IMAGE_PIXELS and int(wh.split("x")[0]) * int(wh.split("x")[1]) > Image.MAX_IMAGE_PIXELS)
+    if large:
+        warnings.warn(f"{large} image(s) in {root} are larger than {Image.MAX_IMAGE_PIXELS:,} pixels (PIL's limit "
+                      f"against decompression bombs); they are decoded whole, so each takes that much memory",
+                      stacklevel=2)
+    if nested:
+        warnings.warn(f"skipped {len(nested)} folder(s) of images inside class folders in {root} (first: "
+                      f"{_shown(nested[0])}): images are read from <split>/<class>/ only; move them up a level to "
+                      f"use them", stacklevel=2)
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root} (truncated, damaged or not "
                       f"readable; first: {_shown(bad[0])})", stacklevel=2)
@@ -675,4 +734,3 @@ def image_datablock(folder: ImageSource, size: Optional[tuple[int, int]] = None,
                      batch_tfms=batch_tfms)
 
 
-from . import fashion_mnist  # noqa: E402,F401  (registers fashion-mnist; it imports register_dataset from here)

@@ -30,7 +30,6 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .data import register_dataset
 from .errors import CnnDepthError
 from .files import PathLike, cache_dir
 
@@ -151,9 +150,8 @@ def download() -> Path:
     return raw_dir()
 
 
-@register_dataset("fashion-mnist", "training", "testing",
-                  "Fashion-MNIST, 28×28 gray clothes, 10 classes (60,000 / 10,000), via torchvision, as PNGs")
 def fashion_mnist() -> Path:
+    """The Fashion-MNIST folder in the cache (registered as ``fashion-mnist`` by :mod:`cnn_depth.data`)."""
     dest = cache_dir() / "datasets" / "fashion-mnist"
     if dest.is_dir():
         return dest

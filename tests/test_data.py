@@ -5,7 +5,7 @@ import io
 import os
 import tarfile
 import zipfile
-from urllib.error import URLError
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,12 +180,72 @@ def test_bad_sources_give_one_line(setup, message, tmp_path, image_folder_factor
     assert "\n" not in str(e.value)
 
 
-def test_offline_download_names_the_local_copy(monkeypatch):
-    def offline(url, *a, **k):
-        raise URLError("Name or service not known")
-    monkeypatch.setattr(data_mod, "untar_data", offline)
-    with pytest.raises(CnnDepthError, match=r"cannot download CIFAR-10 .* use a local copy instead: --data"):
-        image_folder("cifar10")
+@pytest.mark.parametrize("name,label", [("cifar10", "CIFAR-10"), ("mnist", "MNIST")])
+def test_offline_download_is_one_line_at_once_and_writes_nothing_outside_the_cache(name, label, monkeypatch, tmp_path):
+    def unreachable(address, timeout=None):  # what a machine without a route to the host answers
+        raise OSError(101, "Network is unreachable")
+    monkeypatch.setattr(data_mod.socket, "create_connection", unreachable)
+    monkeypatch.setenv("HOME", str(tmp_path))  # fastai's untar_data would create ~/.fastai/config.ini
+    before = sorted(Path(os.environ["CNN_DEPTH_CACHE"]).rglob("*"))
+    with pytest.raises(CnnDepthError, match=rf"cannot download {label} .*Network is unreachable.* use a local copy "
+                                            rf"instead: --data") as e:
+        image_folder(name)
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no ~/.fastai
+    assert sorted(Path(os.environ["CNN_DEPTH_CACHE"]).rglob("*")) == before
+
+
+def test_a_copy_fastai_downloaded_before_is_used_without_a_download(monkeypatch, tmp_path, image_folder_factory):
+    copy = image_folder_factory("mnist_png", splits=("training", "testing"), mode="L", size=(28, 28))
+    (tmp_path / ".fastai" / "data").mkdir(parents=True)
+    copy.rename(tmp_path / ".fastai" / "data" / "mnist_png")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(data_mod.socket, "create_connection", None)  # never reached: no network call at all
+    folder = image_folder("mnist")
+    assert folder.root == tmp_path / ".fastai" / "data" / "mnist_png" and folder.n_in == 1
+
+
+def test_image_folders_nested_in_class_folders_are_named_once(image_folder_factory):
+    root = image_folder_factory()
+    nested = root / "train" / "a" / "more"
+    nested.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(nested / f"{i}.png")
+    (root / "train" / "b" / "empty").mkdir()  # no images inside: nothing to say
+    with pytest.warns(UserWarning) as record:
+        folder = image_folder(root)
+    said = [str(w.message) for w in record if "inside class folders" in str(w.message)]
+    assert len(said) == 1 and "train/a/more" in said[0] and "move them up" in said[0]
+    assert not any("regular files" in str(w.message) for w in record)
+    assert len(folder.items) == 24  # the nested images are not read as class a
+
+
+def test_large_images_are_named_once_per_dataset(image_folder_factory, monkeypatch):
+    root = image_folder_factory(size=(8, 8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 8x8 = 64 px is "large" here: PIL warns per open
+    with pytest.warns(UserWarning) as record:
+        dls = dataloaders(root, bs=4, device="cpu")
+        dls.one_batch()
+    texts = [str(w.message) for w in record]
+    assert sum("larger than 50 pixels" in t for t in texts) == 1
+    assert not any(issubclass(w.category, Image.DecompressionBombWarning) for w in record)
+
+
+def test_the_dataset_registry_has_no_import_cycle():
+    import subprocess
+    import sys
+    code = ("import sys, cnn_depth.fashion_mnist; assert 'cnn_depth.data' not in sys.modules; "
+            "from cnn_depth.data import list_datasets; print(list_datasets())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert "fashion-mnist" in out.stdout and "cifar10-sample" in out.stdout
+
+
+def test_split_error_speaks_to_both_interfaces(image_folder_factory):
+    root = image_folder_factory(splits=("a", "b"))
+    with pytest.raises(CnnDepthError) as e:
+        image_folder(root)
+    assert "train_name=" not in str(e.value).split("from Python")[0]  # the fix for everyone comes first
 
 
 def test_max_per_class_must_be_positive():
