@@ -220,16 +220,135 @@ def _init_worker(slot: int, threads: int, gpu: Optional[str]) -> None:
     _INFO = WorkerInfo(slot=slot, threads=threads, gpu=gpu)
 
 
+@contextmanager
+def sigint_blocked():
+    """SIGINT blocked in the calling thread meanwhile: a process started here (a worker, and the fork server
+    when this starts it) inherits the block and keeps it, so a terminal's Ctrl-C, which reaches the whole
+    process group, cannot interrupt its start-up (a fork server importing torch printed a ~70-line
+    KeyboardInterrupt traceback; a worker before its initializer, another); the driver alone handles it and
+    stops its workers. A SIGINT sent meanwhile goes to another thread of the driver, or waits for the block to
+    end. (issue 19; kept apart from how workers start, so it can wrap whatever starts them.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # starting its process unblocks SIGINT in the calling thread: first
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_NO_MAIN = threading.local()  # set while this thread starts one of our worker processes
+
+
+def _install_main_filter() -> None:
+    """Make multiprocessing leave the driver's ``__main__`` out of what it sends a worker it starts for us.
+
+    A spawned or fork-server child runs ``multiprocessing.spawn.prepare()`` before anything else, and that
+    re-runs the parent's main script (``init_main_from_path``) or module (``init_main_from_name``) as
+    ``__mp_main__``: an unguarded script (the README's example saved as a file) would train again in every
+    worker and hit the sweep's folder lock. Our workers import only cnn_depth (their task is a cnn_depth
+    function, its arguments plain data or importable classes), so their preparation data omits both keys.
+    ``spawn.get_preparation_data`` is wrapped once, and filters only in a thread that is starting one of our
+    workers (:func:`_without_main`): other uses of multiprocessing in the same program are left as they are.
+    The filter runs in the parent, so it holds for the spawn fallback and for a fork server started by
+    anyone (with any preload list), unlike a patch installed inside the fork server."""
+    from multiprocessing import spawn
+
+    current = spawn.get_preparation_data
+    if getattr(current, "_cnn_depth_no_main", False):
+        return
+
+    def get_preparation_data(name, _original=current):
+        data = _original(name)
+        if getattr(_NO_MAIN, "on", False):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._cnn_depth_no_main = True
+    get_preparation_data.__doc__ = current.__doc__
+    spawn.get_preparation_data = get_preparation_data
+
+
+@contextmanager
+def _without_main():
+    _install_main_filter()
+    before = getattr(_NO_MAIN, "on", False)
+    _NO_MAIN.on = True
+    try:
+        yield
+    finally:
+        _NO_MAIN.on = before
+
+
+if hasattr(multiprocessing.context, "ForkServerProcess"):  # POSIX
+    class _NoMainForkServerProcess(multiprocessing.context.ForkServerProcess):
+        """A fork-server process that starts without the driver's ``__main__`` (module level: it is pickled)."""
+
+        @staticmethod
+        def _Popen(process_obj):
+            with _without_main():  # Popen sends the preparation data before it returns
+                return multiprocessing.context.ForkServerProcess._Popen(process_obj)
+
+
+class _NoMainSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that starts without the driver's ``__main__`` (module level: it is pickled)."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        with _without_main():
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+
+
+class _NoMainContext(multiprocessing.context.BaseContext):
+    """A multiprocessing context (``forkserver`` or ``spawn``) whose processes are of the class above."""
+
+    def __init__(self, method: str, process: type):
+        self._name, self.Process = method, process
+
+
 def _context(preload: Sequence[str]):
     """How worker processes start: from a fork server that has imported ``preload`` once (each worker then
     starts in milliseconds instead of importing torch and fastai again: seconds each), where the platform
     has one and there is something to preload; else spawned. Never forked from the driver itself: it may
-    hold CUDA or OpenMP state that a fork cannot carry."""
+    hold CUDA or OpenMP state that a fork cannot carry. Either way a worker never runs the driver's
+    ``__main__`` (see :func:`_install_main_filter`)."""
     if preload and "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
+        ctx = _NoMainContext("forkserver", _NoMainForkServerProcess)
         ctx.set_forkserver_preload(list(preload))  # no effect once the server runs: it keeps its first list
         return ctx
-    return multiprocessing.get_context("spawn")
+    return _NoMainContext("spawn", _NoMainSpawnProcess)
+
+
+def main_references(obj: Any) -> list[str]:
+    """The names of what pickling ``obj`` refers to in ``__main__`` (a class or function defined in a script
+    or a notebook, an instance of one): a local worker, which never runs the driver's ``__main__``, cannot
+    unpickle them. Those found before pickling fails count too (a class defined in a notebook cell and
+    since redefined no longer pickles even here); empty when there are none."""
+    import io
+
+    found: list[str] = []
+
+    class _Finder(pickle.Pickler):
+        def persistent_id(self, o):  # called for every object pickled, classes and functions included
+            for c in (o, type(o)):
+                if isinstance(c, type) or callable(c):
+                    if getattr(c, "__module__", None) == "__main__":
+                        name = getattr(c, "__qualname__", repr(c))
+                        if name not in found:
+                            found.append(name)
+                        break
+            return None
+
+    try:
+        _Finder(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception:  # not picklable at all: what was found so far, else the caller says why
+        pass
+    return found
 
 
 _ENV_LOCK = threading.Lock()
@@ -294,7 +413,7 @@ class _Slot:
         env = {key: str(self.threads) for key in THREAD_ENV}
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
-        with _environ(env):
+        with _environ(env), sigint_blocked():
             self.pool.submit(os.getpid)  # spawns the process now, so its imports overlap the driver's work
         # The pool's private table of processes: the one place that has the Process, for its exit code.
         self.proc = next(iter(self.pool._processes.values()))
@@ -396,9 +515,10 @@ class LocalExecutor(_Executor):
     Each slot is a ``ProcessPoolExecutor(max_workers=1)``, so a worker that dies breaks only its own
     one-process pool: its task fails with :class:`WorkerDied`, the other slots run on, and the slot gets a
     fresh process on its next submit. Worker processes start at once (their imports take seconds) and
-    stay for the executor's lifetime, so :func:`worker_cache` carries over between their tasks. As with
-    any spawned process, a worker re-imports the driver's main module: a driver script needs
-    ``if __name__ == "__main__":`` around its work (console scripts have it).
+    stay for the executor's lifetime, so :func:`worker_cache` carries over between their tasks. Unlike
+    multiprocessing's own spawned processes, a worker never re-imports the driver's main script or module,
+    so a driver script needs no ``if __name__ == "__main__":`` guard; in exchange a task, its arguments and
+    what it returns must not refer to anything defined in ``__main__`` (a script or a notebook).
 
     Args:
         workers: tasks at once (slots), at least 1. With GPUs at most ``len(gpus) * runs_per_gpu``.
