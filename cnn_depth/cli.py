@@ -213,10 +213,11 @@ def sweep_cmd(
       cnn-depth sweep --depths 1-8 --seeds 0 1 2 --epochs 10 --arch residual --out runs/res
       cnn-depth sweep --data ~/mnist_png --depths 2,4,8 --lr find --device cuda
 
-    Exit code: 0 when every run is ok, 1 when one diverged or failed, 2 for bad options, 130 when interrupted
-    (rerun the same command to resume).
+    Exit code: 0 when every run is ok, 1 when one diverged or failed (every run failed: one line, no table),
+    2 for bad options, 130 when interrupted (rerun the same command to resume).
     """
     from .config import SweepConfig
+    from .errors import SweepFailed
     from .reports import format_summary
     from .sweep import run_sweep
 
@@ -232,6 +233,8 @@ def sweep_cmd(
         results = run_sweep(cfg, log=typer.echo)
     except KeyboardInterrupt as e:  # SweepInterrupted says what was kept; before the first run nothing was
         fail(str(e) if str(e) else "interrupted before any run started; nothing was written", code=130)
+    except SweepFailed as e:  # every run failed: no summary to show; the rows and reports are written
+        fail(str(e), code=1)
     typer.echo(format_summary(results.attrs["summary"]))
     bad = results[results["status"] != "ok"]
     typer.echo(f"reports: {results.attrs['out']}/ (results.csv, history.csv, summary.csv, sweep.json, "

@@ -9,6 +9,18 @@ class CnnDepthError(ValueError):
     """Bad input from a user (a path, a name, a number). The CLI prints it as one line and exits 2."""
 
 
+class SweepFailed(CnnDepthError):
+    """Every run a sweep started failed: nothing was trained. Its one line says how many, the first error and
+    where the rows are (they stay recorded; ``results`` holds results.csv). The CLI prints it and exits 1."""
+
+    def __init__(self, message: str, results=None):
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.results)
+
+
 def check_int(value, name: str, minimum: int = 1, maximum: int | None = None, hint: str = "") -> int:
     """``value`` as an int in ``[minimum, maximum]``, else a one-line error naming ``name``.
 

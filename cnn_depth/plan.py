@@ -79,11 +79,13 @@ class Engine:
 
     def describe(self) -> str:
         why = f" ({self.why})" if self.why else ""
+        threads = f"{self.threads} torch thread{'s' if self.threads != 1 else ''}"
         if self.kind == "inline":
-            return f"in this process, {self.threads} torch thread(s){why}"
+            return f"in this process, {threads}{why}"
         where = "on Ray" + ("" if self.ray == "local" else f" at {self.ray}") if self.kind == "ray" else "at once"
-        gpus = f", {self.runs_per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
-        return f"{self.workers} {where}{gpus}, {self.threads} torch thread(s) each{why}"
+        gpus = (f", {self.runs_per_gpu} per GPU on {len(self.gpus)} GPU{'s' if len(self.gpus) != 1 else ''}"
+                if self.gpus else "")
+        return f"{self.workers} runs {where}{gpus}, {threads} each{why}"
 
     def executor(self):
         from .executors import InlineExecutor, LocalExecutor, RayExecutor
@@ -118,14 +120,13 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-# How auto chooses between training the runs one after another in this process (every free core as torch
-# threads) and on worker processes (one thread each). A run's one-thread training time is about
-# (images seen) x (SECONDS_PER_IMAGE + SECONDS_PER_MAC_IMAGE x its MACs per image), validation passes counted
-# at a third of an image: fitted on the quiet 2-core development VM (bn depths 2, 8 and 16, 1 thread; within
-# 6% of each). Serially, T threads run it THREAD_EXPONENT-power faster (T**0.42: 1.34x for 2 threads, as
-# measured there; an assumption beyond 2 cores). Workers add WORKER_START_SECONDS (importing torch and
-# fastai, building their DataLoaders) and finish when their busiest one does (the longest runs first).
-# Measured by experiments/bench_sweep.py (docs/cli.md).
+def free_cores(cpus: Optional[int] = None, busy: Optional[float] = None) -> int:
+    """The cores other processes leave us: ``cpus`` (default :func:`available_cpus`) minus the cores they keep
+    busy (default: :func:`busy_cores`, measured now over a quarter of a second), at least 1. The thread count
+    of ``threads="auto"`` when training one run at a time: a sweep's serial engine, :func:`depth_learner`."""
+    cpus = cpus or available_cpus()
+    busy = busy_cores() if busy is None else busy
+    return max(1, round(cpus - min(busy, cpus - 1)))
 
 
 def _available_memory() -> Optional[int]:
@@ -219,7 +220,7 @@ def expected_seconds(work: Sequence[float], workers: int, threads: int, cpus: in
 
 
 def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recorded_threads: Optional[int] = None,
-                  work: Optional[Sequence[float]] = None, busy: float = 0.0) -> Engine:
+                  work: Optional[Sequence[float]] = None, busy: float = 0.0, inline_why: str = "") -> Engine:
     """The engine for ``cfg``'s ``workers``, ``threads``, ``runs_per_gpu`` and ``ray`` with ``todo`` runs to do.
 
     ``auto`` on a CPU machine: one worker per core (at most one per run, and as many as the memory holds at
@@ -233,6 +234,13 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
     ``recorded_threads``: the one thread count the folder's finished runs used, if they agree. ``--threads
     auto`` then keeps it (and the workers follow from it), so that a resumed or extended sweep stays one
     group in the reports: the thread count can change a result's last digits.
+
+    ``inline_why``: why the runs cannot go to local worker processes (e.g. callbacks defined in ``__main__``,
+    which a worker cannot import): they then run in this process, with that reason in ``Engine.why``.
+    Ray is not affected (it sends such classes by value).
+
+    Run serially with ``threads`` auto, a run gets :func:`free_cores` threads (``busy``: what other processes
+    keep busy), the same rule as :func:`cnn_depth.depth_learner`'s ``threads="auto"``.
     """
     cpus = cpus or available_cpus()
     ray = _ray_address(cfg)
@@ -245,7 +253,7 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
         raise CnnDepthError(f"--runs-per-gpu {cfg.runs_per_gpu} needs CUDA GPUs, and torch sees none here "
                             f"(--device {cfg.device}); leave --runs-per-gpu out")
     gpus = tuple(range(torch.cuda.device_count())) if cuda else ()
-    free = max(1, round(cpus - min(busy, cpus - 1)))  # cores other processes leave us
+    free = free_cores(cpus, busy)  # cores other processes leave us
     auto = cfg.workers == "auto" and not gpus
     loaded = f"; {cpus - free} of {cpus} cores busy with other processes" if free < cpus else ""
     why = ""
@@ -263,8 +271,10 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
             if serial <= parallel:
                 workers = 1
     workers = max(1, min(workers, todo))
+    if inline_why and workers > 1:
+        workers, why = 1, inline_why
     if workers == 1:
-        if auto and not why and loaded and threads is None:
-            why = "auto" + loaded
-        return Engine("inline", 1, threads or (free if auto else cpus), why=why)
+        if not why and loaded and threads is None:
+            why = "threads auto" + loaded
+        return Engine("inline", 1, threads or free, why=why)
     return Engine("local", workers, threads or max(1, cpus // workers), gpus, cfg.runs_per_gpu, why=why)

@@ -25,8 +25,9 @@ from fastai.callback.core import Callback
 
 from .checkpoint import write_checkpoint
 from .config import RESULT_FIELDS, SweepConfig
-from .errors import CnnDepthError
+from .errors import CnnDepthError, SweepFailed
 from .loaders import dataloaders
+from .models import check_input_size
 from .plan import (Engine, _jobs, busy_cores, choose_engine, estimated_seconds, finished_runs, longest_first,
                    needs_estimate)
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
@@ -94,8 +95,10 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     Args:
         config: a :class:`SweepConfig`; or give its fields as keywords (they override ``config``'s), e.g.
             ``run_sweep(depths=[2, 3, 4], seeds=[0], epochs=1, max_per_class=50, out="runs/x")``.
-        cbs: extra fastai callbacks added to every run's Learner (pickled to the workers when there are
-            several: define them at module level).
+        cbs: extra fastai callbacks added to every run's Learner. Worker processes get them pickled, and
+            never run your script or notebook: callbacks whose class is defined there (``__main__``) make the
+            sweep run serially in this process (the ``sweep:`` line says so); define them in a module you
+            import to run them in parallel.
         log: where the progress lines go (nothing when ``quiet``).
         **kw: SweepConfig fields.
 
@@ -105,7 +108,9 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
 
     Raises:
         CnnDepthError: bad options, a folder holding another config or in use by another sweep, an
-            unreadable dataset.
+            unreadable dataset, images too small for the model.
+        SweepFailed: every run this call started failed (nothing trained); the rows are recorded and the
+            reports written first, ``e.results`` holds results.csv.
         SweepInterrupted: Ctrl-C or SIGTERM; finished runs are saved, rerun to resume.
     """
     from .reports import write_reports
@@ -124,22 +129,28 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         jobs = _jobs(cfg, finished, found_lrs)
         todo = sum(job.kind == "run" for job in jobs)
         threads_used = set(pd.to_numeric(ok.get("threads", pd.Series(dtype=float)), errors="coerce").dropna())
-        plan = functools.partial(choose_engine, cfg, todo,
-                                 recorded_threads=int(threads_used.pop()) if len(threads_used) == 1 else None)
+        recorded = int(threads_used.pop()) if len(threads_used) == 1 else None
+        plan = functools.partial(choose_engine, cfg, todo, recorded_threads=recorded, inline_why=_inline_why(cbs))
         device = resolve_device(cfg.device)
         if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
             dls = _driver_dataloaders(cfg, device.torch)
+            check_loaders(dls, cfg)
             seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
             engine = plan(work=None if None in seconds.values() else list(seconds.values()), busy=busy_cores())
+            if engine.kind != "inline":
+                _check_picklable(cbs)
             starting = stack.enter_context(_starting(engine))
         else:  # workers start while the driver gets the data ready
             engine = plan()
+            if engine.kind == "inline" and cfg.threads == "auto" and recorded is None:
+                engine = plan(busy=busy_cores())  # serially: the cores other processes leave free
+            if engine.kind != "inline":
+                _check_picklable(cbs)
             starting = stack.enter_context(_starting(engine))
             dls = _driver_dataloaders(cfg, device.torch if engine.kind == "inline" else "cpu")
+            check_loaders(dls, cfg)
             seconds = None
-        check_loaders(dls, cfg)
         if engine.kind != "inline":
-            _check_picklable(cbs)
             if seconds is None:
                 seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
             jobs = longest_first(jobs, lambda j: seconds[j] or 0.0)
@@ -156,11 +167,32 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
                             str(device.torch))] = dls
         else:
             del dls
-        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, Progress(say, n, todo, engine.workers), say)
+        progress = Progress(say, n, todo, engine.workers)
+        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say)
     results = read_results(out)
     results.attrs["out"] = str(out)
     results.attrs["summary"] = write_reports(out)
+    if progress.ended and len(progress.failed) == len(progress.ended):
+        run, error = progress.failed[0]
+        error = " ".join(error.split())  # one line (fastai wraps a callback's error in a tab-indented line)
+        error = error if len(error) <= 300 else error[:297] + "..."
+        raise SweepFailed(f"{'all ' if len(progress.ended) > 1 else ''}{len(progress.ended)} run"
+                          f"{'s' if len(progress.ended) > 1 else ''} of this sweep failed, none trained (first, "
+                          f"{run}: {error}); the rows are in {out / 'results.csv'}", results)
     return results
+
+
+def _inline_why(cbs: Sequence[Callback]) -> str:
+    """Why ``cbs`` keep the runs in this process (empty when they can go to workers): local workers never
+    run the driver's ``__main__`` (a script, a notebook), so they cannot unpickle what is defined there."""
+    from .executors import main_references
+
+    names = main_references(list(cbs))
+    if not names:
+        return ""
+    return (f"serially: {', '.join(names)} {'is' if len(names) == 1 else 'are'} defined in __main__, which worker "
+            f"processes do not run; define {'it' if len(names) == 1 else 'them'} in a module you import to run "
+            f"in parallel")
 
 
 def _driver_dataloaders(cfg: SweepConfig, device):
@@ -173,7 +205,8 @@ def _driver_dataloaders(cfg: SweepConfig, device):
 def check_loaders(dls, cfg: SweepConfig) -> None:
     """Refuse, before any run, DataLoaders a sweep cannot train on: a training split smaller than the batch
     size gives no full batch (fastai drops the last partial one), so every run would train on nothing; an
-    empty validation split gives no accuracy. One line naming the fix."""
+    empty validation split gives no accuracy; images smaller than a model's pooling needs
+    (:func:`check_input_size`) fail every run. One line naming the fix."""
     n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
     if n_train < cfg.bs:
         more = f"more images (--max-per-class {cfg.max_per_class} keeps {n_train})" if cfg.max_per_class else \
@@ -183,6 +216,12 @@ def check_loaders(dls, cfg: SweepConfig) -> None:
     if n_valid == 0:
         raise CnnDepthError("the validation split has no images, so there is no accuracy to report; give a "
                             "dataset with validation images")
+    from .loaders import data_info
+
+    info = data_info(dls)
+    if info is not None:
+        for depth in cfg.depths:
+            check_input_size(cfg.arch, depth, tuple(info.img_size))
 
 
 def _first_missing(path: Path) -> Optional[Path]:
@@ -294,8 +333,8 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
         n_ok = int((read_results(out)["status"] == "ok").sum())
         why = f" ({e.args[0]})" if e.args else ""
         cut = sorted((j for j in [*running.values(), submitting] if j is not None and j.kind == "run"),
-                     key=lambda j: j.index)
-        where = (f"during run{'s' if len(cut) > 1 else ''} " + ", ".join(f"{j.index}/{progress.n} "
+                     key=lambda j: progress.number(j.index))
+        where = (f"during run{'s' if len(cut) > 1 else ''} " + ", ".join(f"{progress.number(j.index)}/{progress.n} "
                  f"({run_id(cfg.arch, j.depth, j.seed)})" for j in cut)) if cut else "between runs"
         raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
                                f"same command to resume") from e
@@ -332,11 +371,25 @@ def record_run(out: Path, cfg: SweepConfig, result: RunResult) -> None:
 
 class Progress:
     """The sweep's progress lines: one when a run starts and one when it ends, with the sweep's elapsed time
-    and an ETA (the mean wall time of the runs finished so far, times the runs left, over the runs at once)."""
+    and an ETA (the mean wall time of the runs finished so far, times the runs left, over the runs at once).
+
+    Runs are numbered in the order they start (``start 1/9`` is the first to start, after the runs an
+    earlier call finished: ``start 4/9`` when 3 of 9 were done), whatever order the engine takes them in
+    (workers take the longest first); the run's identity is its depth and seed, and results.csv rows are
+    keyed by run_id, not by this number. ``ended`` and ``failed`` list the runs this sweep finished."""
 
     def __init__(self, say: Callable[[str], None], n: int, todo: int, at_once: int = 1):
         self.say, self.n, self.todo, self.at_once = say, n, todo, at_once
         self.t0, self.done, self.busy = time.monotonic(), 0, 0.0
+        self.numbers: dict[int, int] = {}  # the run's grid index -> its number in start order
+        self.ended: list[str] = []  # run_ids this sweep finished, any status
+        self.failed: list[tuple[str, str]] = []  # (run_id, error) of those that failed
+
+    def number(self, i: int) -> int:
+        """The progress number of the run with grid index ``i``: given when it starts."""
+        if i not in self.numbers:
+            self.numbers[i] = self.n - self.todo + len(self.numbers) + 1
+        return self.numbers[i]
 
     @staticmethod
     def clock(seconds: float) -> str:
@@ -344,7 +397,7 @@ class Progress:
         return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
     def start(self, i: int, depth: int, seed: int, where: str = "") -> None:
-        self.say(f"start {i}/{self.n}  depth={depth} seed={seed}{where}")
+        self.say(f"start {self.number(i)}/{self.n}  depth={depth} seed={seed}{where}")
 
     def end(self, i: int, row: dict, seconds: float) -> None:
         """``seconds``: the run's wall time, lr_find and measuring included."""
@@ -353,8 +406,10 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         left = self.todo - self.done
         eta = f", ETA {self.clock(self.busy / self.done * left / self.at_once)}" if left else ""
-        head = f"done  {i}/{self.n}  depth={row['depth']} seed={row['seed']}"
+        head = f"done  {self.number(i)}/{self.n}  depth={row['depth']} seed={row['seed']}"
+        self.ended.append(row["run_id"])
         if row["status"] == "failed":
+            self.failed.append((row["run_id"], str(row["error"])))
             text = f"{head}  failed: {row['error']}"
         else:
             text = (f"{head}  lr={float(row['lr']):.3g}  acc={float(row['accuracy']):.4f}  "

@@ -229,3 +229,36 @@ def test_two_node_ray_cluster_runs_the_sweep(serial, tmp_path):
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+def test_engine_lines_count_threads_and_runs_in_plain_english():
+    cfg = SweepConfig(device="cpu")
+    assert choose_engine(cfg, todo=6, cpus=2).describe() == "2 runs at once, 1 torch thread each"
+    assert choose_engine(cfg, todo=3, cpus=8).describe() == "3 runs at once, 2 torch threads each"
+    assert choose_engine(cfg, todo=1, cpus=2).describe() == "in this process, 2 torch threads"
+    assert choose_engine(SweepConfig(device="cpu", threads=1), todo=1, cpus=2).describe() == \
+        "in this process, 1 torch thread"
+
+
+def test_serial_threads_are_the_free_cores_whoever_chose_serial():
+    # the same rule as depth_learner(threads="auto"): cores minus what other processes keep busy
+    asked = choose_engine(SweepConfig(device="cpu", workers=1), todo=3, cpus=2, busy=1.2)
+    assert (asked.kind, asked.threads) == ("inline", 1) and "1 of 2 cores busy" in asked.describe()
+    # callbacks a worker cannot import: serially, saying why, with the free cores
+    main = choose_engine(SweepConfig(device="cpu", workers=2), todo=4, cpus=2, inline_why="serially: X")
+    assert (main.kind, main.workers, main.threads, main.why) == ("inline", 1, 2, "serially: X")
+    assert choose_engine(SweepConfig(device="cpu"), todo=1, cpus=2, inline_why="serially: X").why == ""
+
+
+def test_progress_numbers_runs_in_the_order_they_start():
+    from cnn_depth.sweep import Progress
+
+    lines = []
+    progress = Progress(lines.append, n=5, todo=3, at_once=2)  # 2 of 5 finished earlier
+    row = dict(depth=4, seed=0, status="failed", error="E", run_id="bn-d4-s0")
+    progress.start(5, 4, 0, " on worker 1")  # grid run 5 is the longest: it starts first
+    progress.start(3, 2, 0, " on worker 2")
+    progress.end(5, row, 1.0)
+    assert lines[0] == "start 3/5  depth=4 seed=0 on worker 1" and lines[1] == "start 4/5  depth=2 seed=0 on worker 2"
+    assert lines[2].startswith("done  3/5  depth=4 seed=0  failed: E")
+    assert progress.number(3) == 4 and progress.failed == [("bn-d4-s0", "E")]

@@ -258,3 +258,82 @@ def test_counting_macs_leaves_the_runs_random_numbers_alone(tmp_path):
     again = run_sweep(out=str(tmp_path / "b"), **settings)  # MACs of depth 2 already known: nothing is built
     assert first["valid_loss"].tolist() == again["valid_loss"].tolist()
     assert first["accuracy"].tolist() == again["accuracy"].tolist()
+
+
+class FailBeforeFit(Callback):
+    """Every fit fails before its first batch, as a broken callback or a model that cannot train would."""
+
+    def before_train(self):
+        raise RuntimeError("this callback refuses to train")
+
+
+# fastai's wrapping of a callback's exception, as the row records it (on one line)
+WRAPPED = ("RuntimeError: Exception occured in `FailBeforeFit` when calling event `before_train`: this callback "
+           "refuses to train")
+
+
+class DefinedInMain(Callback):
+    """A callback as a script or notebook defines it (its class lives in __main__)."""
+
+
+DefinedInMain.__module__ = "__main__"
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_run_fails_raises_one_line_and_keeps_the_rows(tmp_path):
+    from cnn_depth.errors import SweepFailed
+
+    out = tmp_path / "s"
+    with pytest.raises(SweepFailed) as e:
+        run_sweep(depths=[1, 2], out=str(out), cbs=[FailBeforeFit()], **SMALL)
+    assert str(e.value) == (f"all 2 runs of this sweep failed, none trained (first, bn-d1-s0: {WRAPPED}); the rows "
+                            f"are in {out / 'results.csv'}")
+    rows = pd.read_csv(out / "results.csv")
+    assert rows["status"].tolist() == ["failed", "failed"] and e.value.results["run_id"].tolist() == rows["run_id"].tolist()
+    assert (out / "summary.csv").exists()
+    # one failure among ok runs is not a failed sweep: rows say which, as before
+    df = run_sweep(depths=[1, 2], out=str(tmp_path / "t"), cbs=[RaiseDuringRun(1, RuntimeError("x"))], **SMALL)
+    assert df["status"].tolist() == ["failed", "ok"]
+
+
+@pytest.mark.slow
+def test_cli_sweep_whose_every_run_fails_exits_1_with_that_line(tmp_path, monkeypatch):
+    """The CLI has no callback option: its run_sweep is given the failing callback; the runs really train."""
+    import functools
+
+    from typer.testing import CliRunner
+
+    import cnn_depth.sweep
+    from cnn_depth.cli import app
+
+    monkeypatch.setattr(cnn_depth.sweep, "run_sweep", functools.partial(run_sweep, cbs=[FailBeforeFit()]))
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["sweep", "--depths", "1", "2", "--max-per-class", "10", "--bs", "16", "--epochs",
+                                 "1", "--device", "cpu", "--workers", "1", "--quiet", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: all 2 runs of this sweep failed, none trained (first, bn-d1-s0: {WRAPPED}); the rows are in "
+        f"{out / 'results.csv'}")
+    assert "Traceback" not in r.output and len(pd.read_csv(out / "results.csv")) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,need", [("simplecnn", 8), ("deepercnn", 16), ("tutorial-net", 16), ("customcnn", 8)])
+def test_images_too_small_for_a_preset_are_refused_before_any_run(tmp_path, image_folder_factory, arch, need):
+    data = image_folder_factory(size=(4, 4), n=8)
+    out = tmp_path / "s"
+    with pytest.raises(CnnDepthError, match=re.escape(f"preset {arch} needs images of at least {need}×{need} px")) as e:
+        run_sweep(arch=arch, dataset=str(data), out=str(out), **{**SMALL, "bs": 4, "workers": "auto"})
+    assert "\n" not in str(e.value) and f"size={need}" in str(e.value)
+    assert not out.exists()  # refused before the folder's first row: nothing left behind
+
+
+@pytest.mark.slow
+def test_callbacks_from_main_keep_the_sweep_in_this_process(tmp_path):
+    lines = []
+    df = run_sweep(depths=[1, 2], out=str(tmp_path / "s"), cbs=[DefinedInMain()], log=lines.append,
+                   **{**SMALL, "workers": 2, "quiet": False})
+    assert (df["status"] == "ok").all()
+    assert lines[0].startswith("sweep: 2 runs (2 to do) on cpu, in this process,") and \
+        "(serially: DefinedInMain is defined in __main__, which worker processes do not run;" in lines[0], lines[0]
+    assert not any("on worker" in line for line in lines)
