@@ -165,7 +165,8 @@ def _epoch_line(learn, prefix: str, values: list) -> None:
 
 
 def _learner(dls, cfg: SweepConfig, depth: int, device: Device, out: Path, cbs=()):
-    learn = depth_learner(dls, depth, cfg.arch, pretrained=cfg.pretrained, path=out, cbs=list(cbs))
+    # threads=None: the engine has set this run's threads (recorded in its row), the Learner keeps them
+    learn = depth_learner(dls, depth, cfg.arch, pretrained=cfg.pretrained, path=out, cbs=list(cbs), threads=None)
     if device.precision == "bf16":
         learn.to_bf16()
     return learn
@@ -298,7 +299,7 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
         memory.start()
         with _quiet(learn, cfg.quiet, ident["run_id"]):
             t0 = time.perf_counter()
-            fit_learner(learn, cfg.epochs, lr, cfg.transfer)
+            fit_learner(learn, cfg.epochs, lr, cfg.transfer, threads=None)
             train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
             t0 = time.perf_counter()
             valid_loss = learn.validate()[0]

@@ -1,6 +1,7 @@
 """The Learner factory: inferred shapes, fastai defaults, and a seeded fit that really learns."""
 import pytest
 import torch
+from fastai.callback.core import Callback
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 
@@ -86,3 +87,67 @@ def test_fit_learner_refuses_bad_modes(sample_dls):
         fit_learner(learn, 1, 1e-3, "fine-tune")
     with pytest.raises(CnnDepthError, match="transfer must be one of feature-extraction, fine-tune"):
         fit_learner(learn, 2, 1e-3, "fine_tune")
+
+
+class SeeThreads(Callback):
+    """Which torch thread count each batch ran with."""
+
+    order = 50
+
+    def before_fit(self):
+        self.seen = set()
+
+    def after_batch(self):
+        self.seen.add(torch.get_num_threads())
+
+
+@pytest.mark.slow
+def test_depth_learner_fits_with_its_threads_and_restores_torchs(sample_dls):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    see = SeeThreads()
+    learn = depth_learner(sample_dls, depth=1, threads=wanted, cbs=[see])
+    learn.fit_one_cycle(1, 3e-3)
+    assert see.seen == {wanted} and learn.set_threads.used == wanted
+    assert torch.get_num_threads() == before  # restored after the fit
+    learn.validate()  # fastai runs validate as a fit too: the same threads, restored again
+    assert see.seen == {wanted} and torch.get_num_threads() == before
+    assert not hasattr(depth_learner(sample_dls, depth=1, threads=None), "set_threads")
+
+
+def test_auto_threads_are_the_free_cores_measured_once_for_many_predictions(sample_dls, monkeypatch):
+    import cnn_depth.plan as plan
+
+    calls = []
+    real = plan.free_cores
+    monkeypatch.setattr(plan, "free_cores", lambda: calls.append(1) or real())
+    learn = depth_learner(sample_dls, depth=1)  # threads="auto" by default
+    before = torch.get_num_threads()
+    for _ in range(3):
+        learn.get_preds(dl=[sample_dls.valid.one_batch()])
+    assert len(calls) == 1, "the host is measured once, not on every prediction"
+    assert 1 <= learn.set_threads.used <= plan.available_cpus() and torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_fit_learner_gives_other_learners_the_same_choice(sample_dls):
+    from fastai.learner import Learner
+
+    from cnn_depth import fit_learner
+    from cnn_depth.models import depth_cnn
+
+    see = SeeThreads()
+    learn = Learner(sample_dls, depth_cnn(1), loss_func=CrossEntropyLossFlat(), cbs=[see])
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    fit_learner(learn, 1, 3e-3, threads=wanted)
+    assert see.seen == {wanted} and torch.get_num_threads() == before
+    assert not any(type(cb).__name__ == "SetThreads" for cb in learn.cbs)  # only for that fit
+
+
+@pytest.mark.parametrize("threads", [0, "all", 1.5])
+def test_bad_threads_are_one_line(sample_dls, threads):
+    from cnn_depth import CnnDepthError
+
+    with pytest.raises(CnnDepthError, match="threads must be a whole number"):
+        depth_learner(sample_dls, depth=1, threads=threads)
