@@ -5,9 +5,14 @@ Every command parses its options, calls one library function and prints. Errors 
 2, never a traceback: :class:`OneLineErrors` is the one place that does it. The sweep's options take their
 defaults and help from :class:`~cnn_depth.config.SweepConfig`, and ``--config`` is merged with the flags given
 by ``SweepConfig.from_toml``.
+
+Start-up: this module imports neither torch nor fastai (seconds): ``--help``, the usage errors and the
+options' defaults need only :mod:`cnn_depth.config`; each command imports what it needs when it runs.
+``tests/test_cli_startup.py`` checks it.
 """
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -18,19 +23,43 @@ from typer.core import TyperCommand, TyperGroup
 
 from .config import config_field, config_keys, default, shown_default
 from .errors import CnnDepthError
-from .models import check_depth, list_models
 
 
-class OneLineErrors(TyperGroup):
+class FlagHelp:
+    """``--help`` listed as the flag it is: typer's rich help shows a value type for every option, so it
+    read ``--help <bool>``; a flag takes no value (the sweep's own flags have ``metavar=""`` too)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(FlagHelp, TyperCommand):
+    """Every ``cnn-depth`` command. Its line in ``cnn-depth --help`` is its docstring's first paragraph as one
+    paragraph (typer's rich help kept the docstring's line breaks there, mid-sentence)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.help and not self.short_help:
+            self.short_help = " ".join(inspect.cleandoc(self.help).split("\n\n")[0].split())
+
+
+class OneLineErrors(FlagHelp, TyperGroup):
     """Usage errors (``--depth x``, an unknown option) and :class:`CnnDepthError` as one line on stderr and
     exit code 2, instead of typer's boxed usage text or a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        global _said_interrupted, command_ended
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        _said_interrupted = command_ended = False
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            command_ended = True
         except typer.TyperException as e:  # click's usage errors (typer vendors click; this is its public base)
+            command_ended = True
             if type(e).__name__ == "NoArgsIsHelpError":  # `cnn-depth` alone: the help, already printed
                 sys.exit(0)
             ctx = getattr(e, "ctx", None)
@@ -38,20 +67,41 @@ class OneLineErrors(TyperGroup):
             echo_error(" ".join(e.format_message().split()) + hint)
             sys.exit(e.exit_code)
         except CnnDepthError as e:
+            command_ended = True
             echo_error(str(e))
             sys.exit(getattr(e, "exit_code", 2))  # 2: bad input; 1 for errors that carry it (a full disk)
         except typer.Abort:
+            command_ended = True
             echo_error("aborted")
             sys.exit(1)
-        # typer turns a KeyboardInterrupt inside a command into exit code 130; say so unless a command did
+        # typer turns a KeyboardInterrupt while parsing into exit code 130 (``invoke`` below says it for one
+        # inside a command); say so unless a command did
         if rv == 130 and not _said_interrupted:
             echo_error("interrupted; nothing was changed", code=130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        """A KeyboardInterrupt that a command leaves to us (say, while it imports torch): one line saying
+        what that command may have kept, and exit code 130."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if not _said_interrupted:
+                name = ctx.invoked_subcommand or ""
+                echo_error(f"interrupted{INTERRUPTED.get(name, '; nothing was changed')}", code=130)
+            raise typer.Exit(130) from None
+
+
+# What a command interrupted outside its own handling has kept (the sweep says more when it can).
+INTERRUPTED = {"sweep": "; the runs recorded before it are kept (rerun the same command to resume)",
+               "report": "; its summary.csv and comparison.png may be missing (rerun the same command)",
+               "explain": "; some of its images may be missing (rerun the same command)"}
 
 
 app = typer.Typer(help="How does a CNN's depth change what it learns, and what does it cost?", cls=OneLineErrors,
                   add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 _said_interrupted = False
+command_ended = False  # True once the command has returned or raised (read by cnn_depth.__main__)
 
 
 def echo_error(message: str, code: int = 2) -> None:
@@ -70,7 +120,7 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
-@app.command("models")
+@app.command("models", cls=Command)
 def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the family models' parameters."),
                n_in: int = typer.Option(3, help="Input channels (3 RGB, 1 grayscale)."),
                img_size: int = typer.Option(32, help="Image size in px (the presets' flatten size depends on it)."),
@@ -79,7 +129,7 @@ def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the fa
 
     Example: cnn-depth models --depth 20
     """
-    from .models import count_params, depth_cnn, model_spec
+    from .models import check_depth, count_params, depth_cnn, list_models, model_spec
 
     check_depth(depth)
     typer.echo(f"{'arch':<13} {'depth':>5} {'params':>10}  description")
@@ -90,10 +140,10 @@ def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the fa
         typer.echo(f"{name:<13} {d:>5} {n:>10,}  {spec.description}" + ("" if spec.depth else " (any depth)"))
 
 
-@app.command("datasets")
+@app.command("datasets", cls=Command)
 def datasets_cmd():
     """List the registered datasets (any folder or .tgz/.zip path works with --data too)."""
-    from .data import dataset_spec, list_datasets
+    from .data import dataset_spec, list_datasets  # the registry is in data.py, which imports fastai
 
     for name in list_datasets():
         s = dataset_spec(name)
@@ -101,9 +151,9 @@ def datasets_cmd():
     typer.echo("PATH            a folder or .tgz/.tar.gz/.zip laid out <root>/<train>/<class>/*, <root>/<valid>/<class>/*")
 
 
-@app.command("summary")
+@app.command("summary", cls=Command)
 def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv layers (a preset's own when omitted)."),
-                arch: str = typer.Option("bn", help=f"Model: {', '.join(list_models())}."),
+                arch: str = typer.Option("bn", help=config_field("arch").metadata["help"]),  # the registry needs torch
                 n_in: int = typer.Option(3, help="Input channels (3 RGB, 1 grayscale)."),
                 img_size: int = typer.Option(32, help="Image size in px."),
                 n_out: int = typer.Option(10, help="Number of classes.")):
@@ -111,7 +161,7 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
 
     Example: cnn-depth summary --depth 7 --arch residual
     """
-    from .models import count_params, depth_cnn, layer_table, model_spec
+    from .models import count_params, depth_cnn, layer_table, list_models, model_spec
 
     if depth is None and model_spec(arch).depth is None:
         fail(f"--depth is required for the family archs ({', '.join(n for n in list_models() if model_spec(n).depth is None)})"
@@ -157,7 +207,7 @@ def gather_list_values(args: list[str], names=LIST_OPTIONS) -> list[str]:
     return out
 
 
-class ListOptionsCommand(TyperCommand):
+class ListOptionsCommand(Command):
     """A command whose ``--depths``/``--seeds`` take several space-separated values."""
 
     def parse_args(self, ctx, args):
@@ -245,7 +295,7 @@ def sweep_cmd(
              f"results.csv; rerun the same command to retry them", code=1)
 
 
-@app.command("report")
+@app.command("report", cls=Command)
 def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files (or sweep folders)."),
                out: Optional[Path] = typer.Option(None, help="Folder for summary.csv and comparison.png "
                                                   "(default runs/report).")):

@@ -19,10 +19,12 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .data import ARCHIVE_SUFFIXES, DEFAULT_SOURCE, PIPELINES, list_datasets, resolve_source
 from .errors import CnnDepthError, check_int
-from .models import MAX_DEPTH, check_depth, list_models, model_spec
 from .transfer import TRANSFER_TAGS, check_transfer
+
+# .data and .models import fastai and torch (seconds): they are imported where they are used, so that the CLI
+# reads these fields for `cnn-depth sweep --help` without them (tests/test_cli_startup.py checks both).
+DEFAULT_SOURCE = "cifar10-sample"  # the same as data.DEFAULT_SOURCE (tests/test_cli_startup.py checks it)
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which fastai's set_seed feeds
@@ -82,6 +84,9 @@ class SweepConfig:
                                 shown="off")
 
     def __post_init__(self):
+        from .data import PIPELINES, resolve_source
+        from .models import check_depth, model_spec
+
         self.arch = _typed(self.arch, str, "arch")
         spec_depth = model_spec(self.arch).depth  # raises: unknown arch, lists the known ones
         if self.depths is None:
@@ -304,7 +309,10 @@ def parse_int_list(value, name: str = "depths", where: str = "") -> list[int]:
             lo, hi = int(m[1]), int(m[2] or m[1])
             if hi < lo:
                 raise CnnDepthError(f"{name}: range {tok} goes down; write it low-high, e.g. {hi}-{lo}")
-            limit = MAX_DEPTH if name == "depths" else MAX_SEED
+            if name == "depths":
+                from .models import MAX_DEPTH as limit
+            else:
+                limit = MAX_SEED
             if hi > limit or hi - lo >= MAX_RUNS:
                 raise CnnDepthError(f"{name}: range {tok} is too large (at most {min(limit, MAX_RUNS):,} values, "
                                     f"up to {limit:,}); give a smaller range")
@@ -337,6 +345,8 @@ def _positive(value, name: str, where: str = "", given=None) -> float:
 
 def _transfer(arch: str, pretrained: bool, transfer, epochs: int) -> Optional[str]:
     """The transfer mode of a sweep: None from scratch; with ``pretrained``, as given or ``fine-tune``."""
+    from .models import list_models, model_spec
+
     if transfer is not None:
         _typed(transfer, str, "transfer")
     kind = model_spec(arch).kind
@@ -358,6 +368,9 @@ def _int_list(value, name: str) -> list[int]:
 
 
 def dataset_label(dataset: str) -> str:
+    from .archives import ARCHIVE_SUFFIXES
+    from .data import list_datasets
+
     if dataset in list_datasets():
         return dataset
     name = Path(dataset).name
