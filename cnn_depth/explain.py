@@ -422,13 +422,13 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
     vocab = model.vocab
     t = None if target is None else class_index(target, vocab, info["config"]["n_out"])  # fail before any work
     a, label, what = _input_image(info, image, index)
+    out = output_folder(out if out is not None else Path(run_dir) / "explain" / info["run_id"])
     if info["note"]:  # after every check, so that bad input prints its error line only
         log(info["note"])
     x = normalise(a, info["stats"])
     probs = _probs(model, x)
     pred = int(probs.argmax())
     log(f"{info['run_id']}: {what}: predicted {vocab[pred]} ({probs[pred]:.2f})")
-    out = output_folder(out if out is not None else Path(run_dir) / "explain" / info["run_id"])
     _plot_input(out / "input.png", a, probs, vocab, f"{info['run_id']}\n{what}", label)
     if not has_convs(model):
         log(f"{info['run_id']}: an MLP has no conv layers, so no feature maps or Grad-CAM; hidden_layers.png "
@@ -518,12 +518,12 @@ def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, se
             row["cam"] = grad_cam(model, x, row["cam_class"], stage=row["cam_stage"])
         row["stages"] = stage_outputs(model, x)
         rows.append(row)
+    out = output_folder(out if out is not None else Path(run_dir) / "explain" / f"{arch}-d{compact_ints(depths)}")
     if notes:  # after every check, so that bad input prints its error line only
         log(f"several seeds saved; using the lowest (pass --seed to pick one): {'; '.join(notes)}")
     for r in rows:
         pred = int(r["probs"].argmax())
         log(f"{r['info']['run_id']}: {r['what']}: predicted {r['vocab'][pred]} ({r['probs'][pred]:.2f})")
-    out = output_folder(out if out is not None else Path(run_dir) / "explain" / f"{arch}-d{compact_ints(depths)}")
     path = out / "depths.png"
     cam = (f" (Grad-CAM for {'the target' if target is not None else 'each predicted class'})"
            if any("cam" in r for r in rows) else "")
