@@ -254,7 +254,6 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
                             f"(--device {cfg.device}); leave --runs-per-gpu out")
     gpus = tuple(range(torch.cuda.device_count())) if cuda else ()
     free = free_cores(cpus, busy)  # cores other processes leave us
-    auto = cfg.workers == "auto" and not gpus
     loaded = f"; {cpus - free} of {cpus} cores busy with other processes" if free < cpus else ""
     why = ""
     if cfg.workers != "auto":
