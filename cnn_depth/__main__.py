@@ -64,6 +64,17 @@ def _ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+_requested: list = []  # the SIGINTs our handler turned into a KeyboardInterrupt
+
+
+def _on_sigint(signum, frame) -> None:
+    """Python's own SIGINT handler (a KeyboardInterrupt), plus a note that it came: library code with a bare
+    ``except:`` (fastai's ``_try_concat``, fastcore's caches, ...) can swallow the KeyboardInterrupt, and the
+    command would then end as if no Ctrl-C had been pressed. (The sweep's driver loop has its own handler.)"""
+    _requested.append(signum)
+    raise KeyboardInterrupt
+
+
 def _interrupted_while_exiting(signum, frame) -> None:
     """A Ctrl-C after the command ended, while Python runs its exit hooks (joining threads, removing
     temporary folders): one line and 130, not the traceback of the hook it cut short."""
@@ -77,6 +88,8 @@ def main():
     # tearing down, its handlers gone) would otherwise kill the process with no line; the command has ended.
     atexit.register(_ignore_sigint)
     try:  # the outer try catches a KeyboardInterrupt that lands in the inner one's handling too
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not SIG_IGN (`cnn-depth ... &`)
+            signal.signal(signal.SIGINT, _on_sigint)
         try:
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -89,7 +102,9 @@ def main():
             code = e.code
         if code == 130:  # interrupted: the command (or OneLineErrors) has printed its line
             _exit_now(130)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not SIG_IGN (`cnn-depth ... &`)
+        if _requested:  # a Ctrl-C that library code swallowed: the command ran on to its end
+            raise KeyboardInterrupt
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             signal.signal(signal.SIGINT, _interrupted_while_exiting)
     except KeyboardInterrupt:  # outside any command: start-up, or after the command ended
         cli = sys.modules.get("cnn_depth.cli")

@@ -46,10 +46,12 @@ class SweepInterrupted(KeyboardInterrupt):
 
 class _Interrupts:
     """SIGINT and SIGTERM raise KeyboardInterrupt, except inside ``critical()`` (writing a run's rows),
-    where they wait until the rows are on disk."""
+    where they wait until the rows are on disk. Library code with a bare ``except:`` (fastai's
+    ``_try_concat``) can swallow that KeyboardInterrupt: ``check()``, between runs and on the way out,
+    raises it again."""
 
     def __init__(self):
-        self.old, self.pending, self.writing = {}, None, False
+        self.old, self.pending, self.writing, self.requested = {}, None, False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -61,8 +63,15 @@ class _Interrupts:
     def __exit__(self, *exc):
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
+        if exc[0] is None:
+            self.check()
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt(signal.Signals(self.requested).name)
 
     def _handler(self, signum, frame):
+        self.requested = signum
         if self.writing:
             self.pending = signum
         else:
@@ -281,6 +290,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
     try:
         with _Interrupts() as interrupts, starting.result() as ex:
             while pending or running:
+                interrupts.check()
                 while pending and ex.free_slots():
                     job = next((j for j in pending if j.kind == "find" or j.depth in lrs or j.depth in failed_finds
                                 or cfg.lr != "find"), None)

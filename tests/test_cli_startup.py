@@ -124,3 +124,27 @@ def test_ctrl_c_after_the_command_ended_is_one_line():
     assert r.returncode == 130, r.stderr
     assert "Usage: cnn-depth" in r.stdout
     assert r.stderr.strip() == "error: interrupted as the command ended; it had finished, so nothing was cut short"
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_that_library_code_swallows_still_ends_in_130():
+    """A real SIGINT during start-up that a bare ``except:`` swallows (as fastai's ``_try_concat`` would):
+    the command runs to its end, then says it was interrupted and exits 130, not 0."""
+    prelude = textwrap.dedent("""
+        import importlib.abc, os, signal, sys, time
+        class Swallow(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "cnn_depth.cli":
+                    sys.meta_path.remove(self)
+                    try:
+                        os.kill(os.getpid(), signal.SIGINT)
+                        time.sleep(1)
+                    except:  # noqa: E722  (what the library code does)
+                        pass
+                return None
+        sys.meta_path.insert(0, Swallow())
+    """).replace("\n", "\n        ")
+    r = run_main(["--help"], prelude)
+    assert r.returncode == 130, r.stderr
+    assert "Usage: cnn-depth" in r.stdout
+    assert r.stderr.strip() == "error: interrupted as the command ended; it had finished, so nothing was cut short"
