@@ -14,6 +14,10 @@ A run folder written by ``cnn-depth sweep --save-models`` keeps one file per tra
                   dataset with ``image_folder`` and pick a validation image by index, or None
     meta          anything else the caller passed (run_id, seed, dataset, ...), plain types only
     versions      dict(cnn_depth, torch, fastai)
+
+A file is anyone's to edit, so :func:`read_run_model` checks every field (:func:`check_checkpoint`) before
+the model is rebuilt: a wrong or missing one is one line naming the file and the field, and how to save the
+model again.
 """
 from __future__ import annotations
 

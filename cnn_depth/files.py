@@ -3,6 +3,12 @@
 Every file cnn-depth writes for others to read (reports, sweep.json, saved models, cache entries) goes through
 :func:`atomic_write`, so a reader sees the old file or the new one, never half of one, and a crash leaves at
 most a hidden ``.<name>.<pid>.tmp`` beside it.
+
+For every writer, including the reports and figures: ``with writing(path, "the figure"):`` turns a full disk
+into :class:`DiskFull` (one line: what, where, the free space, "free space and rerun the same command to
+resume"; the CLI exits 1), :func:`save_figure` writes a matplotlib figure that way, and
+:func:`output_folder` makes and checks a folder given by ``--out`` (empty, a file in the way, unwritable:
+one line naming the flag).
 """
 from __future__ import annotations
 

@@ -10,6 +10,12 @@ A sweep folder (``SweepConfig.out``) holds:
 
 Only the process that runs the sweep (the driver) writes these, whichever engine trained the runs. Every
 row of every file starts with the run's identity (:func:`run_fields`), so the files join on ``run_id``.
+
+A user can edit, cut or copy any of these, so each is read back with a schema: the CSV files by
+:func:`read_results` and friends, ``sweep.json`` by :func:`read_sweep_json` (``CONFIG_SCHEMA``); a bad value
+is one line naming the file, the field (or line) and the fix. A resume first rewrites the CSV files with one
+row per run (and epoch, layer) and without cut lines, saying once what it left out (:func:`tidy_rows`). A
+full disk while writing is one line too (:class:`~cnn_depth.files.DiskFull`); what was written stays.
 """
 from __future__ import annotations
 
