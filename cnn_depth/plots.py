@@ -200,7 +200,9 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
     dashed, and each group's verdicts marked: a filled star where one depth is above every other, a hollow
     star on the highest mean where it is not, rings on the depths that cannot be told from it. Bottom: MACs
     per image (solid) and parameters (dotted), log scale. Depth is on a log2 axis when the depths span more
-    than ×4. The legend sits outside the axes. With no ``ok`` run, the figure says so.
+    than ×4. The legend sits outside the axes. With no ``ok`` run, the figure says so. Above the axes: the
+    title, the settings every group shares and, for several groups, which settings differ between them
+    (:func:`cnn_depth.reports.comparison_note`), wrapped to fit; data sources by file name.
     """
     from matplotlib.lines import Line2D
 
