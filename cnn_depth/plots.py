@@ -119,43 +119,25 @@ def plot_accuracy_vs_depth(summary: pd.DataFrame, path: PathLike, title: str = "
 
 
 def _save(fig, path: PathLike) -> Path:
-    """Write ``fig`` to ``path`` (aside, then renamed: a failed write leaves the old figure, if any, whole).
-    A full disk or an unwritable folder is one line (:func:`write_failed`), not a traceback."""
-    from .files import atomic_write
+    """Write ``fig`` to ``path`` with :func:`cnn_depth.files.save_figure` (aside, then renamed: a failed write
+    leaves the old figure, if any, whole). A full disk is its one line (:class:`cnn_depth.files.DiskFull`,
+    exit 1); a folder that cannot be written is one line too (:func:`write_failed`), not a traceback."""
+    from .files import save_figure, writing
 
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png"))
-    except OSError as e:
+        with writing(path, "the figure"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return save_figure(fig, path)
+    except OSError as e:  # not a full disk (that is DiskFull already): no permission, a file in the way, ...
         raise CnnDepthError(write_failed(path, e)) from e
-    return path
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} bytes"
 
 
 def write_failed(path: PathLike, error: OSError) -> str:
-    """The one line for a file that could not be written: which file, why, the free space left on its disk,
-    and what to do (finished runs are kept: rerunning the command resumes and writes the reports again)."""
-    import errno
-    import shutil
-
-    path = Path(path)
-    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
-    try:
-        free = f"{_size(shutil.disk_usage(folder).free)} free on its disk" if folder else "its folder is missing"
-    except OSError:
-        free = "free space unknown"
-    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-    why = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-    fix = ("free some space (or give another --out)" if full else "give a folder you can write to (--out)")
-    return (f"cannot write {path}: {why} ({free}); {fix} and rerun the same command: finished runs are kept "
-            f"and the reports are written again")
+    """The one line for a figure that could not be written for another reason than a full disk: which file,
+    why, and what to do."""
+    return (f"cannot write {path} ({error.strerror or type(error).__name__}); give a folder you can write to "
+            f"(--out) and rerun the same command: finished runs are kept and the reports are written again")
 
 
 LEGEND_CHARS = 44  # legend labels are wrapped to this many characters, so the legend never squeezes the axes

@@ -132,17 +132,27 @@ def test_a_full_disk_while_writing_a_figure_is_one_line(tiny_disk, tmp_path):
     with pytest.raises(CnnDepthError) as e:
         plot_accuracy_vs_depth(summarize(RESULTS), png)
     message = str(e.value)
-    assert message.startswith(f"cannot write {png}: the disk is full (") and "\n" not in message
-    assert " KiB free on its disk); free some space (or give another --out) and rerun the same command" in message
+    assert message.startswith(f"the disk is full: could not write the figure {png} (") and "\n" not in message
+    assert message.endswith(" KiB free there); free space and rerun the same command to resume")
     assert sorted(p.name for p in tiny_disk.iterdir()) == []  # no half-written figure, no temporary file left
     # a sweep folder on that disk: summary.csv fits, the figure does not; the old figure is left whole
     write_sweep(tiny_disk, RESULTS.to_dict("records"))
-    with pytest.raises(CnnDepthError, match=r"^cannot write .*accuracy_vs_depth.png: the disk is full"):
+    with pytest.raises(CnnDepthError, match=r"^the disk is full: could not write the figure .*accuracy_vs_depth.png"):
         write_reports(tiny_disk)
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["results.csv", "summary.csv"]
-    # the CLI: `cnn-depth report ... --out <full disk>` is one line and exit 2, no traceback
+    # the CLI: `cnn-depth report ... --out <full disk>` is one line and exit 1 (nothing typed was wrong)
     source = write_sweep(tmp_path / "sweep", RESULTS.to_dict("records"))
     r = CliRunner().invoke(app, ["report", str(source), "--out", str(tiny_disk / "cmp")])
-    assert r.exit_code == 2, r.output
-    assert r.stderr.startswith(f"error: cannot write {tiny_disk / 'cmp' / 'comparison.png'}: the disk is full (")
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith(f"error: the disk is full: could not write the figure "
+                               f"{tiny_disk / 'cmp' / 'comparison.png'} (")
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_a_folder_that_cannot_hold_a_figure_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")  # a file where the figure's folder should be
+    with pytest.raises(CnnDepthError) as e:
+        plot_accuracy_vs_depth(summarize(RESULTS), tmp_path / "file" / "accuracy_vs_depth.png")
+    assert str(e.value) == (f"cannot write {tmp_path / 'file' / 'accuracy_vs_depth.png'} (File exists); give a "
+                            f"folder you can write to (--out) and rerun the same command: finished runs are kept "
+                            f"and the reports are written again")
