@@ -178,9 +178,14 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
             del dls
         progress = Progress(say, n, todo, engine.workers)
         _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say)
-    results = read_results(out)
-    results.attrs["out"] = str(out)
-    results.attrs["summary"] = write_reports(out)
+    try:  # every run is on disk: an interrupt now cuts short only the reports, which a rerun writes
+        results = read_results(out)
+        results.attrs["out"] = str(out)
+        results.attrs["summary"] = write_reports(out)
+    except KeyboardInterrupt as e:
+        n_ok = int((read_results(out)["status"] == "ok").sum())
+        raise SweepInterrupted(f"interrupted while writing the reports; {n_ok} finished run(s) are saved in {out}; "
+                               f"rerun the same command to write them") from e
     if progress.ended and len(progress.failed) == len(progress.ended):
         run, error = progress.failed[0]
         error = " ".join(error.split())  # one line (fastai wraps a callback's error in a tab-indented line)
