@@ -101,17 +101,13 @@ WORKER_MEMORY = 2 * 1024**3  # bytes to budget per worker process (torch, fastai
 
 
 # How auto chooses between training the runs one after another in this process (every free core as torch
-# threads) and on worker processes (one thread each). A run's one-thread training time is about
-# (images seen) x (SECONDS_PER_IMAGE + SECONDS_PER_MAC_IMAGE x its MACs per image), validation passes counted
-# at a third of an image: fitted on the quiet 2-core development VM (bn depths 2, 8 and 16, 1 thread; within
-# 6% of each). Serially, T threads run it THREAD_EXPONENT-power faster (T**0.42: 1.34x for 2 threads, as
-# measured there; an assumption beyond 2 cores). Workers add WORKER_START_SECONDS (importing torch and
-# fastai, building their DataLoaders) and finish when their busiest one does (the longest runs first).
-# Measured by experiments/bench_sweep.py (docs/cli.md).
-SECONDS_PER_IMAGE = 0.42e-3
-SECONDS_PER_MAC_IMAGE = 1.0e-10
-THREAD_EXPONENT = 0.42
-WORKER_START_SECONDS = 13.0
+# threads) and on worker processes (one thread each): from a short calibration on this machine
+# (cnn_depth/calibrate.py: a few real training steps of the sweep's smallest and largest model at 1 thread and
+# at the free cores, and the start-up of a worker, each measured once per machine and kept in the cache). A
+# run's time is (images seen) x (its measured seconds per training image), validation passes counted at a
+# third of an image. Workers add their measured start-up and finish when their busiest one does (the longest
+# runs first). Checked by experiments/bench_sweep.py (docs/cli.md).
+VALID_IMAGE = 1 / 3  # a validation image's cost in training images (forward only)
 LR_FIND_IMAGES = 100 * 64  # lr_find: at most 100 batches (fastai's num_it), of bs 64 in the estimate
 
 
@@ -141,9 +137,12 @@ def _available_memory() -> Optional[int]:
     return None
 
 
-def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls) -> Optional[float]:
-    """Rough one-thread seconds of training ``jobs`` (runs and lr finds) on ``dls``, on a quiet core of the
-    machine the constants were fitted on: what auto weighs. None when a model's size cannot be computed."""
+def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls, calibration=None,
+                      threads: int = 1) -> Optional[float]:
+    """Seconds of training ``jobs`` (runs and lr finds) on ``dls`` with ``threads`` torch threads on quiet
+    cores, from ``calibration`` (:func:`cnn_depth.calibrate.calibrate`: measured on this machine). Without
+    one, a relative figure (MACs per image times images seen) that only orders jobs (longest first). None
+    when a model's size cannot be computed."""
     info = data_info(dls)
     if info is None:
         return None
@@ -153,8 +152,10 @@ def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls) -> Optional[
         for job in jobs:
             if job.depth not in macs:
                 macs[job.depth] = _macs(cfg.arch, job.depth, info.n_in, n_out, tuple(info.img_size))
-            images = LR_FIND_IMAGES if job.kind == "find" else cfg.epochs * (train + valid / 3) + valid / 3
-            total += images * (SECONDS_PER_IMAGE + SECONDS_PER_MAC_IMAGE * macs[job.depth])
+            images = (LR_FIND_IMAGES if job.kind == "find" else
+                      cfg.epochs * (train + valid * VALID_IMAGE) + valid * VALID_IMAGE)
+            per_image = calibration.per_image(macs[job.depth], threads) if calibration else macs[job.depth] * 1e-10
+            total += images * per_image
     except Exception:  # a model that cannot be built here fails its run with its own message: no estimate
         return None
     return total
@@ -205,28 +206,86 @@ def _cores(n: int, cpus: int, busy: float) -> float:
     return n if n + busy <= cpus else cpus * n / (n + busy)
 
 
-def expected_seconds(work: Sequence[float], workers: int, threads: int, cpus: int, busy: float = 0.0) -> float:
-    """Rough wall seconds of runs of one-thread seconds ``work``: serially with ``threads`` threads
-    (``workers`` 1), or on ``workers`` worker processes of one thread each, started first and given the
-    longest runs first."""
+def expected_seconds(work: Sequence[float], workers: int, threads: int, cpus: int, busy: float = 0.0,
+                     start: float = 0.0) -> float:
+    """Rough wall seconds of runs of quiet-core seconds ``work``: serially with ``threads`` threads
+    (``workers`` 1; ``work`` measured at ``threads`` threads), or on ``workers`` worker processes of one
+    thread each (``work`` at 1 thread), started first (``start`` seconds) and given the longest runs first.
+    Next to ``busy`` cores of other work, our threads get a fair share of the cores."""
     if workers <= 1:
-        cores = _cores(threads, cpus, busy)
-        return sum(work) / (cores ** THREAD_EXPONENT if cores >= 1 else cores)
+        return sum(work) * threads / _cores(threads, cpus, busy)
     loads = [0.0] * workers
     for w in sorted(work, reverse=True):
         loads[loads.index(min(loads))] += w
     share = _cores(workers, cpus, busy) / workers
-    return WORKER_START_SECONDS + max(loads) / share
+    return start + max(loads) / share
+
+
+@dataclass(frozen=True)
+class Work:
+    """What auto weighs on CPUs, measured on this machine: each job's seconds at 1 thread (``one``) and at
+    ``threads`` threads in one process (``serial``), the workers' start-up, and the calibration's own line."""
+
+    one: tuple  # each job's seconds at 1 thread
+    serial: tuple  # each job's seconds at `threads` threads
+    threads: int
+    start: float  # seconds to start the workers (fork server, imports, their DataLoaders, a first step)
+    note: str = ""  # "measured 0.21 ms/img at 1 thread, 0.13 at 2, ..."
+
+    def at(self, threads: int) -> tuple:
+        """Each job's seconds serially with ``threads`` threads (measured counts as measured; others scaled
+        as :meth:`cnn_depth.calibrate.Calibration.per_image` does)."""
+        if threads == self.threads:
+            return self.serial
+        if threads == 1 or self.threads == 1:
+            return self.one
+        import math
+
+        power = math.log(threads) / math.log(self.threads)
+        return tuple(o * (s / o) ** power if o > 0 else s for o, s in zip(self.one, self.serial))
+
+
+def auto_workers(cpus: int, threads: Optional[int], todo: int) -> int:
+    """The workers auto would start on CPUs: one per ``threads`` cores (one per core), at most one per run
+    and as many as the memory holds at ``WORKER_MEMORY`` each."""
+    memory = _available_memory()
+    return max(1, min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus, todo))
+
+
+def measured_work(cfg: SweepConfig, jobs: Sequence["Job"], dls, todo: int, busy: float = 0.0,
+                  recorded_threads: Optional[int] = None, cpus: Optional[int] = None) -> Optional[Work]:
+    """:class:`Work` for auto on CPUs, from a calibration on this machine (:mod:`cnn_depth.calibrate`): None
+    when there is nothing to decide (explicit ``--workers``, Ray, CUDA: :func:`needs_estimate`; one run; room
+    for one worker only) or a model's size cannot be computed."""
+    from .calibrate import calibrate
+
+    cpus = cpus or available_cpus()
+    threads = cfg.threads if cfg.threads != "auto" else recorded_threads
+    if not needs_estimate(cfg) or todo <= 1 or auto_workers(cpus, threads, todo) <= 1 or data_info(dls) is None:
+        return None
+    serial = threads or free_cores(cpus, busy)
+    try:
+        cal = calibrate(cfg, dls, sorted({j.depth for j in jobs}), sorted({1, threads or 1, serial}), busy)
+    except CnnDepthError:
+        raise
+    except Exception:  # a model that cannot be built or trained here fails its run with its own message
+        return None
+    one = [estimated_seconds(cfg, [j], dls, cal, 1) for j in jobs]
+    many = [estimated_seconds(cfg, [j], dls, cal, serial) for j in jobs]
+    if None in one or None in many:
+        return None
+    return Work(tuple(one), tuple(many), serial, cal.start, cal.describe(serial))
 
 
 def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recorded_threads: Optional[int] = None,
-                  work: Optional[Sequence[float]] = None, busy: float = 0.0, inline_why: str = "") -> Engine:
+                  work: Optional[Work] = None, busy: float = 0.0, inline_why: str = "") -> Engine:
     """The engine for ``cfg``'s ``workers``, ``threads``, ``runs_per_gpu`` and ``ray`` with ``todo`` runs to do.
 
     ``auto`` on a CPU machine: one worker per core (at most one per run, and as many as the memory holds at
     ``WORKER_MEMORY`` each), each with one thread, when that is expected to finish sooner than training the
     runs one after another in this process with every core other processes leave free (``work``: each job's
-    :func:`estimated_seconds`; ``busy``: :func:`busy_cores`; see :func:`expected_seconds`); else serially.
+    seconds as measured on this machine, :func:`measured_work`; ``busy``: :func:`busy_cores`; see
+    :func:`expected_seconds`); else serially. ``Engine.why`` says what was measured and expected.
     Without ``work``: workers whenever there are several runs. With CUDA: ``runs_per_gpu`` workers on each
     visible GPU. Why one thread per worker on CPUs: small CNNs use extra threads poorly, and torch's thread
     pools collapse on shared cores (``experiments/bench_sweep.py``, docs/cli.md).
@@ -261,12 +320,13 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
     elif gpus:
         workers = len(gpus) * cfg.runs_per_gpu
     else:
-        memory = _available_memory()
-        workers = min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus, todo)
+        workers = auto_workers(cpus, threads, todo)
         if work is not None and workers > 1:
-            serial = expected_seconds(work, 1, threads or free, cpus, busy)
-            parallel = expected_seconds(work, workers, threads or 1, cpus, busy)
-            why = f"auto: expected about {serial:.0f} s serially, {parallel:.0f} s on {workers} workers" + loaded
+            serial = expected_seconds(work.at(threads or free), 1, threads or free, cpus, busy)
+            parallel = expected_seconds(work.at(threads or 1), workers, threads or 1, cpus, busy, work.start)
+            note = f"{work.note}; " if work.note else ""
+            why = (f"auto: {note}expected about {serial:.0f} s serially, {parallel:.0f} s on {workers} workers"
+                   + loaded)
             if serial <= parallel:
                 workers = 1
     workers = max(1, min(workers, todo))

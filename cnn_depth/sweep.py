@@ -29,7 +29,7 @@ from .errors import CnnDepthError, SweepFailed
 from .loaders import dataloaders
 from .models import check_input_size
 from .plan import (Engine, _jobs, busy_cores, choose_engine, estimated_seconds, finished_runs, longest_first,
-                   needs_estimate)
+                   measured_work, needs_estimate)
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
                       environment, model_path, read_results, run_id, write_rows, write_sweep_json)
 from .run import Job, RunResult, failed_result, resolve_device, run_job
@@ -144,8 +144,10 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
             dls = _driver_dataloaders(cfg, device.torch)
             check_loaders(dls, cfg)
-            seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
-            engine = plan(work=None if None in seconds.values() else list(seconds.values()), busy=busy_cores())
+            busy = busy_cores()
+            work = measured_work(cfg, jobs, dls, todo, busy, recorded)  # a few steps measured on this machine
+            seconds = dict(zip(jobs, work.one)) if work else {j: estimated_seconds(cfg, [j], dls) for j in jobs}
+            engine = plan(work=work, busy=busy)
             if engine.kind != "inline":
                 _check_picklable(cbs)
             starting = stack.enter_context(_starting(engine))

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from cnn_depth import SweepConfig, run_sweep
 from cnn_depth.cli import app
-from cnn_depth.plan import (WORKER_START_SECONDS, _jobs, choose_engine, estimated_seconds,
-                             expected_seconds, longest_first)
+from cnn_depth.plan import Work, _jobs, choose_engine, estimated_seconds, expected_seconds, longest_first
 
 TINY = dict(depths=[1, 2], seeds=[0, 1], epochs=1, max_per_class=10, bs=16, device="cpu", quiet=True, threads=1)
 # What may differ between two runs of the same (depth, seed): when and how fast it ran, and where.
@@ -131,31 +130,39 @@ def test_auto_engine_fills_the_cores_and_never_spawns_for_one_run():
     assert (kept.kind, kept.workers, kept.threads) == ("local", 2, 2)
 
 
-def test_auto_engine_weighs_the_work_and_the_load():
+def work(one, serial, start, threads=2, note=""):
+    """What a calibration measured, as choose_engine weighs it: seconds per job at 1 and ``threads`` threads."""
+    return Work(tuple(one), tuple(serial), threads, start, note)
+
+
+def test_auto_engine_weighs_the_measured_work_and_the_load():
     cfg = SweepConfig(device="cpu")
     # three short runs: 2 threads in one process beat workers that must start first and then wait on the longest
-    small = choose_engine(cfg, todo=3, cpus=2, work=[22, 19, 16])
+    small = choose_engine(cfg, todo=3, cpus=2, work=work([22, 19, 16], [16, 14, 12], start=10))
     assert (small.kind, small.threads) == ("inline", 2) and "s serially" in small.describe()
-    big = choose_engine(cfg, todo=12, cpus=2, work=[12.0] * 12)
+    big = choose_engine(cfg, todo=12, cpus=2, work=work([12.0] * 12, [9.0] * 12, start=6))
     assert (big.kind, big.workers, big.threads) == ("local", 2, 1)
     # another process on one of two cores: serial runs take the free core only, workers still one thread each
-    shared = choose_engine(cfg, todo=4, cpus=2, work=[8] * 4, busy=1.2)
+    shared = choose_engine(cfg, todo=4, cpus=2, work=work([8] * 4, [8] * 4, start=10, threads=1), busy=1.2)
     assert (shared.kind, shared.threads) == ("inline", 1) and "1 of 2 cores busy" in shared.describe()
     assert choose_engine(cfg, todo=1, cpus=8, busy=20).threads == 1  # never fewer than one
     # what the user asked for is never second-guessed
-    asked = choose_engine(SweepConfig(device="cpu", workers=2), todo=4, cpus=2, work=[1] * 4, busy=1.5)
+    asked = choose_engine(SweepConfig(device="cpu", workers=2), todo=4, cpus=2, work=work([1] * 4, [1] * 4, 0),
+                          busy=1.5)
     assert (asked.kind, asked.workers, asked.threads, asked.why) == ("local", 2, 1, "")
-    assert choose_engine(SweepConfig(device="cpu", threads=2), todo=4, cpus=2, work=[1] * 4, busy=1.5).threads == 2
+    assert choose_engine(SweepConfig(device="cpu", threads=2), todo=4, cpus=2, work=work([1] * 4, [1] * 4, 0),
+                         busy=1.5).threads == 2
 
 
 def test_expected_seconds_serial_and_parallel():
-    # serial: the sum, faster with threads; parallel: start-up plus the busiest worker's runs, longest first
+    # serial: the sum of the runs measured at that thread count; parallel: start-up plus the busiest worker's
+    # runs, longest first
     assert expected_seconds([10, 20], 1, 1, cpus=2) == 30
-    assert expected_seconds([10, 20], 1, 2, cpus=2) < 30
-    assert expected_seconds([30, 20, 10], 2, 1, cpus=2) == WORKER_START_SECONDS + 30
-    # a busy host slows both: workers share the cores with the other process
-    assert expected_seconds([30, 20, 10], 2, 1, cpus=2, busy=1) > WORKER_START_SECONDS + 30
-    assert expected_seconds([10, 20], 1, 1, cpus=2, busy=2) > 30
+    assert expected_seconds([6, 12], 1, 2, cpus=2) == 18
+    assert expected_seconds([30, 20, 10], 2, 1, cpus=2, start=7) == 7 + 30
+    # a busy host slows both: our threads share the cores with the other process
+    assert expected_seconds([30, 20, 10], 2, 1, cpus=2, busy=1, start=7) > 7 + 30
+    assert expected_seconds([10, 20], 1, 2, cpus=2, busy=2) > 30
 
 
 def test_work_estimate_grows_with_depth_epochs_and_images(sample_dls):
