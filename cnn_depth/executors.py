@@ -376,7 +376,7 @@ def slot_gpus(workers: int, gpus: Sequence[int], runs_per_gpu: int) -> list[Opti
     if not gpus:
         if runs_per_gpu != 1:
             raise CnnDepthError(f"runs_per_gpu={runs_per_gpu} needs GPUs to share, but none were given: "
-                                "pass GPUs (--gpus 0,1) or leave --runs-per-gpu out")
+                                "pass gpus=[0, 1], or set runs_per_gpu=1 (from the CLI: leave --runs-per-gpu out)")
         return [None] * workers
     if workers > len(gpus) * runs_per_gpu:
         raise CnnDepthError(f"workers={workers} is more than {len(gpus)} GPU(s) x runs_per_gpu={runs_per_gpu}: "
@@ -536,7 +536,7 @@ class LocalExecutor(_Executor):
         gpus = list(gpus)
         for g in gpus:
             if not isinstance(g, int) or isinstance(g, bool) or g < 0:
-                raise CnnDepthError(f"GPU indices are whole numbers from 0, got {g!r}: pass e.g. --gpus 0,1")
+                raise CnnDepthError(f"GPU indices are whole numbers from 0, got {g!r}: pass e.g. gpus=[0, 1]")
         visible = [None if g is None else _visible_gpu(g) for g in slot_gpus(workers, gpus, runs_per_gpu)]
         self.slots, self.threads = workers, threads
         self._lock = threading.Lock()
@@ -698,7 +698,8 @@ def ray_capacity(resources: dict, threads: int, runs_per_gpu: int = 1,
     each asks for: CPUs // threads, and at most GPUs * runs_per_gpu when tasks use GPUs."""
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     if use_gpus and not gpus:
-        raise CnnDepthError("the Ray cluster has no GPUs: leave GPUs out, or add nodes that have them")
+        raise CnnDepthError("the Ray cluster has no GPUs: leave use_gpus out (or pass use_gpus=False), or add nodes "
+                            "that have them")
     use_gpus = bool(gpus) and use_gpus is not False
     if runs_per_gpu != 1 and not use_gpus:
         raise CnnDepthError(f"runs_per_gpu={runs_per_gpu} needs GPUs, and this Ray cluster's tasks get none: "
