@@ -275,7 +275,8 @@ class Calibration:
         if threads != 1:
             head += f", {at(threads)} at {threads}"
         start = f", {self.start:.1f} s to start a worker"
-        how = "" if self.cost < 0.05 else f" (calibrated in {self.cost:.1f} s{'' if self.kept else ', busy host: not kept'})"
+        kept = "" if self.kept else ", busy host: not kept"
+        how = "" if self.cost < 0.05 else f" (calibrated in {self.cost:.1f} s{kept})"
         return head + start + how
 
 
