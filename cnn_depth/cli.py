@@ -251,7 +251,7 @@ def sweep_cmd(
     save_models: bool = option("save_models"),
     workers: Optional[str] = option("workers", typed=False),
     threads: Optional[str] = option("threads", typed=False),
-    runs_per_gpu: int = option("runs_per_gpu"),
+    runs_per_gpu: Optional[str] = option("runs_per_gpu", typed=False),
     ray: Optional[str] = option("ray"),
     config: Optional[Path] = typer.Option(None, help=f"A TOML file of these options, keys as in SweepConfig: "
                                                      f"{', '.join(config_keys())}; flags given override it."),

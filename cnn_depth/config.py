@@ -77,8 +77,9 @@ class SweepConfig:
     threads: Union[int, str] = _field("auto", "torch threads per run: a number, or auto (the cores divided "
                                               "among the workers; run serially, the cores other processes "
                                               "leave free).")
-    runs_per_gpu: int = _field(1, "Runs at once on each visible GPU (CUDA only; small CNNs leave a GPU mostly "
-                                  "idle).")
+    runs_per_gpu: Union[int, str] = _field("auto", "Runs at once on each visible GPU (CUDA only): a number, or auto "
+                                                   "(as many as the free cores, the GPU's free memory and the runs "
+                                                   "allow; see docs/cli.md).")
     ray: Optional[str] = _field(None, "Run each run as a Ray task: local (start Ray here), auto (the running "
                                       "cluster) or ADDRESS; RAY_ADDRESS in the environment counts too.",
                                 shown="off")
@@ -113,10 +114,9 @@ class SweepConfig:
                                     "default")
         for name in ("augment", "quiet", "save_models"):
             _typed(getattr(self, name), bool, name)
-        for name in ("workers", "threads"):
+        for name in ("workers", "threads", "runs_per_gpu"):
             if getattr(self, name) != "auto":
                 setattr(self, name, check_int(getattr(self, name), name, hint=f"; or {name}='auto'"))
-        self.runs_per_gpu = check_int(self.runs_per_gpu, "runs_per_gpu")
         if self.ray is not None:
             self.ray = _typed(self.ray, str, "ray").strip() or None
 
@@ -234,9 +234,9 @@ def coerce_options(options: dict, where: str = "") -> dict:
             out[name] = parse_int_list(value, name, where)
         elif name == "lr":
             out[name] = parse_lr(value, where)
-        elif name in ("workers", "threads"):
+        elif name in ("workers", "threads", "runs_per_gpu"):
             out[name] = _auto_or_int(value, name, where)
-        elif name in ("epochs", "bs", "max_per_class", "runs_per_gpu"):
+        elif name in ("epochs", "bs", "max_per_class"):
             out[name] = _typed(value, int, name, where)
         elif name in ("augment", "quiet", "save_models", "pretrained"):
             out[name] = _typed(value, bool, name, where)

@@ -306,19 +306,29 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
     threads = cfg.threads if cfg.threads != "auto" else recorded_threads
     if ray:
         workers = cfg.workers if cfg.workers != "auto" else max(1, todo)
-        return Engine("ray", max(1, min(workers, todo)), threads or 1, runs_per_gpu=cfg.runs_per_gpu, ray=ray)
+        return Engine("ray", max(1, min(workers, todo)), threads or 1, ray=ray,
+                      runs_per_gpu=cfg.runs_per_gpu if cfg.runs_per_gpu != "auto" else 1)  # Ray: a GPU share
     cuda = resolve_device(cfg.device).torch.type == "cuda"
-    if not cuda and cfg.runs_per_gpu != 1:
+    if not cuda and cfg.runs_per_gpu not in (1, "auto"):  # auto without CUDA: nothing to pack
         raise CnnDepthError(f"--runs-per-gpu {cfg.runs_per_gpu} needs CUDA GPUs, and torch sees none here "
                             f"(--device {cfg.device}); leave --runs-per-gpu out")
     gpus = tuple(range(torch.cuda.device_count())) if cuda else ()
+    runs_per_gpu = cfg.runs_per_gpu if cfg.runs_per_gpu != "auto" else 1
     free = free_cores(cpus, busy)  # cores other processes leave us
     loaded = f"; {cpus - free} of {cpus} cores busy with other processes" if free < cpus else ""
     why = ""
     if cfg.workers != "auto":
         workers = cfg.workers
+        if gpus and cfg.runs_per_gpu == "auto":  # the workers given, spread over the GPUs
+            runs_per_gpu = -(-workers // len(gpus))
     elif gpus:
-        workers = len(gpus) * cfg.runs_per_gpu
+        if cfg.runs_per_gpu == "auto":  # cores, GPU memory, runs to do: packing.py (the driver refines it)
+            from .packing import gpu_free_bytes, gpu_packing
+
+            runs_per_gpu, why = gpu_packing(free, gpu_free_bytes(gpus), None, todo, _available_memory(),
+                                            WORKER_MEMORY)
+            threads = threads or (1 if len(gpus) * runs_per_gpu > 1 else None)  # one core, one thread a run
+        workers = len(gpus) * runs_per_gpu
     else:
         workers = auto_workers(cpus, threads, todo)
         if work is not None and workers > 1:
@@ -336,4 +346,4 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
         if not why and loaded and threads is None:
             why = "threads auto" + loaded
         return Engine("inline", 1, threads or free, why=why)
-    return Engine("local", workers, threads or max(1, cpus // workers), gpus, cfg.runs_per_gpu, why=why)
+    return Engine("local", workers, threads or max(1, cpus // workers), gpus, runs_per_gpu, why=why)

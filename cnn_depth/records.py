@@ -642,7 +642,7 @@ CONFIG_SCHEMA = {
     "save_models": ("true or false", lambda v: isinstance(v, bool)),
     "workers": ("a whole number ≥ 1 or \"auto\"", _auto),
     "threads": ("a whole number ≥ 1 or \"auto\"", _auto),
-    "runs_per_gpu": ("a whole number ≥ 1", _whole(1)),
+    "runs_per_gpu": ("a whole number ≥ 1 or \"auto\"", _auto),
     "ray": ("an address or null", _or_none(lambda v: isinstance(v, str))),
 }
 

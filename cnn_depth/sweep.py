@@ -28,6 +28,7 @@ from .config import RESULT_FIELDS, SweepConfig
 from .errors import CnnDepthError, SweepFailed
 from .loaders import dataloaders
 from .models import check_input_size
+from .packing import Packing, is_out_of_memory, run_packed, start_packing
 from .plan import (Engine, _jobs, busy_cores, choose_engine, estimated_seconds, finished_runs, longest_first,
                    measured_work, needs_estimate)
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
@@ -141,6 +142,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         recorded = int(threads_used.pop()) if len(threads_used) == 1 else None
         plan = functools.partial(choose_engine, cfg, todo, recorded_threads=recorded, inline_why=_inline_why(cbs))
         device = resolve_device(cfg.device)
+        packing, gpu_busy = None, None
         if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
             dls = _driver_dataloaders(cfg, device.torch)
             check_loaders(dls, cfg)
@@ -152,7 +154,9 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
                 _check_picklable(cbs)
             starting = stack.enter_context(_starting(engine))
         else:  # workers start while the driver gets the data ready
-            engine = plan()
+            if cfg.runs_per_gpu == "auto" and cfg.workers == "auto" and device.torch.type == "cuda":
+                gpu_busy = busy_cores()  # GPU packing: a run per core other processes leave free
+            engine = plan() if gpu_busy is None else plan(busy=gpu_busy)
             if engine.kind == "inline" and cfg.threads == "auto" and recorded is None:
                 engine = plan(busy=busy_cores())  # serially: the cores other processes leave free
             if engine.kind != "inline":
@@ -161,6 +165,10 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
             dls = _driver_dataloaders(cfg, device.torch if engine.kind == "inline" else "cpu")
             check_loaders(dls, cfg)
             seconds = None
+        if engine.kind == "local" and engine.gpus:  # runs per GPU: estimated now, then measured (packing.py)
+            packing, engine, warning = start_packing(cfg, engine, dls, [j.depth for j in jobs], todo, gpu_busy)
+            if warning:
+                log(warning)
         if engine.kind != "inline":
             if seconds is None:
                 seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
@@ -179,7 +187,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         else:
             del dls
         progress = Progress(say, n, todo, engine.workers)
-        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say)
+        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say, packing)
     try:  # every run is on disk: an interrupt now cuts short only the reports, which a rerun writes
         results = read_results(out)
         results.attrs["out"] = str(out)
@@ -287,9 +295,13 @@ def _starting(engine: Engine):
 
 
 def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job], lrs: dict, out: Path, cbs,
-           progress: "Progress", say: Callable[[str], None]) -> None:
+           progress: "Progress", say: Callable[[str], None], packing: Optional[Packing] = None) -> None:
     """The driver loop, the same for every engine: submit jobs into free slots (a run once its depth's lr is
-    known), write each run's files as it comes back, stop everything on Ctrl-C/SIGTERM."""
+    known), write each run's files as it comes back, stop everything on Ctrl-C/SIGTERM.
+
+    ``packing`` (local GPU workers): at most ``packing.limit`` runs at once, raised or lowered as runs record
+    their peak; a job that runs out of GPU memory lowers it and is retried once (its failed row is written
+    first, and the retry's row replaces it)."""
     from .executors import WorkerDied
 
     pending, running, started, submitting = list(jobs), {}, {}, None
@@ -298,7 +310,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
         with _Interrupts() as interrupts, starting.result() as ex:
             while pending or running:
                 interrupts.check()
-                while pending and ex.free_slots():
+                while pending and ex.free_slots() and (packing is None or len(running) < packing.limit):
                     job = next((j for j in pending if j.kind == "find" or j.depth in lrs or j.depth in failed_finds
                                 or cfg.lr != "find"), None)
                     if job is None:  # every waiting run needs an lr that is being found
@@ -313,7 +325,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                     t0, inline, submitting = time.monotonic(), engine.kind == "inline", job
                     if inline:  # the job runs inside submit: announce it first
                         _announce(job, "", progress, say)
-                    fut = ex.submit(run_job, cfg, job, lr, out, tuple(cbs))
+                    fut = ex.submit(run_job if packing is None else run_packed, cfg, job, lr, out, tuple(cbs))
                     submitting = None
                     if not inline:
                         _announce(job, f" on worker {fut.slot + 1}", progress, say)
@@ -334,6 +346,13 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                     except Exception as e:  # a job's own failure; train_run records its errors itself
                         value = e
                     if job.kind == "find":
+                        if (packing is not None and isinstance(value, BaseException)
+                                and is_out_of_memory(f"{type(value).__name__}: {value}")):
+                            note = _out_of_memory(packing, ("find", job.depth), len(running))
+                            say(f"lr_find depth={job.depth}: {note}")
+                            if note.endswith("retrying it once"):  # a failed find is not written: nothing to replace
+                                pending.insert(0, job)
+                                continue
                         if isinstance(value, BaseException):
                             failed_finds[job.depth] = f"lr_find failed: {type(value).__name__}: {value}"
                             say(f"lr_find depth={job.depth}: failed ({type(value).__name__}: {value})")
@@ -344,6 +363,10 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                     if isinstance(value, BaseException):
                         value = failed_result(cfg, job, cfg.lr if cfg.lr != "find" else lrs.get(job.depth),
                                               f"{type(value).__name__}: {value}", engine.threads)
+                    if packing is not None and _packed_result(packing, job, value, cfg, len(running), say):
+                        _record(out, cfg, value, interrupts)  # on disk until the retry's row replaces it
+                        pending.insert(0, job)
+                        continue
                     _record(out, cfg, value, interrupts)
                     progress.end(job.index, value.row, time.monotonic() - t0)
     except KeyboardInterrupt as e:
@@ -355,6 +378,37 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                  f"({run_id(cfg.arch, j.depth, j.seed)})" for j in cut)) if cut else "between runs"
         raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
                                f"same command to resume") from e
+
+
+def _out_of_memory(packing: Packing, key, others: int) -> str:
+    """A job ran out of GPU memory beside ``others`` runs: lower the packing, and say whether it is retried."""
+    retry = packing.retry(key, others)
+    before, now = packing.out_of_memory(others)
+    at = f"CUDA out of memory with {others + 1} run{'s' if others else ''} at once"
+    lowered = f"packing lowered from {before} to {now} per GPU" if now < before else f"packing {now} per GPU"
+    if retry:
+        return f"{at}; {lowered}; retrying it once"
+    if key in packing.retried:
+        return f"{at} again, after one retry; {lowered}"
+    return f"{at}, alone on its GPU: it does not fit; a smaller --bs needs less"
+
+
+def _packed_result(packing: Packing, job: Job, result: RunResult, cfg: SweepConfig, others: int,
+                   say: Callable[[str], None]) -> bool:
+    """What a run's row tells the packing: a CUDA out-of-memory failure lowers it (the error says so), a
+    recorded peak re-decides it (auto). True when the run is to be retried."""
+    row, rid = result.row, run_id(cfg.arch, job.depth, job.seed)
+    if row["status"] == "failed" and is_out_of_memory(row["error"]):
+        note = _out_of_memory(packing, rid, others)
+        row["error"] = f"{row['error']} [{note}]"
+        say(f"{rid}: {note}")
+        return note.endswith("retrying it once")
+    if row["status"] == "failed" and rid in packing.retried:
+        row["error"] = f"{row['error']} [a retry after CUDA out of memory]"
+    line = packing.measured(job.depth, row.get("peak_memory_mb"))
+    if line:
+        say(line)
+    return False
 
 
 def _announce(job: Job, where: str, progress: "Progress", say: Callable[[str], None]) -> None:
