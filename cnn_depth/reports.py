@@ -32,7 +32,7 @@ VERDICT_BEST, VERDICT_TOP, VERDICT_ONLY, VERDICT_NONE = "best", "highest mean", 
 SUMMARY_COLUMNS = [
     "group", *GROUP, "depth", "runs", "not_ok", "seeds",
     "accuracy_mean", "accuracy_std", "accuracy_low", "accuracy_high", "interval", "confidence",
-    "diff_to_best", "diff_low", "diff_high", "paired_seeds", "prob_improvement", "verdict", "best", "note",
+    "diff_to_best", "diff_low", "diff_high", "diff_confidence", "p_adjusted", "paired_seeds", "prob_improvement", "verdict", "best", "note",
     "train_loss_mean", "train_loss_low", "train_loss_high",
     "params", "macs", "peak_memory_mb", "train_seconds_mean", "images_per_second_mean", "classes", "valid_images",
 ]
@@ -233,13 +233,16 @@ def _compact(values) -> str:
 # The summary: one row per (group, depth), from which the table and the plots are drawn
 
 
-def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.DataFrame:
     """Per (group, depth): runs, mean and spread of accuracy over seeds with its interval, each depth against
     the best depth of its group, and the costs.
 
     Args:
         results: rows of one or several results.csv files (as :func:`load_results` or ``pd.read_csv`` reads them).
-        confidence: of every interval.
+        confidence: of every accuracy interval, and family-wise of each group's verdicts together.
+        plan: a :class:`cnn_depth.sequential.Plan` when the number of seeds depended on the results (a sweep
+            run in rounds): accuracy intervals and comparisons then use its anytime-valid confidence
+            sequences (``interval``: ``anytime t, n=5``), which stay valid at whatever round it stopped.
 
     Returns:
         one row per group and depth (``SUMMARY_COLUMNS``), groups in the order they first appear, depths
@@ -247,7 +250,10 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         (``not_ok`` counts the others). Intervals: ``interval`` names the method: a Student-t interval of the
         mean over seeds, or for one seed a Wilson interval over its ``valid_images``. ``diff_*``,
         ``paired_seeds`` and ``prob_improvement``: this depth − the group's highest mean, paired by seed, and
-        P(this depth > it) (:func:`cnn_depth.stats.compare_to_best`). ``verdict``: ``best`` only where that
+        P(this depth > it) (:func:`cnn_depth.stats.compare_to_best`); the verdicts of a group go through
+        Holm's step-down, corrected for the top depth being picked from the same seeds: ``diff_confidence`` is
+        the two-sided confidence of this depth's interval (its step's), ``p_adjusted`` its adjusted p-value
+        (separated where it is at most 1 - confidence). ``verdict``: ``best`` only where that
         depth is above every other depth of its group (paired intervals below 0); else the top depth is the
         ``highest mean`` and the others ``tied with best``, ``too few seeds``, ``below best`` or ``above best
         on shared seeds``. ``best`` is True where ``verdict`` is ``best``. ``note``: one line per group
@@ -264,15 +270,22 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         ok = g[(g["status"] == "ok") & g["accuracy"].notna()]
         runs = {int(d): dict(zip(o["seed"].astype(int), o["accuracy"].astype(float)))
                 for d, o in ok.groupby("depth")}
-        verdicts = stats.compare_to_best(runs, confidence)
+        test = None
+        if plan is not None:
+            from . import sequential
+            test = sequential.anytime_test(plan)
+        verdicts = stats.compare_to_best(runs, confidence, test)
         note = stats.best_note(verdicts)
         claim = len(verdicts) > 1 and all(v.verdict in (stats.BEST, stats.BELOW) for v in verdicts.values())
         for depth, d in g.groupby("depth", sort=True):
             depth = int(depth)
             o = ok[ok["depth"] == depth]
             valid = o["valid_images"].dropna()
-            iv = stats.accuracy_interval(o["accuracy"], int(valid.iloc[0]) if len(o) == 1 and len(valid) else None,
-                                         confidence)
+            if plan is not None:
+                iv = sequential.accuracy_sequence(o["accuracy"], plan)
+            else:
+                iv = stats.accuracy_interval(o["accuracy"], int(valid.iloc[0]) if len(o) == 1 and len(valid)
+                                             else None, confidence)
             v = verdicts.get(depth)
             loss = stats.mean_interval(pd.to_numeric(o["train_loss"], errors="coerce"), confidence)
             verdict = (VERDICT_NONE if v is None else VERDICT_ONLY if len(verdicts) == 1
@@ -282,7 +295,8 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                        accuracy_std=iv.std, accuracy_low=iv.low, accuracy_high=iv.high,
                        interval=iv.method if len(o) else "", confidence=confidence,
                        diff_to_best=v.diff_mean if v else math.nan, diff_low=v.diff_low if v else math.nan,
-                       diff_high=v.diff_high if v else math.nan, paired_seeds=v.n_pairs if v else 0,
+                       diff_high=v.diff_high if v else math.nan, diff_confidence=v.level if v else math.nan,
+                       p_adjusted=v.p_adjusted if v else math.nan, paired_seeds=v.n_pairs if v else 0,
                        prob_improvement=v.prob_improvement if v else math.nan, verdict=verdict,
                        best=verdict == VERDICT_BEST, note=note, train_loss_mean=loss.mean,
                        train_loss_low=loss.low, train_loss_high=loss.high,
@@ -339,6 +353,19 @@ def _cells(r) -> dict:
                 params=f"{int(r.params):,}" if pd.notna(r.params) else "-")
 
 
+def vs_best_words(g: pd.DataFrame) -> str:
+    """How a group's "vs best" intervals were made, for the table's footnote: the test, the family-wise
+    confidence, and the range of the per-comparison confidences of Holm's step-down."""
+    pct = f"{float(g['confidence'].iloc[0]) * 100:g}%"
+    levels = pd.to_numeric(g["diff_confidence"], errors="coerce").dropna()
+    anytime = g["interval"].astype(str).str.startswith("anytime").any()
+    test = "anytime-valid t (confidence sequence)" if anytime else "t"
+    each = (f", each at {levels.min() * 100:.4g}%" if levels.min() == levels.max() else
+            f", each at {levels.min() * 100:.4g}-{levels.max() * 100:.4g}%") if len(levels) else ""
+    return (f"{test} over the shared seeds, Holm step-down over the comparisons with the top depth: {pct} "
+            f"family-wise, corrected for picking the top from the same seeds{each}")
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as text: per group, a header line, one line per depth (mean accuracy and its interval,
     the paired difference to the best depth with its interval, P(> best), the verdict, the costs), and the
@@ -349,7 +376,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         return "no runs to summarise"
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
     head = (f"{'depth':>5} {'runs':>4}  {'accuracy':<8} {pct + ' interval':<17}  {'vs best':>7} "
-            f"{pct + ' interval (paired)':<22} {'P(>best)':>8}  {'verdict':<26} {'params':>10} {'MACs':>7} "
+            f"{'interval (paired, Holm)':<22} {'P(>best)':>8}  {'verdict':<26} {'params':>10} {'MACs':>7} "
             f"{'train_s':>8} {'peak_MiB':>8}")
     lines = []
     context = summary.attrs.get("context", "")
@@ -366,7 +393,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         lines.append(f"  note: {g['note'].iloc[0]}")
         if g["runs"].any():
             lines.append(f"  intervals: accuracy: {interval_words(g[g['runs'] > 0])}; vs best: paired by seed (same "
-                         f"seed, same data order), {pct} t over the shared seeds")
+                         f"seed, same data order), {vs_best_words(g)}")
     compared = comparison_note(summary)
     return "\n".join(lines + ([compared] if compared else []))
 
@@ -380,7 +407,7 @@ def format_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "no runs to summarise"
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
-    rows = [f"| group | depth | runs | accuracy | {pct} interval | vs best | {pct} interval (paired) | P(>best) "
+    rows = [f"| group | depth | runs | accuracy | {pct} interval | vs best | interval (paired, Holm) | P(>best) "
             f"| verdict | train loss | {pct} interval | params | MACs | train s |",
             "|---|--:|--:|--:|---|--:|---|--:|---|--:|---|--:|--:|--:|"]
 
@@ -392,6 +419,9 @@ def format_markdown(summary: pd.DataFrame) -> str:
             _interval(r.train_loss_low, r.train_loss_high, ".3f"), c["params"], _si(r.macs),
             _num(r.train_seconds_mean, ".1f") + " |"]))
     notes = [f"- {label}: {g['note'].iloc[0]}" for label, g in summary.groupby("group", sort=False)]
+    compared = [g for _, g in summary.groupby("group", sort=False) if g["diff_confidence"].notna().any()]
+    if compared:
+        notes.append(f"- vs best: paired by seed, {vs_best_words(pd.concat(compared))}.")
     context = summary.attrs.get("context", "")
     return "\n".join(rows + [""] + ([f"All groups: {context}.", ""] if context else []) + notes)
 
@@ -436,7 +466,10 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None, confidence
     Args:
         paths: results.csv files (or sweep folders holding one).
         out: where ``summary.csv`` and ``comparison.png`` go (default ``runs/report``).
-        confidence: of every interval.
+        confidence: of every accuracy interval, and family-wise of each group's verdicts together.
+        plan: a :class:`cnn_depth.sequential.Plan` when the number of seeds depended on the results (a sweep
+            run in rounds): accuracy intervals and comparisons then use its anytime-valid confidence
+            sequences (``interval``: ``anytime t, n=5``), which stay valid at whatever round it stopped.
 
     Returns:
         the summary (see :func:`summarize`) over every row of every file, grouped by every setting that

@@ -6,7 +6,8 @@ much it can be trusted:
 - :func:`mean_interval`: mean accuracy over seeds with a Student-t interval (two seeds or more);
 - :func:`wilson_interval`: one seed, where the only uncertainty we can state is that of the validation images;
 - :func:`paired_difference`: depth a − depth b over the seeds both ran, and rliable's probability of improvement;
-- :func:`compare_to_best` and :func:`best_note`: which depths the seeds can and cannot tell apart.
+- :func:`compare_to_best` and :func:`best_note`: which depths the seeds can and cannot tell apart, corrected
+  for the best depth having been picked from the same seeds (:func:`step_down`, a Holm step-down closed test).
 
 Accuracies are fractions in [0, 1]; NaN stands for a run without one (failed, diverged) and is dropped, so
 every ``n`` counts only the runs that have a number.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Hashable, Iterable, Mapping, Optional, Union
 
 import numpy as np
+from scipy import special as _sp
 from scipy import stats as _st
 
 from .errors import CnnDepthError
@@ -88,7 +90,9 @@ class Verdict:
     prob_improvement: float  # P(this depth > best), rliable's definition
     tied_mean: bool
     method: str
-    confidence: float = 0.95
+    confidence: float = 0.95  # family-wise, of every verdict of the group together
+    level: float = NAN  # the two-sided confidence of this depth's diff interval (its step of the step-down)
+    p_adjusted: float = NAN  # step-down adjusted p-value: the verdict separates where it is <= 1 - confidence
 
 
 def _confidence(confidence: float) -> float:
@@ -132,8 +136,8 @@ def _runs(runs: Optional[Runs]) -> dict:
     return {s: x for s, x in out.items() if not math.isnan(x)}
 
 
-def _pct(confidence: float) -> str:
-    return f"{confidence * 100:g}%"
+def _pct(confidence: float, digits: int = 6) -> str:
+    return f"{round(confidence * 100, digits):g}%"
 
 
 def _count(name: str, v) -> int:
@@ -224,7 +228,8 @@ def probability_of_improvement(a: Iterable[float], b: Iterable[float]) -> float:
     x, y = _values(a), _values(b)
     if len(x) == 0 or len(y) == 0:
         return NAN
-    return float(_st.mannwhitneyu(x, y).statistic) / (len(x) * len(y))
+    # the U statistic counted directly (what scipy's mannwhitneyu returns, without its overhead)
+    return float(np.sum(x[:, None] > y[None, :]) + 0.5 * np.sum(x[:, None] == y[None, :])) / (len(x) * len(y))
 
 
 def paired_difference(a: Runs, b: Runs, confidence: float = 0.95) -> PairedDifference:
@@ -244,24 +249,99 @@ def paired_difference(a: Runs, b: Runs, confidence: float = 0.95) -> PairedDiffe
                             probability_of_improvement(ra.values(), rb.values()), len(ra), len(rb), method, c)
 
 
-def compare_to_best(groups: Mapping[Hashable, Runs], confidence: float = 0.95) -> dict:
-    """Each depth against the best one (highest mean accuracy), as ``{depth: Verdict}`` in depth order.
+def _mean(x) -> float:
+    """The mean as :func:`mean_interval` gives it (identical values: that value, exactly)."""
+    x = np.asarray(x, dtype=float)
+    return float(x[0]) if np.all(x == x[0]) else float(np.mean(x))
 
-    Verdicts: ``"best"``; ``"tied with best"`` (the paired interval of depth − best holds 0);
-    ``"below best"`` (it lies below 0); ``"too few seeds"`` (under two shared seeds: no interval); and,
-    when the seeds differ between depths, ``"above best on shared seeds"`` (it lies above 0: the order
-    depends on which seeds ran). Equal best means: the lowest depth is the best, ``tied_mean`` says so.
-    Depths without a single accuracy are left out.
+
+def step_divisors(k: int) -> list[float]:
+    """The step-down's divisors of ``1 - confidence`` for a group of ``k`` depths compared with its top one:
+    ``(k-1)(k-s+1)/2`` at step s = 1 ... k-1, from every pair of depths (``k(k-1)/2``) down to the k-1
+    comparisons with the top. For k = 2, [1] (one plain comparison); k = 8: 28, 24.5, 21, ..., 7.
+
+    Why: a depth is `below best` when its interval with the top excludes 0, the top being chosen from the
+    same seeds. The claims to protect are "depth i is below the best" for every truly best depth; with all
+    depths equal every depth is best, and any separated pair is an error, so the first step must hold for
+    every pair (Bonferroni over k(k-1)/2). This is Holm's step-down over the k hypotheses "depth i is a best",
+    each tested by its one-sided comparison with the top at (k-1) times its p-value (Bonferroni over the
+    k-1 depths that could beat it): a closed test, so the family-wise error is at most ``1 - confidence``
+    whatever the means and whichever depth came out on top.
+    """
+    return [(k - 1) * (k - s + 1) / 2 for s in range(1, k)]
+
+
+def step_down(pvalues: Mapping[Hashable, float], k: int, alpha: float, divisors: Optional[list] = None) -> dict:
+    """Holm's step-down over the comparisons of k-1 depths with the top one (see :func:`step_divisors`), or
+    with ``divisors`` given, over any family (plain Holm over m named comparisons: m, m-1, ..., 1).
+
+    ``pvalues``: two-sided p-values of each comparison (NaN: no test, never separated). Returns
+    ``{key: (separated, adjusted p, divisor)}``: ``divisor`` is the step at which the comparison was
+    separated, or for those not separated the step where the procedure stopped, so that the interval at
+    two-sided confidence ``1 - alpha / divisor`` excludes 0 exactly where ``separated``.
+    """
+    divisors = divisors or step_divisors(k)
+    order = sorted(pvalues, key=lambda key: (1.0 if math.isnan(pvalues[key]) else pvalues[key]))
+    out, running, stopped = {}, 0.0, None
+    for step, key in enumerate(order):
+        p = 1.0 if math.isnan(pvalues[key]) else pvalues[key]
+        div = divisors[min(step, len(divisors) - 1)]
+        running = max(running, min(1.0, div * p))
+        if stopped is None and running > alpha:
+            stopped = div
+        out[key] = (stopped is None, running, div if stopped is None else stopped)
+    return out
+
+
+def paired_t_test(diffs: np.ndarray, level: float) -> tuple[float, float, float, str]:
+    """Fixed-n paired t on the differences: (two-sided p of mean 0, low, high at ``level``, method)."""
+    n = len(diffs)
+    same = bool(np.all(diffs == diffs[0]))
+    mean = float(diffs[0]) if same else float(np.mean(diffs))
+    std = 0.0 if same else float(np.std(diffs, ddof=1))
+    if std == 0:  # a point, exactly (see mean_interval)
+        return (1.0 if mean == 0 else 0.0), mean, mean, f"paired t, n={n}"
+    se = std / math.sqrt(n)
+    half = float(_sp.stdtrit(n - 1, 0.5 + level / 2)) * se  # scipy.special: t.ppf and t.sf without overhead
+    return float(2 * _sp.stdtr(n - 1, -abs(mean) / se)), mean - half, mean + half, f"paired t, n={n}"
+
+
+def compare_to_best(groups: Mapping[Hashable, Runs], confidence: float = 0.95, test=None) -> dict:
+    """Each depth against the best one (highest mean accuracy), as ``{depth: Verdict}`` in depth order,
+    corrected for the best having been picked from the same seeds.
+
+    Every other depth is compared with the top one on the seeds both ran (paired by seed); the comparisons
+    go through :func:`step_down` (Holm's step-down closed test, :func:`step_divisors`), so that the chance
+    of *any* wrong verdict in the group (calling a truly best depth below best, or above) is at most
+    ``1 - confidence``. Each depth's interval (``diff_low``, ``diff_high``) is at the confidence of its step
+    (``level``, e.g. 0.9982 for the first of 8 depths): it excludes 0 exactly where the verdict separates.
+
+    Verdicts: ``"best"``; ``"tied with best"`` (not separated); ``"below best"`` (separated, below);
+    ``"too few seeds"`` (under two shared seeds: no interval); and, when the seeds differ between depths,
+    ``"above best on shared seeds"`` (separated, above: the order depends on which seeds ran). Equal best
+    means: the lowest depth is the best, ``tied_mean`` says so. Depths without a single accuracy are left out.
+
+    ``test``: ``f(diffs, level) -> (two-sided p, low, high, method)`` for one comparison's paired differences
+    (in seed order); default :func:`paired_t_test`. :mod:`cnn_depth.sequential` passes an anytime-valid one.
     """
     c = _confidence(confidence)
+    test = test or paired_t_test
     runs = {d: r for d, r in ((d, _runs(groups[d])) for d in sorted(groups)) if r}
     if not runs:
         return {}
-    means = {d: mean_interval(r.values(), c).mean for d, r in runs.items()}
+    means = {d: _mean(list(r.values())) for d, r in runs.items()}
     top = max(means.values())
     # a mean that differs from the top by rounding alone (another summation order) is the same mean
     tied = [d for d, m in means.items() if math.isclose(m, top, rel_tol=1e-12, abs_tol=1e-12)]
     best = tied[0]
+    k, alpha = len(runs), 1 - c
+    diffs, pvals = {}, {}
+    for d, r in runs.items():
+        if d != best:
+            shared = [s for s in r if s in runs[best]]
+            diffs[d] = np.array([r[s] - runs[best][s] for s in shared], dtype=float)
+            pvals[d] = test(diffs[d], c)[0] if len(shared) >= 2 else NAN
+    steps = step_down(pvals, k, alpha) if pvals else {}
     out = {}
     for d, r in runs.items():
         is_tied = len(tied) > 1 and d in tied
@@ -269,17 +349,21 @@ def compare_to_best(groups: Mapping[Hashable, Runs], confidence: float = 0.95) -
             out[d] = Verdict(d, best, BEST, len(r), means[d], len(r), NAN, NAN, NAN, NAN, is_tied,
                              "highest mean", c)
             continue
-        p = paired_difference(r, runs[best], c)
-        if p.n_pairs < 2:
-            verdict = TOO_FEW
-        elif p.high < 0:
-            verdict = BELOW
-        elif p.low > 0:
-            verdict = ABOVE
-        else:
-            verdict = TIED
-        out[d] = Verdict(d, best, verdict, len(r), means[d], p.n_pairs, p.mean, p.low, p.high,
-                         p.prob_improvement, is_tied, p.method, c)
+        separated, p_adj, div = steps[d]
+        x = diffs[d]
+        level = 1 - alpha / div
+        pi = probability_of_improvement(r.values(), runs[best].values())
+        if len(x) < 2:
+            mean = float(x[0]) if len(x) else NAN
+            method = "1 shared seed: no interval" if len(x) == 1 else "no shared seeds: no interval"
+            out[d] = Verdict(d, best, TOO_FEW, len(r), means[d], len(x), mean, NAN, NAN, pi, is_tied, method, c,
+                             NAN, NAN)
+            continue
+        _, low, high, method = test(x, level)
+        mean = _mean(x)
+        verdict = (BELOW if mean < 0 else ABOVE) if separated else TIED
+        out[d] = Verdict(d, best, verdict, len(r), means[d], len(x), mean, low, high, pi, is_tied,
+                         f"{method}, {_pct(level, 4)}, Holm step-down over {k - 1}", c, level, p_adj)
     return out
 
 
@@ -302,7 +386,7 @@ def _depths(ds) -> str:
 def best_note(verdicts: Mapping[Hashable, Verdict]) -> str:
     """One honest line on a group's best depth, from :func:`compare_to_best`'s verdicts, e.g.
     ``"3 seeds: not enough to separate depths 3 and 4"`` or
-    ``"depth 4 best: above every other depth (5 seeds, 95% paired t intervals)"``."""
+    ``"depth 4 best: above every other depth (5 seeds, paired t, 95% family-wise, Holm step-down)"``."""
     if not verdicts:
         return "no finished runs: nothing to compare"
     best = next(v for v in verdicts.values() if v.verdict == BEST)
@@ -315,8 +399,10 @@ def best_note(verdicts: Mapping[Hashable, Verdict]) -> str:
     above = [v for v in others if v.verdict == ABOVE]
     below = [v.depth for v in others if v.verdict == BELOW]
     if not unsep and not above:
+        test = "paired t" if all(v.method.startswith("paired t") for v in others) else others[0].method.split(",")[0]
         return (f"{prefix}depth {best.depth} best: above every other depth "
-                f"({_seeds([v.n_pairs for v in others])}, {_pct(best.confidence)} paired t intervals)")
+                f"({_seeds([v.n_pairs for v in others])}, {test}, {_pct(best.confidence)} family-wise, "
+                f"Holm step-down)")
     clauses = []
     if unsep:
         clauses.append(f"{_seeds([v.n_pairs for v in unsep])}: not enough to separate "

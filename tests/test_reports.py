@@ -88,7 +88,8 @@ def test_verdicts_pair_by_seed_and_star_only_a_separated_best():
     # with five clearly separated seeds the claim holds: a star, and the note says on what it rests
     clear = summarize(frame(*[row(d, k, 500 + 100 * d + k) for d in (2, 3) for k in range(5)]))
     assert clear["verdict"].tolist() == ["below best", "best"] and clear["best"].tolist() == [False, True]
-    assert clear.loc[1, "note"] == "depth 3 best: above every other depth (5 seeds, 95% paired t intervals)"
+    assert clear.loc[1, "note"] == ("depth 3 best: above every other depth (5 seeds, paired t, 95% family-wise, "
+                                    "Holm step-down)")
 
 
 def test_printed_table_shows_the_summary_numbers_and_notes():

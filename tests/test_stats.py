@@ -8,7 +8,8 @@ from scipy import stats as st
 
 from cnn_depth import CnnDepthError
 from cnn_depth.stats import (Interval, accuracy_interval, best_note, compare_to_best, correct_count, mean_interval,
-                             paired_difference, probability_of_improvement, wilson_interval)
+                             paired_difference, probability_of_improvement, step_divisors, step_down,
+                             wilson_interval)
 
 # Every edge case must be quiet: a warning here would be a warning in every report.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -196,19 +197,23 @@ def test_clearly_separated_depths():
     assert [x.verdict for x in v.values()] == ["below best", "below best", "best"]
     assert all(x.best_depth == 4 for x in v.values())
     assert v[3].diff_mean == pytest.approx(-0.10) and v[3].diff_high < 0 and v[3].prob_improvement == 0.0
-    assert v[3].method == "paired t, n=5" and v[3].n_pairs == 5
+    # 3 depths: the first step is at 1 - 0.05/3 (every pair), the second at 1 - 0.05/2 (the 2 comparisons)
+    assert v[3].method.startswith("paired t, n=5, ") and v[3].n_pairs == 5
+    assert sorted([v[2].level, v[3].level]) == [pytest.approx(0.975), pytest.approx(1 - 0.05 / 3)]
     assert math.isnan(v[4].diff_mean) and v[4].runs == 5 and v[4].mean == pytest.approx(0.708)
-    assert best_note(v) == "depth 4 best: above every other depth (5 seeds, 95% paired t intervals)"
+    assert best_note(v) == "depth 4 best: above every other depth (5 seeds, paired t, 95% family-wise, Holm step-down)"
 
 
 def test_tied_depths_are_said_to_be_tied():
     groups = {2: seeds(.50, .52, .51), 3: seeds(.60, .62, .61), 4: seeds(.61, .60, .63)}
     v = compare_to_best(groups)
     assert [x.verdict for x in v.values()] == ["below best", "tied with best", "best"]
-    # 3 - 4 per seed: -0.01, +0.02, -0.02; the same numbers as paired_difference gives
-    d = paired_difference(groups[3], groups[4])
+    # 3 - 4 per seed: -0.01, +0.02, -0.02; the same mean as paired_difference, its t interval at the step's
+    # level: depth 2 is separated at step 1 (1 - 0.05/3), so depth 3 is tested at step 2 (97.5%, t(0.9875, 2))
+    d = paired_difference(groups[3], groups[4], confidence=0.975)
+    assert v[2].level == pytest.approx(1 - 0.05 / 3) and v[3].level == pytest.approx(0.975)
     assert v[3].diff_mean == pytest.approx(-0.01 / 3) == d.mean
-    assert (v[3].diff_low, v[3].diff_high) == (d.low, d.high) and d.low < 0 < d.high
+    assert (v[3].diff_low, v[3].diff_high) == (pytest.approx(d.low), pytest.approx(d.high)) and d.low < 0 < d.high
     # .60 .62 .61 against .61 .60 .63: .60 ties .60 (1/2); .62 beats .61 and .60 (2); .61 ties .61, beats .60 (3/2)
     assert v[3].prob_improvement == pytest.approx(4 / 9)
     assert best_note(v) == "3 seeds: not enough to separate depths 3 and 4; depth 2 below best"
@@ -220,7 +225,7 @@ def test_confidence_decides_what_is_separated():
     # beyond t(0.975, 4) = 2.776 but within t(0.995, 4) = 4.604
     groups = {3: seeds(.68, .64, .60, .56, .52), 4: seeds(.70, .70, .70, .70, .70)}
     assert best_note(compare_to_best(groups)) == \
-        "depth 4 best: above every other depth (5 seeds, 95% paired t intervals)"
+        "depth 4 best: above every other depth (5 seeds, paired t, 95% family-wise, Holm step-down)"
     v = compare_to_best(groups, confidence=0.99)
     assert v[3].verdict == "tied with best" and v[3].diff_high == pytest.approx(-0.1 + 4.604095 * 0.0282843, abs=1e-6)
     assert best_note(v) == "5 seeds: not enough to separate depths 3 and 4"
@@ -270,7 +275,7 @@ def test_verdicts_from_a_results_frame_and_empty_input():
                        "accuracy": [.50, .51, .52, .60, .61, .63]})
     v = compare_to_best({d: g.set_index("seed")["accuracy"] for d, g in df.groupby("depth")})
     assert (v[2].verdict, v[3].verdict) == ("below best", "best")
-    assert best_note(v) == "depth 3 best: above every other depth (3 seeds, 95% paired t intervals)"
+    assert best_note(v) == "depth 3 best: above every other depth (3 seeds, paired t, 95% family-wise, Holm step-down)"
     assert compare_to_best({}) == {} and best_note({}) == "no finished runs: nothing to compare"
     assert compare_to_best({2: {0: math.nan}}) == {}
     assert best_note(compare_to_best({3: seeds(.6, .7)})) == "depth 3 only (2 seeds): no other depth to compare"
@@ -281,3 +286,74 @@ def test_interval_is_a_frozen_record():
     assert isinstance(iv, Interval)
     with pytest.raises(AttributeError):
         iv.mean = 0
+
+
+# --- the best is picked from the same seeds: the step-down that corrects for it --------------------------------
+
+
+def test_step_divisors_go_from_every_pair_to_the_comparisons_with_the_top():
+    assert step_divisors(2) == [1.0]  # two depths: one plain comparison, as before
+    assert step_divisors(3) == [3.0, 2.0]
+    assert step_divisors(8) == [28.0, 24.5, 21.0, 17.5, 14.0, 10.5, 7.0]  # C(8, 2) down to 7
+
+
+def test_step_down_by_hand():
+    # k = 3: divisors 3 then 2; adjusted p = running max of divisor * p
+    assert step_down({"a": 0.01, "b": 0.02}, 3, 0.05) == {"a": (True, 0.03, 3.0), "b": (True, 0.04, 2.0)}
+    # b: 2 * 0.03 = 0.06 > 0.05: not separated, and its interval is at the step where it stopped
+    assert step_down({"a": 0.01, "b": 0.03}, 3, 0.05) == {"a": (True, 0.03, 3.0), "b": (False, 0.06, 2.0)}
+    # the first step fails: nothing is separated, even b whose own p would pass the last step
+    out = step_down({"a": 0.02, "b": 0.021}, 3, 0.05)
+    assert out["a"] == (False, pytest.approx(0.06), 3.0) and out["b"] == (False, pytest.approx(0.06), 3.0)
+    assert step_down({"a": math.nan, "b": 0.001}, 3, 0.05)["a"] == (False, 1.0, 2.0)  # no test: never separated
+
+
+def test_a_verdict_interval_excludes_0_exactly_where_it_separates():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        x = rng.normal(0, 0.01, (4, 1)) + rng.normal([0.50, 0.51, 0.52, 0.53, 0.535], 0.01, (4, 5))
+        for v in compare_to_best({d: dict(enumerate(x[:, d])) for d in range(5)}).values():
+            if v.verdict != "best":
+                assert (v.verdict == "below best") == (v.diff_high < 0) == (v.p_adjusted <= 0.05), v
+
+
+def simulate(k, n, sims, means, rng, sd_seed=1.0, sd=1.0):
+    """``sims`` sweeps of k depths and n seeds: accuracy = mean + a seed effect shared by every depth + noise."""
+    for _ in range(sims):
+        x = means + rng.normal(0, sd_seed, (n, 1)) + rng.normal(0, sd, (n, k))
+        yield {d: dict(enumerate(x[:, d])) for d in range(k)}, x
+
+
+def test_family_wise_error_with_8_equal_depths_is_at_most_5_percent():
+    """Equal means: any `below best` (or `above`) is wrong. The step-down keeps the chance of any wrong verdict
+    in a group at most 5% (Monte Carlo: 2,400 sweeps, sd 0.45 points); comparing each depth with the observed
+    best at 95% each, as before, is wrong in about a third of the sweeps (the winner's curse)."""
+    rng = np.random.default_rng(2026)
+    wrong = naive = total = 0
+    for n in (3, 6, 10):
+        for groups, x in simulate(8, n, 800, np.zeros(8), rng):
+            v = compare_to_best(groups)
+            wrong += any(r.verdict in ("below best", "above best on shared seeds") for r in v.values())
+            d = x - x[:, [max(v, key=lambda k: v[k].mean)]]  # each depth - the observed top, per seed
+            t = d.mean(0) / (d.std(0, ddof=1) / math.sqrt(n) + 1e-300)
+            naive += bool(np.any(np.abs(t) > st.t.ppf(0.975, n - 1)))
+            total += 1
+    assert wrong / total <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / total), wrong / total
+    assert naive / total > 0.25  # the uncorrected rule: far above 5%, so this test can tell the two apart
+
+
+def test_one_truly_better_depth_is_found_and_never_called_below():
+    """One depth 5 noise sd (3.5 sd of a paired difference) above seven equal ones, 6 seeds: it comes out on
+    top and `best` (every other depth below it) in nearly every sweep (0.96 when this was written); with 3
+    seeds (2 degrees of freedom per comparison) nothing is separated, and it is never called below best."""
+    rng = np.random.default_rng(7)
+    means = np.zeros(8)
+    means[5] = 5.0
+    found = 0
+    for groups, _ in simulate(8, 6, 300, means, rng):
+        v = compare_to_best(groups)
+        found += v[5].verdict == "best" and all(r.verdict == "below best" for d, r in v.items() if d != 5)
+    assert found / 300 >= 0.9, found
+    for groups, _ in simulate(8, 3, 300, means, rng):
+        v = compare_to_best(groups)
+        assert v[5].verdict in ("best", "tied with best")
