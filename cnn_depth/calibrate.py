@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ def machine_key() -> dict:
     """What a measurement holds for: the CPU model, the cores this process may use, torch's version."""
     import torch
 
-    from .plan import available_cpus
+    from .machine import available_cpus
 
     return dict(cpu=cpu_name(), cores=available_cpus(), torch=torch.__version__, version=VERSION)
 

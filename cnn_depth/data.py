@@ -41,6 +41,7 @@ from .archives import ARCHIVE_SUFFIXES, archive_key, extract, is_archive
 from .cache import shared_entry, write_entry
 from .errors import CnnDepthError, check_int
 from .files import PathLike, cache_dir
+from .machine import available_cpus
 
 DEFAULT_SOURCE = "cifar10-sample"
 DEFAULT_SIZE = 32  # px: what mixed-size images are resized to when no size is given
@@ -438,8 +439,7 @@ def _workers(n: int, workers: Optional[int] = None) -> int:
     """Worker processes for ``n`` images: ``workers`` if given, else 1 below ``PARALLEL_MIN``, else one per CPU (≤ 8)."""
     if workers is not None:
         return max(1, workers)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if n < PARALLEL_MIN else min(cpus, 8)
+    return 1 if n < PARALLEL_MIN else min(available_cpus(), 8)
 
 
 def map_chunks(fn: Callable, items: Sequence, workers: int, *args) -> Iterator[tuple[int, object]]:

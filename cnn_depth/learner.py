@@ -48,7 +48,7 @@ class SetThreads(Callback):
     """torch's intra-op threads for the duration of a fit (and of ``validate``/``get_preds``/``predict``,
     which fastai runs as a fit too), restored afterwards.
 
-    ``threads="auto"``: the cores other processes leave free (:func:`cnn_depth.plan.free_cores`, the rule a
+    ``threads="auto"``: the cores other processes leave free (:func:`cnn_depth.machine.free_cores`, the rule a
     sweep uses to train serially). Measuring the host takes a quarter of a second, so the choice is kept for
     ``REMEASURE_SECONDS``: a loop of ``predict`` calls measures it once. An int: that many threads. The count
     last used is ``used`` (``learn.set_threads.used``): record it with your results, it can change their last
@@ -70,7 +70,7 @@ class SetThreads(Callback):
         if self.threads != "auto":
             return self.threads
         if self.used is None or time.monotonic() - self._measured > self.REMEASURE_SECONDS:
-            from .plan import free_cores  # plan imports this module (through run): imported when needed
+            from .machine import free_cores
 
             self.used, self._measured = free_cores(), time.monotonic()
         return self.used

@@ -57,7 +57,7 @@ def gpu_packing(free_cores: int, gpu_free_bytes: Sequence[int], peak_bytes_per_r
     and the runs to do allow, at least 1.
 
     Args:
-        free_cores: CPU cores other processes leave free (``plan.free_cores``): one run each, shared by the GPUs.
+        free_cores: CPU cores other processes leave free (``machine.free_cores``): one run each, shared by the GPUs.
         gpu_free_bytes: free memory of each GPU the runs go to (``torch.cuda.mem_get_info``); the tightest
             one bounds every GPU (runs are spread round-robin).
         peak_bytes_per_run: a run's peak GPU memory (the largest recorded so far, or an estimate); None
@@ -259,7 +259,8 @@ def start_packing(cfg, engine, dls, depths, todo: int, busy: Optional[float]):
     warning, also kept in the engine's reason. Returns (packing, engine, warning line or '')."""
     from dataclasses import replace
 
-    from .plan import WORKER_MEMORY, _available_memory, available_cpus, free_cores
+    from .machine import available_cpus, available_memory, free_cores
+    from .plan import WORKER_MEMORY
 
     gpus, slots = len(engine.gpus), engine.runs_per_gpu
     free_memory = gpu_free_bytes(engine.gpus)
@@ -274,7 +275,7 @@ def start_packing(cfg, engine, dls, depths, todo: int, busy: Optional[float]):
             engine = replace(engine, why="; ".join(w for w in (engine.why, warning[len("warning: "):]) if w))
         return packing, engine, warning
     cores = free_cores(available_cpus(), busy or 0.0)
-    per_gpu, why = gpu_packing(cores, free_memory, peak, todo, _available_memory(), WORKER_MEMORY)
+    per_gpu, why = gpu_packing(cores, free_memory, peak, todo, available_memory(), WORKER_MEMORY)
     packing.per_gpu = min(per_gpu, slots)
     if per_gpu > slots:
         why += f"; {slots} started before the estimate"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -14,13 +13,13 @@ import torch
 from .config import SweepConfig
 from .errors import CnnDepthError
 from .loaders import data_info
+from .machine import available_cpus, available_memory, busy_cores, free_cores  # noqa: F401 (plan.free_cores etc. are public)
 from .records import model_path, run_id
 from .run import Job, _macs, resolve_device
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Jobs
-
 
 
 def finished_runs(results: pd.DataFrame, cfg: SweepConfig, out: Path) -> set:
@@ -111,32 +110,6 @@ VALID_IMAGE = 1 / 3  # a validation image's cost in training images (forward onl
 LR_FIND_IMAGES = 100 * 64  # lr_find: at most 100 batches (fastai's num_it), of bs 64 in the estimate
 
 
-def available_cpus() -> int:
-    """The CPU cores this process may run on (its affinity: a container or taskset may give fewer)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def free_cores(cpus: Optional[int] = None, busy: Optional[float] = None) -> int:
-    """The cores other processes leave us: ``cpus`` (default :func:`available_cpus`) minus the cores they keep
-    busy (default: :func:`busy_cores`, measured now over a quarter of a second), at least 1. The thread count
-    of ``threads="auto"`` when training one run at a time: a sweep's serial engine, :func:`depth_learner`."""
-    cpus = cpus or available_cpus()
-    busy = busy_cores() if busy is None else busy
-    return max(1, round(cpus - min(busy, cpus - 1)))
-
-
-def _available_memory() -> Optional[int]:
-    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls, calibration=None,
                       threads: int = 1) -> Optional[float]:
     """Seconds of training ``jobs`` (runs and lr finds) on ``dls`` with ``threads`` torch threads on quiet
@@ -159,35 +132,6 @@ def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls, calibration=
     except Exception:  # a model that cannot be built here fails its run with its own message: no estimate
         return None
     return total
-
-
-def busy_cores(interval: float = 0.25) -> float:
-    """Cores of ours (this process's affinity) kept busy by other processes now: Linux's per-core /proc/stat
-    over ``interval`` seconds, this process's own CPU time taken out; 0.0 where it cannot be read."""
-    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
-
-    def ticks():
-        total = idle = 0
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *values = line.split()
-                if name.startswith("cpu") and name != "cpu" and (mine is None or name in mine):
-                    v = [int(x) for x in values[:8]]
-                    total, idle = total + sum(v), idle + v[3] + v[4]  # all, idle + iowait
-        return total, idle
-
-    try:
-        (all0, idle0), own0 = ticks(), time.process_time()
-        time.sleep(interval)
-        (all1, idle1), own1 = ticks(), time.process_time()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    cpus = len(mine) if mine else os.cpu_count() or 1
-    if all1 <= all0:
-        return 0.0
-    seconds = (all1 - all0) / os.sysconf("SC_CLK_TCK") / cpus  # wall time the ticks span
-    used = (all1 - all0 - (idle1 - idle0)) / (all1 - all0) * cpus
-    return max(0.0, used - (own1 - own0) / max(seconds, 1e-9))
 
 
 def _ray_address(cfg: SweepConfig) -> Optional[str]:
@@ -248,7 +192,7 @@ class Work:
 def auto_workers(cpus: int, threads: Optional[int], todo: int) -> int:
     """The workers auto would start on CPUs: one per ``threads`` cores (one per core), at most one per run
     and as many as the memory holds at ``WORKER_MEMORY`` each."""
-    memory = _available_memory()
+    memory = available_memory()
     return max(1, min(cpus // (threads or 1) or 1, max(1, memory // WORKER_MEMORY) if memory else cpus, todo))
 
 
@@ -325,7 +269,7 @@ def choose_engine(cfg: SweepConfig, todo: int, cpus: Optional[int] = None, recor
         if cfg.runs_per_gpu == "auto":  # cores, GPU memory, runs to do: packing.py (the driver refines it)
             from .packing import gpu_free_bytes, gpu_packing
 
-            runs_per_gpu, why = gpu_packing(free, gpu_free_bytes(gpus), None, todo, _available_memory(),
+            runs_per_gpu, why = gpu_packing(free, gpu_free_bytes(gpus), None, todo, available_memory(),
                                             WORKER_MEMORY)
             threads = threads or (1 if len(gpus) * runs_per_gpu > 1 else None)  # one core, one thread a run
         workers = len(gpus) * runs_per_gpu

@@ -116,17 +116,17 @@ def test_depth_learner_fits_with_its_threads_and_restores_torchs(sample_dls):
 
 
 def test_auto_threads_are_the_free_cores_measured_once_for_many_predictions(sample_dls, monkeypatch):
-    import cnn_depth.plan as plan
+    import cnn_depth.machine as machine
 
     calls = []
-    real = plan.free_cores
-    monkeypatch.setattr(plan, "free_cores", lambda: calls.append(1) or real())
+    real = machine.free_cores
+    monkeypatch.setattr(machine, "free_cores", lambda: calls.append(1) or real())
     learn = depth_learner(sample_dls, depth=1)  # threads="auto" by default
     before = torch.get_num_threads()
     for _ in range(3):
         learn.get_preds(dl=[sample_dls.valid.one_batch()])
     assert len(calls) == 1, "the host is measured once, not on every prediction"
-    assert 1 <= learn.set_threads.used <= plan.available_cpus() and torch.get_num_threads() == before
+    assert 1 <= learn.set_threads.used <= machine.available_cpus() and torch.get_num_threads() == before
 
 
 @pytest.mark.slow
