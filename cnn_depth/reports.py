@@ -4,7 +4,7 @@ Every number here is computed from the CSV files alone, so a report can be rebui
 with ``cnn-depth report <out>/results.csv``.
 
 A *group* is one setting of everything that decides a run's numbers except depth and seed (``GROUP``:
-dataset and its source, arch, epochs, the lr setting, bs, max_per_class, pipeline, augment, threads, device
+dataset and its source, arch, epochs, the lr setting, bs, max_per_class, pipeline, augment, compile, threads, device
 and precision). Runs are pooled over seeds within a (group, depth) only; two rows are the same run only when
 their group, depth and seed all match. Within a group, depths are compared to the best one paired by seed
 (:mod:`cnn_depth.stats`), and the summary says how sure each comparison is.
@@ -63,7 +63,8 @@ def _canon(column: str, v) -> str:
     """A group setting as one comparable string: ``find`` and ``0.003`` for lr, ``all`` for no max_per_class,
     ``none`` for no transfer, ``?`` where an old row did not record it."""
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == ""):
-        return {"max_per_class": "all", "transfer": "none"}.get(column, "?")  # transfer: empty from scratch
+        # transfer: empty from scratch; compile: rows from before it existed were eager
+        return {"max_per_class": "all", "transfer": "none", "compile": "off"}.get(column, "?")
     if column == "lr_setting" and not isinstance(v, str):
         return f"{float(v):.10g}"
     if isinstance(v, (bool, np.bool_)):
@@ -79,6 +80,8 @@ def _shown(column: str, v: str) -> str:
         return v
     if column == "augment":
         return {"True": "augment", "False": "no augment"}.get(v, "augment ?")
+    if column == "compile":
+        return {"off": "eager", "on": "compiled"}.get(v, f"compile {v}")
     if column == "max_per_class":
         return "all images" if v == "all" else f"{v}/class"
     if column == "lr_setting":
@@ -174,7 +177,7 @@ def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str
 
 SETTING_NAMES = {"dataset": "dataset", "arch": "arch", "source": "data source", "epochs": "epochs",
                  "lr_setting": "lr", "bs": "batch size", "max_per_class": "images per class",
-                 "pipeline": "pipeline", "augment": "augmentation", "threads": "torch threads", "device": "device",
+                 "pipeline": "pipeline", "augment": "augmentation", "compile": "torch.compile", "threads": "torch threads", "device": "device",
                  "precision": "precision", "pretrained": "pretrained weights", "transfer": "transfer"}
 
 
@@ -376,7 +379,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         return "no runs to summarise"
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
     head = (f"{'depth':>5} {'runs':>4}  {'accuracy':<8} {pct + ' interval':<17}  {'vs best':>7} "
-            f"{'interval (paired, Holm)':<22} {'P(>best)':>8}  {'verdict':<26} {'params':>10} {'MACs':>7} "
+            f"{'interval (Holm)':<22} {'P(>best)':>8}  {'verdict':<26} {'params':>10} {'MACs':>7} "
             f"{'train_s':>8} {'peak_MiB':>8}")
     lines = []
     context = summary.attrs.get("context", "")
