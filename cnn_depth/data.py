@@ -444,17 +444,27 @@ def _workers(n: int, workers: Optional[int] = None) -> int:
 
 def map_chunks(fn: Callable, items: Sequence, workers: int, *args) -> Iterator[tuple[int, object]]:
     """``(start, fn(items[start:start + CHUNK], *args))`` for every chunk, in order; in ``workers``
-    processes when more than one (fork where the platform has it: workers start in milliseconds)."""
+    processes when more than one (fork where the platform has it: workers start in milliseconds).
+
+    The processes start with SIGINT blocked: a terminal's Ctrl-C reaches the whole process group, and each of
+    them would print its own KeyboardInterrupt traceback; this process alone takes it, cancels the chunks not
+    started and waits only for those running (one chunk each, a second or so)."""
+    from .executors import sigint_blocked
+
     starts = range(0, len(items), CHUNK)
     if workers == 1:
         for s in starts:
             yield s, fn(items[s:s + CHUNK], *args)
         return
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        futures = {s: ex.submit(fn, items[s:s + CHUNK], *args) for s in starts}
+    ex = ProcessPoolExecutor(workers, mp_context=ctx)
+    try:
+        with sigint_blocked():  # the pool's processes start at the first submit and inherit the block
+            futures = {s: ex.submit(fn, items[s:s + CHUNK], *args) for s in starts}
         for s in starts:  # pop each result once used, so the chunks never add up to a second copy
             yield s, futures.pop(s).result()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _scan_chunk(files: Sequence[Path]) -> list[tuple]:
