@@ -6,16 +6,14 @@ nothing else, so a figure shows exactly the numbers of the CSV files beside it. 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
 
 from .errors import CnnDepthError
+from .files import PathLike
 
-PathLike = Union[str, os.PathLike]
 DPI = 110
 
 
