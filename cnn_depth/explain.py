@@ -340,10 +340,10 @@ def _read_image(path: PathLike, n_in: int, size: Sequence[int]) -> np.ndarray:
     from .data import load_image
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CnnDepthError(f"no such image file: {path}")
-    try:
+    try:  # data.open_image says what the path is when it is not an image file (missing, a folder, a FIFO, a device)
         return load_image(path, n_in, (int(size[0]), int(size[1])))
+    except CnnDepthError:
+        raise
     except Exception as e:  # PIL raises several types for non-images and truncated files
         raise CnnDepthError(f"cannot read {path} as an image ({type(e).__name__}); give a .png/.jpg file") from e
 

@@ -4,6 +4,7 @@ A module fixture trains three tiny bn learners (80 images, one epoch) and saves 
 ``--save-models`` does; the per-model tests parametrise over the whole registry with untrained models.
 """
 import math
+import os
 import re
 from pathlib import Path
 
@@ -331,6 +332,9 @@ def test_cli_explain_with_image(run, tmp_path):
     ("run", ["--depth", "3", "--arch", "plain"], "arch 'plain' is not in"),
     ("run", ["--depth", "3", "--image", "IMG"], "cannot read"),
     ("run", ["--depth", "3", "--image", "nope.png"], "no such image file"),
+    ("run", ["--depth", "3", "--image", "DIR"], "is not a regular file (a FIFO, device or folder)"),
+    ("run", ["--depth", "3", "--image", "FIFO"], "is not a regular file (a FIFO, device or folder)"),
+    ("run", ["--depth", "3", "--image", "/dev/zero"], "is not a regular file (a FIFO, device or folder)"),
     ("run", ["--depth", "3", "--target", "zebra"], "unknown target class 'zebra'; choose one of: airplane, "),
     ("run", ["--depth", "3", "--index", "999"], "--index 999 is out of range: the run's validation split has 80"),
     ("run", ["--depth", "3", "--index", "1", "--image", "IMG"], "give --image or --index, not both"),
@@ -344,7 +348,11 @@ def test_bad_input_is_one_line_and_exit_2(case, args, message, run, tmp_path):
         model_path(run_dir, "bn", 4, 0).write_bytes(b"PK\x03\x04 truncated")
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    args = [str(bad) if a == "IMG" else str(tmp_path / a) if a == "nope.png" else a for a in args]
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading would block forever
+    (tmp_path / "folder.png").mkdir()
+    named = {"IMG": str(bad), "nope.png": str(tmp_path / "nope.png"), "DIR": str(tmp_path / "folder.png"),
+             "FIFO": str(tmp_path / "fifo.png")}
+    args = [named.get(a, a) for a in args]
     r = runner.invoke(app, ["explain", str(run_dir), *args])
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and message in r.output
