@@ -245,6 +245,7 @@ def sweep_cmd(
     max_per_class: Optional[int] = option("max_per_class"),
     pipeline: str = option("pipeline"),
     augment: bool = option("augment"),
+    compile: bool = option("compile"),
     out: Optional[str] = option("out"),
     device: str = option("device"),
     quiet: bool = option("quiet"),

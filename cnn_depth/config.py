@@ -64,6 +64,9 @@ class SweepConfig:
     pipeline: str = _field("fast", "Data pipeline: fast (images decoded once, batches from memory) or pil "
                                    "(fastai's per-item PIL decode).")
     augment: bool = _field(False, "Random flip + pad-4-and-crop of training batches.")
+    # Off: on 2 CPU cores a tiny sweep was slower compiled, compile time included (experiments/README.md).
+    compile: bool = _field(False, "torch.compile each run's model (recorded per row; a model that cannot be "
+                                  "compiled trains eagerly, with one line).")
     out: Optional[str] = _field(None, "Folder for the reports; rerun with it to resume.",
                                 shown="runs/<dataset>-<arch>-d<depths>-s<seeds>-e<epochs>[...]")
     device: str = _field("auto", "auto (CUDA when available), cpu or cuda; bf16 mixed precision on CUDA.")
@@ -112,7 +115,7 @@ class SweepConfig:
             if not self.out.strip():  # "" would silently mean the default folder
                 raise CnnDepthError("out is empty; give a folder (e.g. --out runs/x), or leave out --out for the "
                                     "default")
-        for name in ("augment", "quiet", "save_models"):
+        for name in ("augment", "compile", "quiet", "save_models"):
             _typed(getattr(self, name), bool, name)
         for name in ("workers", "threads", "runs_per_gpu"):
             if getattr(self, name) != "auto":
@@ -142,6 +145,8 @@ class SweepConfig:
             name += f"-{self.pipeline}"
         if self.augment:
             name += "-aug"
+        if self.compile:
+            name += "-compile"
         if self.pretrained:
             name += f"-pretrained-{TRANSFER_TAGS[self.transfer]}"
         return name
@@ -169,7 +174,7 @@ class SweepConfig:
 # resuming into a folder made with other values is refused. depths and seeds only pick which runs exist
 # (a sweep may be extended with more of them); device is recorded per row; out and quiet change nothing.
 RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment", "pretrained",
-                 "transfer")
+                 "transfer", "compile")
 
 
 def config_keys() -> list[str]:
@@ -238,7 +243,7 @@ def coerce_options(options: dict, where: str = "") -> dict:
             out[name] = _auto_or_int(value, name, where)
         elif name in ("epochs", "bs", "max_per_class"):
             out[name] = _typed(value, int, name, where)
-        elif name in ("augment", "quiet", "save_models", "pretrained"):
+        elif name in ("augment", "compile", "quiet", "save_models", "pretrained"):
             out[name] = _typed(value, bool, name, where)
         else:
             out[name] = _typed(value, str, name, where)

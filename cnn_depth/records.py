@@ -44,7 +44,7 @@ RUN_FIELDS = ["run_id", "dataset", "arch", "depth", "seed"]
 # What decides a run's numbers besides depth and seed: reports group by these (see reports.GROUP). A row carries
 # every one of them, so rows from different sweeps can be pooled or told apart from the row alone.
 SETTING_COLUMNS = ["source", "epochs", "lr_setting", "bs", "max_per_class", "pipeline", "augment", "threads",
-                   "device", "precision", "pretrained", "transfer"]
+                   "device", "precision", "pretrained", "transfer", "compile"]
 RESULT_COLUMNS = [
     *RUN_FIELDS,
     "source",             # the dataset as resolved: a registry name or the absolute path of its folder or archive
@@ -54,6 +54,7 @@ RESULT_COLUMNS = [
     "bs",
     "max_per_class",      # images kept per class and split; empty: all
     "pipeline", "augment",
+    "compile",            # torch.compile: off, on, or failed→eager (it could not compile; trained eagerly)
     "threads",            # torch.get_num_threads() during the run
     "params",             # parameters (trainable or not)
     "macs",               # multiply-accumulates of one image's forward pass (conv and linear layers)
@@ -261,7 +262,7 @@ RESULT_SCHEMA = {
     "run_id": _NEEDED, "dataset": _NEEDED, "arch": _NEEDED, "depth": Column("int", 1, required=True),
     "seed": Column("int", 0, required=True), "source": _TEXT, "epochs": Column("int", 1, required=True),
     "lr_setting": Column("lr_setting", _POSITIVE), "lr": Column("number", _POSITIVE), "bs": Column("int", 1),
-    "max_per_class": Column("int", 1), "pipeline": _TEXT, "augment": Column("bool"), "threads": Column("int", 1),
+    "max_per_class": Column("int", 1), "pipeline": _TEXT, "augment": Column("bool"), "compile": _TEXT, "threads": Column("int", 1),
     "params": Column("int", 0), "macs": Column("int", 0), "train_images": Column("int", 0),
     "train_seconds": _SECONDS, "images_per_second": _SECONDS, "valid_seconds": _SECONDS,
     "peak_memory_mb": _SECONDS, "train_loss": Column("float"), "valid_loss": Column("float"),
@@ -636,6 +637,7 @@ CONFIG_SCHEMA = {
     "max_per_class": ("a whole number ≥ 1 or null", _or_none(_whole(1))),
     "pipeline": ("a pipeline name", _text),
     "augment": ("true or false", lambda v: isinstance(v, bool)),
+    "compile": ("true or false", lambda v: isinstance(v, bool)),
     "out": ("a folder or null", _or_none(lambda v: isinstance(v, str))),
     "device": ("a device name", _text),
     "quiet": ("true or false", lambda v: isinstance(v, bool)),

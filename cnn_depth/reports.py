@@ -163,6 +163,8 @@ def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str
     them apart), as the figures show them; the printed table and summary.csv keep the whole path."""
     if not groups:
         return [], ""
+    # groups from before a setting existed (compile, the last) lack it: as its old rows read
+    groups = [tuple(g) + tuple(_canon(c, None) for c in GROUP[len(g):]) for g in groups]
     cols = {c: [g[i] for g in groups] for i, c in enumerate(GROUP)}
     differs = _differs(cols)
     if short:
@@ -171,7 +173,8 @@ def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str
     shown = ["arch"] + [c for c in differs if c != "arch"] if len(groups) > 1 else ["arch", "dataset", "epochs"]
     labels = [" · ".join(_shown(c, cols[c][k]) for c in shown) for k in range(len(groups))]
     common = [_shown(c, cols[c][0]) for c in GROUP if c not in shown and c not in differs
-              and not (c == "source" and cols["source"][0] == cols["dataset"][0])]
+              and not (c == "source" and cols["source"][0] == cols["dataset"][0])
+              and not (c == "compile" and cols[c][0] == "off")]  # eager, as every run before --compile
     return labels, " · ".join(common)
 
 
@@ -187,7 +190,7 @@ def summary_groups(summary: pd.DataFrame) -> list[tuple]:
     if summary.empty:
         return []
     first = summary.drop_duplicates("group")
-    return [tuple(_canon(c, v) for c, v in zip(GROUP, r)) for r in first[GROUP].itertuples(index=False)]
+    return [tuple(_canon(c, v) for c, v in zip(GROUP, r)) for r in first.reindex(columns=GROUP).itertuples(index=False)]
 
 
 def setting_differences(summary: pd.DataFrame, short: bool = False) -> list[tuple[str, list[str]]]:

@@ -25,6 +25,7 @@ from fastai.callback.schedule import ParamScheduler
 from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.learner import AvgLoss, AvgMetric, Learner, Recorder
 from fastai.losses import CrossEntropyLossFlat
+from fastai.optimizer import Optimizer, _update
 from fastai.torch_core import find_bs, num_distrib, set_seed
 from fastcore.foundation import L
 
@@ -80,6 +81,7 @@ class SweepLearner(Learner):
       something. The lists are rebuilt whenever ``learn.cbs`` changes; ``after_fit`` still reaches every
       callback (fastai resets each one's ``run`` there), and so does every event a callback with its own
       ``__call__``.
+    - fastai's optimizers (``Adam`` by default) step through :class:`LeanOptimizer`: the same updates.
     - ``fit`` gives fastai's one-cycle schedules (``combine_scheds``, used by ``fit_one_cycle`` and
       ``fine_tune``) a lookup without tensors (:class:`CombinedSchedule`): the same floats, five small tensor
       ops fewer per hyper-parameter and batch.
@@ -118,6 +120,11 @@ class SweepLearner(Learner):
                 return b
         return super()._set_device(b)
 
+    def create_opt(self):
+        super().create_opt()
+        if type(self.opt) is Optimizer:  # fastai's Adam, SGD, ... (not an OptimWrapper around a torch one)
+            self.opt.__class__ = LeanOptimizer
+
     def fit(self, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
         for cb in L(cbs):
             if type(cb) is ParamScheduler:  # fit_one_cycle's; not LRFinder (a subclass) nor another user's
@@ -146,6 +153,52 @@ class PlainLoss(CrossEntropyLossFlat):
 
     def _contiguous(self, x):
         return x.transpose(self.axis, -1).contiguous() if isinstance(x, torch.Tensor) else x
+
+
+class LeanOptimizer(Optimizer):
+    """fastai's ``Optimizer`` (its step callbacks, state and hyper-parameters: the same updates in the same
+    order) without rebuilding the list of (parameter, group, state, hypers) twice per ``step`` and
+    ``zero_grad``, and setting a hyper-parameter from a float or an array of one per group directly."""
+
+    def _params(self) -> list:
+        key = (self.param_lists, self.hypers, [len(pg) for pg in self.param_lists])
+        cached = self.__dict__.get("_pairs")
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1] or cached[0][2] != key[2]:
+            cached = self._pairs = (key, [(p, h) for pg, h in zip(self.param_lists, self.hypers) for p in pg])
+        return cached[1]
+
+    def zero_grad(self):
+        for p, _ in self._params():
+            if p.grad is not None:
+                p.grad.detach_()
+                p.grad.zero_()
+
+    def step(self, closure=None):
+        if closure is not None:
+            raise NotImplementedError("fastai optimizers currently do not support closure")
+        for p, hyper in self._params():
+            state = self.state[p]  # fastai's all_params looks up every parameter's state (a defaultdict)
+            if p.grad is None:
+                continue
+            for cb in self.cbs:
+                state = _update(state, cb(p, **{**state, **hyper}))
+            self.state[p] = state
+
+    def set_hyper(self, k, v):
+        n = len(self.param_lists)
+        if len(self.hypers) == n:
+            values = ([v] * n if type(v) is float else
+                      list(v) if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n else None)
+            if values is not None:  # what fastai's set_hyper makes of them: L(v), one value repeated per group
+                for h, value in zip(self.hypers, values):
+                    h[k] = value
+                return
+        super().set_hyper(k, v)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_pairs", None)
+        return state
 
 
 class CombinedSchedule:
@@ -459,6 +512,37 @@ class PeakMemory:
         return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` the model in place (``nn.Module.compile``: the same module, parameters and
+    ``state_dict`` keys, so saved models and the probes see the plain model), default mode.
+
+    Compiling happens at the first batch and again for each new input shape and for eval mode (the
+    validation passes). Not CUDA graphs (``mode="reduce-overhead"``): the training batches are whole
+    (the training loader drops the last partial one), but the last validation batch is not, and fastai keeps
+    outputs (``learn.pred``, ``learn.loss``) past the next call, which CUDA graphs overwrite; not measured
+    on a GPU yet.
+    """
+    model.compile()
+    return model
+
+
+def compile_error(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it came from) is torch.compile's (TorchDynamo, TorchInductor, or the
+    C++ compiler Inductor runs), rather than the run's own."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (type(e).__module__ or "").startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
 def _f32(x: float) -> float:
     """A float32 value as the number it holds: 7 significant digits (1.8123457, not 1.812345743179321)."""
     return float(f"{x:.7g}") if math.isfinite(x) else x
@@ -469,7 +553,8 @@ def new_row(cfg: SweepConfig, depth: int, seed: int, threads, device: str = "", 
     row = dict.fromkeys(RESULT_COLUMNS, "")
     row.update(run_fields(cfg.dataset_label, cfg.arch, depth, seed), source=cfg.dataset, epochs=cfg.epochs,
                lr_setting=cfg.lr, lr="", bs=cfg.bs, max_per_class="" if cfg.max_per_class is None else cfg.max_per_class,
-               pipeline=cfg.pipeline, augment=cfg.augment, threads=threads, device=device, precision=precision,
+               pipeline=cfg.pipeline, augment=cfg.augment, compile="on" if cfg.compile else "off", threads=threads,
+               device=device, precision=precision,
                epochs_done=0, pretrained=cfg.pretrained, transfer=cfg.transfer or "")
     return row
 
@@ -494,27 +579,46 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
 
     A loss that becomes NaN/inf stops the run (``diverged``); an exception makes it ``failed`` with the
     error text. KeyboardInterrupt is not caught: the sweep stops and writes nothing for this run.
+
+    With ``cfg.compile`` the model is compiled (:func:`compile_model`; its row says ``compile`` ``on``); if
+    torch cannot compile it (no C++ compiler, an op it does not support), one line says so and the run
+    starts again from its seed, eagerly: the numbers of an uncompiled run, ``compile`` ``failed→eager``.
     """
     ident = run_fields(cfg.dataset_label, cfg.arch, depth, seed)
     row = new_row(cfg, depth, seed, torch.get_num_threads(), device.name, device.precision)
     row.update(classes=dls.c)
-    stats, nan = RunStats(), StopOnNaN()
     memory = PeakMemory(device.torch)
     learn = None
     try:
         lr = lr() if callable(lr) else lr
         row["lr"] = lr
-        seed_run(seed, dls)
-        learn = _learner(dls, cfg, depth, device, out, cbs=[stats, nan, *cbs])
-        row.update(params=count_params(learn.model), macs=macs_per_image(learn.model.config))
-        memory.start()
-        with _quiet(learn, cfg.quiet, ident["run_id"]):
-            t0 = time.perf_counter()
-            fit_learner(learn, cfg.epochs, lr, cfg.transfer, threads=None)
-            train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
-            t0 = time.perf_counter()
-            valid_loss = learn.validate()[0]
-            valid_s = time.perf_counter() - t0
+
+        def attempt(compiled: bool):
+            nonlocal learn, stats, nan
+            stats, nan = RunStats(), StopOnNaN()
+            seed_run(seed, dls)
+            learn = _learner(dls, cfg, depth, device, out, cbs=[stats, nan, *cbs])
+            row.update(params=count_params(learn.model), macs=macs_per_image(learn.model.config))
+            if compiled:
+                compile_model(learn.model)
+            memory.start()
+            with _quiet(learn, cfg.quiet, ident["run_id"]):
+                t0 = time.perf_counter()
+                fit_learner(learn, cfg.epochs, lr, cfg.transfer, threads=None)
+                train_s = round(time.perf_counter() - t0, 3)  # as stored, so images_per_second is reproducible
+                t0 = time.perf_counter()
+                valid_loss = learn.validate()[0]
+                return train_s, valid_loss, time.perf_counter() - t0
+
+        stats = nan = None
+        try:
+            train_s, valid_loss, valid_s = attempt(cfg.compile)
+        except Exception as e:
+            if not (cfg.compile and compile_error(e)):
+                raise
+            print(f"  {ident['run_id']}: torch.compile failed ({_first_line(e)}); training it eagerly", flush=True)
+            row["compile"] = "failed→eager"
+            train_s, valid_loss, valid_s = attempt(False)
         train_loss = stats.values[-1][0] if stats.values else math.nan
         acc = stats.correct / stats.valid_images if stats.valid_images else math.nan
         row.update(train_images=stats.train_images, train_seconds=train_s,
@@ -543,7 +647,8 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
                                        valid_loss=_f32(vals[1]), accuracy=_f32(vals[2]), seconds=round(secs, 3)))
     row["epochs_done"] = len(result.history)
     if learn is not None and row["status"] != "failed":  # a failed run has nothing to measure or keep
-        result.activations = [{**ident, **r} for r in activation_stats(learn.model, fixed_valid_batch(dls))]
+        with torch.compiler.set_stance("force_eager"):  # a compiled model's probes: no compile for their hooks
+            result.activations = [{**ident, **r} for r in activation_stats(learn.model, fixed_valid_batch(dls))]
         if cfg.save_models:
             result.checkpoint = checkpoint_dict(learn, run_id=ident["run_id"], seed=seed, dataset=cfg.dataset_label)
     return result

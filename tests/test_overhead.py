@@ -137,3 +137,17 @@ def test_a_run_counts_its_validation_images_and_correct_predictions(sample_dls, 
     assert type(row["correct"]) is int and row["valid_images"] == len(sample_dls.valid_ds)
     assert row["accuracy"] == row["correct"] / row["valid_images"]
     assert row["train_images"] == len(sample_dls.train) * 32
+
+
+def test_the_lean_optimizer_sets_hyper_parameters_as_fastai(sample_dls):
+    stock = depth_learner(sample_dls, 2, threads=None)
+    lean = lean_learner(depth_learner(sample_dls, 2, threads=None))
+    stock.create_opt()
+    lean.create_opt()
+    assert type(lean.opt).__name__ == "LeanOptimizer"
+    for k, v in [("lr", 0.1), ("lr", np.array([0.01, 0.2])), ("mom", 0.9), ("wd", slice(1e-3, 1e-1)),
+                 ("lr", [0.3, 0.4]), ("eps", 1)]:
+        stock.opt.set_hyper(k, v)
+        lean.opt.set_hyper(k, v)
+        assert [{k2: (type(x), x) for k2, x in h.items()} for h in lean.opt.hypers] == \
+               [{k2: (type(x), x) for k2, x in h.items()} for h in stock.opt.hypers]
