@@ -180,7 +180,8 @@ def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str
 
 SETTING_NAMES = {"dataset": "dataset", "arch": "arch", "source": "data source", "epochs": "epochs",
                  "lr_setting": "lr", "bs": "batch size", "max_per_class": "images per class",
-                 "pipeline": "pipeline", "augment": "augmentation", "compile": "torch.compile", "threads": "torch threads", "device": "device",
+                 "pipeline": "pipeline", "augment": "augmentation", "compile": "torch.compile",
+                 "threads": "torch threads", "device": "device",
                  "precision": "precision", "pretrained": "pretrained weights", "transfer": "transfer"}
 
 

@@ -6,11 +6,17 @@ per epoch) through
   (b) the fast path through the same fastai ``Learner`` (``dataloaders(pipeline="fast")``),
   (c) a hand-written PyTorch loop over the very same in-memory uint8 tensors, with the same per-batch work
       (index, flip/crop when ``--augment``, to float, normalise) and an equivalent optimiser and schedule
-      (AdamW β=(0.9, 0.99), eps 1e-5, wd 0.01 off norm/bias, one-cycle as ``fit_one_cycle``);
+      (AdamW β=(0.9, 0.99), eps 1e-5, wd 0.01 off norm/bias, one-cycle as ``fit_one_cycle``),
+  (d) (b) through a stock fastai ``Learner`` (``depth_learner`` as it is) instead of the sweep's;
 plus the decode cache build cold (decode every image, write the .npy) and warm (load it), and the peak
 resident memory of each phase (Linux: VmHWM, reset per phase; "+" is the growth within the phase, loaders
 included). On CUDA the model runs channels_last under bf16 autocast in (a), (b) and (c), and the images/s
 column is the one to read.
+
+(a) and (b) use the Learner a sweep's run uses (``cnn_depth.run.lean_learner``: fastai's Learner with less
+host work per batch, the same numbers, and the run's ``RunStats`` and ``StopOnNaN`` callbacks); (d) is the
+same as (b) through the stock fastai ``Learner``, so b/d is what the sweep's Learner saves, and (b) and (d)
+must reach the very same accuracy (the table says whether they do).
 
 The seed is set before each path builds its DataLoaders and its model, so without ``--augment`` (a) and (b)
 train on identical batches in identical order and should reach the same accuracy to float noise; (c)
@@ -21,7 +27,7 @@ checks |a - b| ≤ 1.5 points.
     python experiments/bench_pipeline.py --max-per-class 100     # a quick look
     python experiments/bench_pipeline.py --accuracy              # 2 seeded epochs per path: do accuracies agree?
     python experiments/bench_pipeline.py --repeats 5             # median of 5 interleaved runs per path
-    python experiments/bench_pipeline.py --paths bc --overhead   # what each path costs beyond the model
+    python experiments/bench_pipeline.py --paths bcd --overhead  # what each path costs beyond the model
 
 ``--overhead`` swaps the CNN for a model that costs next to nothing (global average pool and one linear
 layer) in every path, so an epoch's time is the per-batch cost of the loader and the training loop itself
@@ -62,6 +68,7 @@ from fastai.torch_core import default_device, set_seed  # noqa: E402
 from cnn_depth import dataloaders, depth_cnn, depth_learner  # noqa: E402
 from cnn_depth.data import _image_size, image_datablock, image_folder  # noqa: E402
 from cnn_depth.fastpath import decoded_images, flip_pad_crop  # noqa: E402
+from cnn_depth.run import RunStats, StopOnNaN, lean_learner  # noqa: E402
 
 ACCURACY_TOLERANCE = 1.5  # points: (a) and (b) must agree within this after 2 seeded epochs
 
@@ -181,11 +188,15 @@ class StepClock(Callback):
 # The three paths
 
 
-def fit_learner(dls, a, use_amp: bool) -> tuple[float, list]:
-    """(a)/(b): ``fit_one_cycle`` through a fastai Learner; returns the final validation accuracy and the
-    step time stamps (:class:`StepClock`)."""
+def fit_learner(dls, a, use_amp: bool, lean: bool = True) -> tuple[float, list]:
+    """(a)/(b)/(d): ``fit_one_cycle`` through a fastai Learner, the sweep's (``lean``: as a sweep's run makes
+    it, with its callbacks) or stock fastai's; returns the final validation accuracy and the step time
+    stamps (:class:`StepClock`)."""
     set_seed(a.seed, reproducible=True)
-    learn = depth_learner(dls, a.depth, arch=a.arch)
+    if lean:
+        learn = lean_learner(depth_learner(dls, a.depth, arch=a.arch, cbs=[RunStats(), StopOnNaN()]))
+    else:
+        learn = depth_learner(dls, a.depth, arch=a.arch)
     if a.overhead:  # the same Learner (loss, metrics, callbacks, optimiser) around the probe model
         learn.model = probe_model(dls.data_info.n_in, dls.c).to(dls.device)
     if use_amp:
@@ -280,8 +291,9 @@ def main(a):
     rows.append(("cache build, warm: load .npy", p.seconds, None, None, p, "", None))
 
     paths = [("a", "(a) stock fastai DataBlock, PIL per item", "pil"),
-             ("b", "(b) fast path, fastai Learner", "fast"),
-             ("c", "(c) hand-written PyTorch loop, same tensors", "fast")]
+             ("b", "(b) fast path, fastai Learner (the sweep's)", "fast"),
+             ("c", "(c) hand-written PyTorch loop, same tensors", "fast"),
+             ("d", "(d) fast path, stock fastai Learner", "fast")]
     paths = [p for p in paths if p[0] in a.paths]
     n_images = n_batches = None
     runs = {key: [] for key, *_ in paths}
@@ -294,7 +306,8 @@ def main(a):
                 n_images = (len(dls.train_ds) // a.bs) * a.bs + len(dls.valid_ds)  # drop_last on training
                 n_batches = len(dls.train_ds) // a.bs + math.ceil(len(dls.valid_ds) / a.bs)
                 t0 = time.perf_counter()
-                acc, stamps = (hand_loop if key == "c" else fit_learner)(dls, a, use_amp)
+                acc, stamps = (hand_loop(dls, a, use_amp) if key == "c" else
+                               fit_learner(dls, a, use_amp, lean=key != "d"))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 per_epoch = (time.perf_counter() - t0) / a.epochs
@@ -306,7 +319,7 @@ def main(a):
             gc.collect()
     times, accs, steps = {}, {}, {}
     for key, label, _ in paths:  # the median run by epoch time (the only run when --repeats 1)
-        setup, times[key], accs[key], p, _ = middle(runs[key], key=lambda run: run[1])
+        setup, times[key], accs[key], p, *_ = middle(runs[key], key=lambda run: run[1])
         steps[key] = middle(r[4] for r in runs[key])
         spread = f"{min(r[1] for r in runs[key]):.2f}–{max(r[1] for r in runs[key]):.2f}" if a.repeats > 1 else ""
         rows.append((label, setup, times[key], accs[key], p, spread, steps[key]))
@@ -348,6 +361,11 @@ def main(a):
         ratio("a", "b", "≥ 2.3")
     if "b" in times and "c" in times:
         ratio("b", "c", "≤ 1.10")
+    if "b" in times and "d" in times:
+        ratio("b", "d", "< 1")
+        same = accs["b"] == accs["d"]
+        print(f"(b) and (d) accuracy: {accs['b']:.6f} and {accs['d']:.6f}: "
+              + ("the same, as they must be" if same else "DIFFERENT: the sweep's Learner changed a number"))
     if a.accuracy and "a" in accs and "b" in accs:
         gap = abs(accs["a"] - accs["b"]) * 100
         print(f"accuracy after {a.epochs} epochs: a {accs['a']:.2%}, b {accs['b']:.2%}"
@@ -369,7 +387,8 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", action="store_true", help="random flip + pad-4 crop on training batches")
     p.add_argument("--accuracy", action="store_true", help="2 seeded epochs; check (a) and (b) agree")
-    p.add_argument("--paths", default="abc", help="which paths to run, e.g. 'bc'")
+    p.add_argument("--paths", default="abc", help="which paths to run, e.g. 'bc' or 'bcd' (d: (b) through a stock "
+                                                  "fastai Learner)")
     p.add_argument("--repeats", type=int, default=1, help="runs per path, interleaved; the table shows the median")
     p.add_argument("--overhead", action="store_true",
                    help="a near-free model (pool + linear) in every path: time the loader and loop, not the CNN")
