@@ -178,7 +178,7 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
 # cnn-depth sweep
 
 
-LIST_OPTIONS = ("--depths", "--seeds")
+LIST_OPTIONS = ("--depths", "--seeds", "--track")
 
 
 def gather_list_values(args: list[str], names=LIST_OPTIONS) -> list[str]:
@@ -254,6 +254,8 @@ def sweep_cmd(
     threads: Optional[str] = option("threads", typed=False),
     runs_per_gpu: Optional[str] = option("runs_per_gpu", typed=False),
     ray: Optional[str] = option("ray"),
+    track: Optional[list[str]] = typer.Option(None, help=config_field("track").metadata["help"],
+                                              show_default=shown_default("track"), metavar="NAME"),
     config: Optional[Path] = typer.Option(None, help=f"A TOML file of these options, keys as in SweepConfig: "
                                                      f"{', '.join(config_keys())}; flags given override it."),
 ):

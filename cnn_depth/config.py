@@ -29,6 +29,7 @@ DEFAULT_SOURCE = "cifar10-sample"  # the same as data.DEFAULT_SOURCE (tests/test
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which fastai's set_seed feeds
 MAX_RUNS = 10_000  # depths × seeds: a guard against typos such as --seeds 0-30000000
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # --track (cnn_depth.tracking)
 
 
 def _field(default, help: str, shown: Optional[str] = None, factory=None) -> Field:
@@ -86,6 +87,10 @@ class SweepConfig:
     ray: Optional[str] = _field(None, "Run each run as a Ray task: local (start Ray here), auto (the running "
                                       "cluster) or ADDRESS; RAY_ADDRESS in the environment counts too.",
                                 shown="off")
+    # Where the runs are also logged (cnn_depth.tracking); like quiet and workers, it changes no result.
+    track: list[str] = _field(None, "Also log each run to tensorboard, mlflow or wandb (several: --track tensorboard "
+                                    "mlflow); offline, under OUT, unless MLFLOW_TRACKING_URI or WANDB_MODE=online "
+                                    "(docs/tracking.md).", shown="off", factory=list)
 
     def __post_init__(self):
         from .data import PIPELINES, resolve_source
@@ -122,6 +127,7 @@ class SweepConfig:
                 setattr(self, name, check_int(getattr(self, name), name, hint=f"; or {name}='auto'"))
         if self.ray is not None:
             self.ray = _typed(self.ray, str, "ray").strip() or None
+        self.track = parse_track(self.track)
 
     @property
     def dataset_label(self) -> str:
@@ -241,6 +247,8 @@ def coerce_options(options: dict, where: str = "") -> dict:
             out[name] = parse_lr(value, where)
         elif name in ("workers", "threads", "runs_per_gpu"):
             out[name] = _auto_or_int(value, name, where)
+        elif name == "track":
+            out[name] = parse_track(value, where)
         elif name in ("epochs", "bs", "max_per_class"):
             out[name] = _typed(value, int, name, where)
         elif name in ("augment", "compile", "quiet", "save_models", "pretrained"):
@@ -325,6 +333,24 @@ def parse_int_list(value, name: str = "depths", where: str = "") -> list[int]:
     if not out:
         raise CnnDepthError(f"{name}: give at least one, e.g. --{name} 2 3 4")
     return list(dict.fromkeys(out))
+
+
+def parse_track(value, where: str = "") -> list[str]:
+    """Tracker names: a list, or a string (``"tensorboard mlflow"``, ``"tensorboard,mlflow"``); each one of
+    ``TRACKERS``, duplicates dropped; None or empty: none."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise CnnDepthError(f"{_named('track', where)} must be tracker names, e.g. track = [\"tensorboard\", "
+                            f"\"mlflow\"], got {value!r}")
+    names = [n.lower() for v in value for n in re.split(r"[,\s]+", v.strip()) if n]
+    for n in names:
+        if n not in TRACKERS:
+            raise CnnDepthError(f"unknown tracker {n!r}{' ' + where if where else ''}; --track takes "
+                                f"{', '.join(TRACKERS)}")
+    return list(dict.fromkeys(names))
 
 
 def parse_lr(value, where: str = "") -> Union[float, str]:

@@ -34,6 +34,7 @@ from .plan import (Engine, _jobs, busy_cores, choose_engine, estimated_seconds, 
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
                       environment, model_path, read_results, run_id, write_rows, write_sweep_json)
 from .run import Job, RunResult, failed_result, resolve_device, run_job
+from .tracking import Trackers
 from .transfer import fetch_weights
 
 
@@ -132,6 +133,7 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     made = _first_missing(cfg.out_dir)  # what claim_folder will create, removed again if no row is written
     with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made), ExitStack() as stack:
         check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)
+        trackers = Trackers(cfg, out, say, warn=log).check()  # --track: importable, reachable, writable; before any run
         done = read_results(out)
         ok = done[done["status"] == "ok"]
         finished = finished_runs(done, cfg, out)
@@ -187,11 +189,13 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         else:
             del dls
         progress = Progress(say, n, todo, engine.workers)
-        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say, packing)
+        stack.enter_context(trackers)  # closed (FINISHED, KILLED, FAILED) however the runs end
+        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say, packing, trackers)
     try:  # every run is on disk: an interrupt now cuts short only the reports, which a rerun writes
         results = read_results(out)
         results.attrs["out"] = str(out)
         results.attrs["summary"] = write_reports(out)
+        trackers.reports(out)
     except KeyboardInterrupt as e:
         n_ok = int((read_results(out)["status"] == "ok").sum())
         raise SweepInterrupted(f"interrupted while writing the reports; {n_ok} finished run(s) are saved in {out}; "
@@ -295,7 +299,8 @@ def _starting(engine: Engine):
 
 
 def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job], lrs: dict, out: Path, cbs,
-           progress: "Progress", say: Callable[[str], None], packing: Optional[Packing] = None) -> None:
+           progress: "Progress", say: Callable[[str], None], packing: Optional[Packing] = None,
+           trackers: Optional[Trackers] = None) -> None:
     """The driver loop, the same for every engine: submit jobs into free slots (a run once its depth's lr is
     known), write each run's files as it comes back, stop everything on Ctrl-C/SIGTERM.
 
@@ -320,6 +325,8 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                         result = failed_result(cfg, job, None, failed_finds[job.depth], engine.threads)
                         _record(out, cfg, result, interrupts)
                         progress.end(job.index, result.row, 0.0)
+                        if trackers:
+                            trackers.log(result)
                         continue
                     lr = cfg.lr if cfg.lr != "find" else lrs.get(job.depth)
                     t0, inline, submitting = time.monotonic(), engine.kind == "inline", job
@@ -369,6 +376,8 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                         continue
                     _record(out, cfg, value, interrupts)
                     progress.end(job.index, value.row, time.monotonic() - t0)
+                    if trackers:  # --track: the row is on disk; the driver alone talks to the trackers
+                        trackers.log(value)
     except KeyboardInterrupt as e:
         n_ok = int((read_results(out)["status"] == "ok").sum())
         why = f" ({e.args[0]})" if e.args else ""
