@@ -25,7 +25,7 @@ _warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=F
 
 # public name -> the module that holds it
 _API = {
-    "CnnDepthError": "errors",
+    "CnnDepthError": "errors", "SweepFailed": "errors", "SweepInterrupted": "sweep",
     "SweepConfig": "config",
     "DataInfo": "loaders", "dataloaders": "loaders",
     "image_folder": "data", "list_datasets": "data",
