@@ -300,8 +300,8 @@ def sweep_cmd(
 
 @app.command("report", cls=Command)
 def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files (or sweep folders)."),
-               out: Optional[Path] = typer.Option(None, help="Folder for summary.csv and comparison.png "
-                                                  "(default runs/report).")):
+               out: Optional[str] = typer.Option(None, help="Folder for summary.csv and comparison.png "
+                                                 "(default runs/report).")):
     """Summarise one or several sweeps side by side: per group of settings (labelled by what differs) and
     depth, mean accuracy with its 95% interval, each depth against the best, the costs; summary.csv and
     comparison.png.

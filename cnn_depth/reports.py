@@ -12,16 +12,16 @@ their group, depth and seed all match. Within a group, depths are compared to th
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import stats
 from .errors import CnnDepthError
+from .files import PathLike, output_folder, writing
 from .plots import interval_words, plot_accuracy_vs_depth, plot_activations, plot_curves  # noqa: F401 (this API)
 from .records import (RESULT_COLUMNS, SETTING_COLUMNS, RowWarning, check_results, read_activations, read_history,
                       read_results)
@@ -37,7 +37,6 @@ SUMMARY_COLUMNS = [
     "params", "macs", "peak_memory_mb", "train_seconds_mean", "images_per_second_mean", "classes", "valid_images",
 ]
 
-PathLike = Union[str, os.PathLike]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -474,9 +473,6 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None, confidence
         paths: results.csv files (or sweep folders holding one).
         out: where ``summary.csv`` and ``comparison.png`` go (default ``runs/report``).
         confidence: of every accuracy interval, and family-wise of each group's verdicts together.
-        plan: a :class:`cnn_depth.sequential.Plan` when the number of seeds depended on the results (a sweep
-            run in rounds): accuracy intervals and comparisons then use its anytime-valid confidence
-            sequences (``interval``: ``anytime t, n=5``), which stay valid at whatever round it stopped.
 
     Returns:
         the summary (see :func:`summarize`) over every row of every file, grouped by every setting that
@@ -496,13 +492,9 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None, confidence
     results = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
         else pd.DataFrame(columns=RESULT_COLUMNS)
     summary = summarize(results, confidence)
-    out = Path(out) if out is not None else Path("runs") / "report"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path("runs") / "report" if out is None else out)  # '' or a file in the way: one line
+    with writing(out / "summary.csv", "the summary"):
         summary.to_csv(out / "summary.csv", index=False)
-    except OSError as e:
-        raise CnnDepthError(f"cannot write to {out} ({e.strerror or e}); pick a folder you can write to with "
-                            f"--out") from e
     plot_accuracy_vs_depth(summary, out / "comparison.png", title="accuracy vs depth, compared")
     folders = [Path(p).expanduser() if Path(p).expanduser().is_dir() else Path(p).expanduser().parent for p in paths]
     activations = _read_activations(list(dict.fromkeys(f / "activations.csv" for f in folders)))

@@ -40,3 +40,16 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert r.exit_code == 2
     assert message in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("out,message", [("", "--out is empty"), ("FILE", "is a file, not a folder"),
+                                         ("/proc/x", "cannot")])
+def test_report_out_that_cannot_hold_the_reports_is_one_line(tmp_path, out, message):
+    from pathlib import Path
+    recorded = Path(__file__).resolve().parents[1] / "experiments" / "tutorial-depth" / "results" / "bn"
+    (tmp_path / "f").write_text("")
+    out = str(tmp_path / "f") if out == "FILE" else out
+    r = runner.invoke(app, ["report", str(recorded / "results.csv"), "--out", out])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (Path.cwd() / "summary.csv").exists()
