@@ -367,3 +367,33 @@ def test_wandb_online_without_an_api_key_is_one_line(tmp_path, monkeypatch):
     assert r.exit_code == 2, r.output
     assert r.output.strip().splitlines() == ["error: WANDB_MODE=online but W&B has no API key here; run `wandb "
                                              "login` first, or unset WANDB_MODE to log offline"]
+
+
+class KillWorkerAt(Callback):
+    """SIGKILL the worker process training depth ``depth`` at its second batch (module level: it is pickled)."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+
+    def after_batch(self):
+        if self.training and self.iter == 1 and self.learn.model.config["depth"] == self.depth:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_killed_workers_run_is_marked_failed_and_its_rerun_logged_next_to_it(tmp_path):
+    from mlflow import MlflowClient
+
+    out = tmp_path / "kill"
+    cfg = dict(TINY, epochs=1, workers=2, depths=[1, 2], track=["mlflow"])
+    df = run_sweep(out=str(out), cbs=[KillWorkerAt(depth=2)], **cfg)
+    assert dict(zip(df["run_id"], df["status"])) == {"bn-d1-s0": "ok", "bn-d2-s0": "failed"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow' / 'mlflow.db'}")
+
+    def children():
+        runs = client.search_runs([client.get_experiment_by_name("cnn-depth").experiment_id])
+        return sorted((r.info.run_name, r.info.status) for r in runs if r.data.tags.get("cnn_depth.role") != "sweep")
+
+    assert children() == [("bn-d1-s0", "FINISHED"), ("bn-d2-s0", "FAILED")]
+    run_sweep(out=str(out), **cfg)  # the rerun, without the killer: one new child, nothing logged twice
+    assert children() == [("bn-d1-s0", "FINISHED"), ("bn-d2-s0", "FAILED"), ("bn-d2-s0", "FINISHED")]
