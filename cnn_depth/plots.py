@@ -104,8 +104,10 @@ def interval_words(summary: pd.DataFrame) -> str:
     t = any(m.startswith("t,") for m in methods)
     wilson = any(m.startswith("Wilson") for m in methods)
     none = any(m.startswith("n=1") for m in methods)
+    anytime = any(m.startswith("anytime") for m in methods)
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
-    parts = ([f"{pct} t interval over seeds"] if t else []) + \
+    parts = ([f"{pct} anytime-valid confidence sequence over seeds (--seeds auto)"] if anytime else []) + \
+        ([f"{pct} t interval over seeds"] if t else []) + \
         ([f"{pct} Wilson interval over the validation images (1 seed: not training noise)"] if wilson else []) + \
         (["no interval (1 seed, image count unknown)"] if none else [])
     return "; ".join(parts)

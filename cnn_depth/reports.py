@@ -33,6 +33,7 @@ SUMMARY_COLUMNS = [
     "group", *GROUP, "depth", "runs", "not_ok", "seeds",
     "accuracy_mean", "accuracy_std", "accuracy_low", "accuracy_high", "interval", "confidence",
     "diff_to_best", "diff_low", "diff_high", "diff_confidence", "p_adjusted", "paired_seeds", "prob_improvement", "verdict", "best", "note",
+    "stopped", "seeds_rule",
     "train_loss_mean", "train_loss_low", "train_loss_high",
     "params", "macs", "peak_memory_mb", "train_seconds_mean", "images_per_second_mean", "classes", "valid_images",
 ]
@@ -248,7 +249,9 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
         confidence: of every accuracy interval, and family-wise of each group's verdicts together.
         plan: a :class:`cnn_depth.sequential.Plan` when the number of seeds depended on the results (a sweep
             run in rounds): accuracy intervals and comparisons then use its anytime-valid confidence
-            sequences (``interval``: ``anytime t, n=5``), which stay valid at whatever round it stopped.
+            sequences (``interval``: ``anytime t, n=5``), which stay valid at whatever round it stopped;
+            ``stopped`` says per depth why the rule gave it no more seeds, ``seeds_rule`` the rule in words
+            (both empty without a plan).
 
     Returns:
         one row per group and depth (``SUMMARY_COLUMNS``), groups in the order they first appear, depths
@@ -282,6 +285,7 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
             test = sequential.anytime_test(plan)
         verdicts = stats.compare_to_best(runs, confidence, test)
         note = stats.best_note(verdicts)
+        stopped = _stopped(g, plan) if plan is not None else {}
         claim = len(verdicts) > 1 and all(v.verdict in (stats.BEST, stats.BELOW) for v in verdicts.values())
         for depth, d in g.groupby("depth", sort=True):
             depth = int(depth)
@@ -304,7 +308,8 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
                        diff_high=v.diff_high if v else math.nan, diff_confidence=v.level if v else math.nan,
                        p_adjusted=v.p_adjusted if v else math.nan, paired_seeds=v.n_pairs if v else 0,
                        prob_improvement=v.prob_improvement if v else math.nan, verdict=verdict,
-                       best=verdict == VERDICT_BEST, note=note, train_loss_mean=loss.mean,
+                       best=verdict == VERDICT_BEST, note=note, stopped=stopped.get(depth, ""),
+                       seeds_rule=sequential.describe(plan) if plan is not None else "", train_loss_mean=loss.mean,
                        train_loss_low=loss.low, train_loss_high=loss.high,
                        params=_first(d["params"]), macs=_first(d["macs"]), classes=_first(d["classes"]),
                        valid_images=_first(o["valid_images"]),
@@ -317,6 +322,24 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
         summary[c] = summary[c].astype("Int64")
     summary.attrs["context"] = context
     return summary
+
+
+def _stopped(g: pd.DataFrame, plan) -> dict:
+    """Per depth of one group, why ``--seeds auto``'s rule (:func:`cnn_depth.sequential.next_round` on the
+    group's rows: a run not ``ok`` counts as run, with no accuracy) gives it no more seeds, or which seed it
+    would run next (a sweep interrupted, or these rows not from a finished ``--seeds auto`` sweep)."""
+    from . import sequential
+
+    res = {int(d): {int(s): float(a) if st == "ok" and pd.notna(a) else math.nan
+                    for s, a, st in zip(o["seed"], o["accuracy"], o["status"])} for d, o in g.groupby("depth")}
+    if plan.pairs is not None and not all(c in res for p in plan.pairs for c in p):
+        return {}  # the named pair is not in this group: the rule says nothing about it
+    r = sequential.next_round(res, plan)
+    first = {"has its first seeds": f"waits for the other depths' first {plan.min_seeds} seeds",
+             "in no comparison": "not in the compared pair: its first seeds only" if plan.pairs else
+             "no finished run to compare"}
+    return {d: f"not resolved: seed {r.next_seeds[d]} next (rerun the sweep to continue)" if d in r.next_seeds
+            else first.get(r.stopped[d], r.stopped[d]) for d in res}
 
 
 def _first(s: pd.Series):
@@ -400,8 +423,32 @@ def format_summary(summary: pd.DataFrame) -> str:
         if g["runs"].any():
             lines.append(f"  intervals: accuracy: {interval_words(g[g['runs'] > 0])}; vs best: paired by seed (same "
                          f"seed, same data order), {vs_best_words(g)}")
+        lines += _seeds_lines(g)
     compared = comparison_note(summary)
     return "\n".join(lines + ([compared] if compared else []))
+
+
+ANYTIME_WORDS = ("anytime-valid: the sequential t-test's Bayes factor (a normal mixture over the standardised "
+                 "difference, prior 1/sigma on the spread) stays below 1/alpha at every round with probability "
+                 "1 - alpha (Ville), so these intervals hold at whatever round the sweep stopped, and are wider than "
+                 "fixed-n t intervals; they assume independent seeds, normal accuracies and paired differences with "
+                 "an unknown spread, and seeds run in the same order at every depth")
+
+
+def _seeds_lines(g: pd.DataFrame) -> list[str]:
+    """Under a group of a ``--seeds auto`` sweep (its ``seeds_rule`` and ``stopped`` columns): the rule, how
+    many seeds each depth got and why it stopped, and what the anytime intervals assume."""
+    rule = g["seeds_rule"].fillna("").astype(str) if "seeds_rule" in g.columns else pd.Series(dtype=str)
+    if not (rule != "").any():
+        return []
+    lines = [f"  {rule[rule != ''].iloc[0]}; per depth, seeds run and why it stopped:"]
+    for r in g.itertuples():
+        n = int(r.runs) + int(r.not_ok)
+        lines.append(f"    depth {r.depth}: {n} seed{'s' if n != 1 else ''}"
+                     + (f" ({r.seeds})" if isinstance(r.seeds, str) and r.seeds else "")
+                     + (f", {r.stopped}" if isinstance(r.stopped, str) and r.stopped else ""))
+    lines.append(f"  method: {ANYTIME_WORDS}")
+    return lines
 
 
 def format_markdown(summary: pd.DataFrame) -> str:
@@ -448,7 +495,7 @@ def write_reports(out: PathLike) -> pd.DataFrame:
     ``accuracy_vs_depth.png``, ``curves.png`` and ``activations.png``. Returns the summary."""
     out = Path(out)
     results = load_results(out / "results.csv")
-    summary = summarize(results)
+    summary = summarize(results, plan=sweep_plan(out))
     summary.to_csv(out / "summary.csv", index=False)
     plot_accuracy_vs_depth(summary, out / "accuracy_vs_depth.png", title=f"accuracy vs depth ({out.name})")
     plot_curves(read_history(out / "history.csv"), label_runs(results) if len(results) else results,
@@ -457,6 +504,17 @@ def write_reports(out: PathLike) -> pd.DataFrame:
     if activations is not None:
         plot_activations(activations, out / "activations.png")
     return summary
+
+
+def sweep_plan(folder: PathLike):
+    """The :class:`cnn_depth.sequential.Plan` of the last ``--seeds auto`` run on a sweep folder (its
+    sweep.json's invocations record it), or None when none ran there: once a folder's seeds depended on its
+    results, its reports use the anytime-valid intervals, which hold for a fixed number of seeds too."""
+    from .records import read_sweep_json
+    from .sequential import plan_from_record
+
+    plans = [inv["plan"] for inv in read_sweep_json(folder).get("invocations", []) if inv.get("plan")]
+    return plan_from_record(plans[-1]) if plans else None
 
 
 def _read_activations(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
@@ -491,12 +549,13 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None, confidence
         frames.append(df)
     results = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
         else pd.DataFrame(columns=RESULT_COLUMNS)
-    summary = summarize(results, confidence)
+    folders = [Path(p).expanduser() if Path(p).expanduser().is_dir() else Path(p).expanduser().parent for p in paths]
+    plans = [p for p in map(sweep_plan, dict.fromkeys(folders)) if p is not None]  # --seeds auto sweeps among them
+    summary = summarize(results, confidence, plan=plans[0] if plans else None)
     out = output_folder(Path("runs") / "report" if out is None else out)  # '' or a file in the way: one line
     with writing(out / "summary.csv", "the summary"):
         summary.to_csv(out / "summary.csv", index=False)
     plot_accuracy_vs_depth(summary, out / "comparison.png", title="accuracy vs depth, compared")
-    folders = [Path(p).expanduser() if Path(p).expanduser().is_dir() else Path(p).expanduser().parent for p in paths]
     activations = _read_activations(list(dict.fromkeys(f / "activations.csv" for f in folders)))
     if activations is not None:  # the sweeps' per-layer statistics side by side
         plot_activations(activations, out / "activations.png")

@@ -311,3 +311,34 @@ def sweep_rounds(draw, combinations_: Sequence[Hashable], plan: Plan = Plan()) -
 def all_pairs(items: Sequence[Hashable]) -> tuple:
     """Every pair of ``items``, for ``Plan(pairs=...)``."""
     return tuple(combinations(items, 2))
+
+
+def plan_record(plan: Plan) -> dict:
+    """``plan`` as sweep.json keeps it (each ``--seeds auto`` invocation's ``plan``), for :func:`plan_from_record`."""
+    return dict(method=METHOD, min_seeds=plan.min_seeds, max_seeds=plan.max_seeds, confidence=plan.confidence,
+                margin=plan.margin, pairs=None if plan.pairs is None else [list(p) for p in plan.pairs],
+                seeds=None if plan.seeds is None else list(plan.seeds), scale=plan.scale)
+
+
+def plan_from_record(record) -> Plan:
+    """The :class:`Plan` a sweep.json recorded (:func:`plan_record`); a damaged one is one line."""
+    try:
+        pairs = record.get("pairs")
+        seeds = record.get("seeds")
+        return Plan(min_seeds=record["min_seeds"], max_seeds=record["max_seeds"],
+                    confidence=record.get("confidence", 0.95), margin=record.get("margin"),
+                    pairs=None if pairs is None else tuple(tuple(p) for p in pairs),
+                    seeds=None if seeds is None else tuple(seeds), scale=record.get("scale", 4.0))
+    except (AttributeError, KeyError, TypeError) as e:
+        raise CnnDepthError(f"the plan in sweep.json is not what a --seeds auto sweep wrote ({type(e).__name__}: "
+                            f"{e}); put back what the sweep wrote") from e
+
+
+def describe(plan: Plan) -> str:
+    """The rule in words, for the ``sweep:`` line and the summary's ``seeds_rule`` column, e.g.
+    ``seeds until the answer is clear: 3-10 per depth, each depth with the best, no equivalence margin``."""
+    what = ("each depth with the best" if plan.pairs is None else
+            "; ".join(f"depth {a} vs depth {b}" for a, b in plan.pairs))
+    margin = f"equivalent within ±{plan.margin:g} points" if plan.margin is not None else "no equivalence margin"
+    return (f"seeds until the answer is clear: {plan.min_seeds}-{plan.max_seeds} per depth, {what}, {margin}, "
+            f"{plan.confidence * 100:g}% family-wise")
