@@ -178,7 +178,7 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
 # cnn-depth sweep
 
 
-LIST_OPTIONS = ("--depths", "--seeds", "--track")
+LIST_OPTIONS = ("--depths", "--seeds", "--track", "--compare")
 
 
 def gather_list_values(args: list[str], names=LIST_OPTIONS) -> list[str]:
@@ -233,6 +233,10 @@ def sweep_cmd(
     ctx: typer.Context,
     depths: Optional[str] = option("depths", typed=False),
     seeds: Optional[str] = option("seeds", typed=False),
+    min_seeds: int = option("min_seeds"),
+    max_seeds: int = option("max_seeds"),
+    margin: Optional[float] = option("margin"),
+    compare: Optional[str] = option("compare", typed=False),
     epochs: int = option("epochs"),
     lr: Optional[str] = option("lr", typed=False),
     bs: int = option("bs"),
@@ -265,6 +269,7 @@ def sweep_cmd(
       cnn-depth sweep --depths 2 3 4
       cnn-depth sweep --depths 1-8 --seeds 0 1 2 --epochs 10 --arch residual --out runs/res
       cnn-depth sweep --data ~/mnist_png --depths 2,4,8 --lr find --device cuda
+      cnn-depth sweep --depths 2 4 8 --seeds auto --max-seeds 8   # seeds until the answer is clear
 
     Exit code: 0 when every run is ok, 1 when one diverged or failed (every run failed: one line, no table),
     2 for bad options, 130 when interrupted (rerun the same command to resume).

@@ -45,7 +45,18 @@ class SweepConfig:
     depths: Optional[list[int]] = _field(
         None, "Depths to train (conv layers per model; hidden layers for mlp): 2 3 4, 2,3,4 or 2-8.",
         shown="2 3 4; a preset: its own depth")
-    seeds: list[int] = _field(None, "Seeds, one run each per depth: 0 1 2 or 0-2.", shown="0", factory=lambda: [0])
+    seeds: Union[list[int], str] = _field(None, "Seeds, one run each per depth: 0 1 2 or 0-2; or auto: seeds until "
+                                                "the answer is clear (--min-seeds, --max-seeds, --margin, --compare).",
+                                          shown="0", factory=lambda: [0])
+    # --seeds auto (cnn_depth.sequential): which seeds run, not what a run's numbers are (see RESULT_FIELDS)
+    min_seeds: int = _field(3, "With --seeds auto: seeds every depth runs before any stops (2 at least).")
+    max_seeds: int = _field(10, "With --seeds auto: no depth runs more seeds than this.")
+    margin: Optional[float] = _field(None, "With --seeds auto: accuracy points within which two depths count as "
+                                           "equivalent (stop adding seeds), e.g. 0.5; off: only separation or "
+                                           "--max-seeds stops.", shown="off")
+    compare: Optional[list[str]] = _field(None, "With --seeds auto: the pair to settle, ARCH:DEPTH ARCH:DEPTH or "
+                                                "DEPTH DEPTH (e.g. 20 8), instead of each depth with the best.",
+                                          shown="each depth with the best")
     # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
     epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).")
     # Peak lr of fit_one_cycle: safe for the plain nets too; on the sample, bn depths 3 and 4 gained 2-3 points
@@ -101,10 +112,14 @@ class SweepConfig:
         if self.depths is None:
             self.depths = [spec_depth] if spec_depth else [2, 3, 4]
         self.depths = [check_depth(d, self.arch) for d in _int_list(self.depths, "depths")]
-        self.seeds = [check_int(s, "seeds", 0, MAX_SEED) for s in _int_list(self.seeds, "seeds")]
-        if len(self.depths) * len(self.seeds) > MAX_RUNS:
-            raise CnnDepthError(f"{len(self.depths)} depths × {len(self.seeds)} seeds is over {MAX_RUNS:,} runs; "
-                                f"give fewer depths or seeds")
+        if self.seeds == "auto":
+            self.compare = _check_auto_seeds(self)
+        else:
+            self.seeds = [check_int(s, "seeds", 0, MAX_SEED) for s in _int_list(self.seeds, "seeds")]
+            _no_auto_options(self)
+        if len(self.depths) * (self.max_seeds if self.seeds == "auto" else len(self.seeds)) > MAX_RUNS:
+            raise CnnDepthError(f"{len(self.depths)} depths × {self.max_seeds if self.seeds == 'auto' else len(self.seeds)}"
+                                f" seeds is over {MAX_RUNS:,} runs; give fewer depths or seeds")
         self.epochs = check_int(self.epochs, "epochs")
         self.transfer = _transfer(self.arch, _typed(self.pretrained, bool, "pretrained"), self.transfer, self.epochs)
         self.bs = check_int(self.bs, "bs")
@@ -140,7 +155,8 @@ class SweepConfig:
         Non-default lr, bs and max_per_class are appended (``-lr0.01``, ``-lrfind``, ``-bs32``, ``-m50``),
         so two commands that differ in a result-defining option never share a folder by default.
         """
-        name = f"{self.dataset_label}-{self.arch}-d{compact_ints(self.depths)}-s{compact_ints(self.seeds)}-e{self.epochs}"
+        seeds = "auto" if self.seeds == "auto" else compact_ints(self.seeds)  # auto: one folder whatever --max-seeds
+        name = f"{self.dataset_label}-{self.arch}-d{compact_ints(self.depths)}-s{seeds}-e{self.epochs}"
         if self.lr != default("lr"):
             name += f"-lr{self.lr:g}" if isinstance(self.lr, float) else f"-lr{self.lr}"
         if self.bs != default("bs"):
@@ -156,6 +172,16 @@ class SweepConfig:
         if self.pretrained:
             name += f"-pretrained-{TRANSFER_TAGS[self.transfer]}"
         return name
+
+    def plan(self):
+        """The :class:`cnn_depth.sequential.Plan` of ``--seeds auto`` (None for a fixed list of seeds):
+        comparisons of depths, ``--compare``'s pair as ``(depth, depth)``."""
+        if self.seeds != "auto":
+            return None
+        from .sequential import Plan
+
+        pairs = None if not self.compare else (tuple(int(c.split(":")[1]) for c in self.compare),)
+        return Plan(min_seeds=self.min_seeds, max_seeds=self.max_seeds, margin=self.margin, pairs=pairs)
 
     @property
     def out_dir(self) -> Path:
@@ -241,15 +267,22 @@ def coerce_options(options: dict, where: str = "") -> dict:
     """
     out = {}
     for name, value in options.items():
-        if name in ("depths", "seeds"):
+        if name == "seeds" and isinstance(value, str) and value.strip().lower() == "auto":
+            out[name] = "auto"
+        elif name in ("depths", "seeds"):
             out[name] = parse_int_list(value, name, where)
+        elif name == "margin":
+            out[name] = _typed(float(value) if isinstance(value, int) and not isinstance(value, bool) else value,
+                               float, name, where)
+        elif name == "compare":
+            out[name] = parse_compare(value, where)
         elif name == "lr":
             out[name] = parse_lr(value, where)
         elif name in ("workers", "threads", "runs_per_gpu"):
             out[name] = _auto_or_int(value, name, where)
         elif name == "track":
             out[name] = parse_track(value, where)
-        elif name in ("epochs", "bs", "max_per_class"):
+        elif name in ("epochs", "bs", "max_per_class", "min_seeds", "max_seeds"):
             out[name] = _typed(value, int, name, where)
         elif name in ("augment", "compile", "quiet", "save_models", "pretrained"):
             out[name] = _typed(value, bool, name, where)
@@ -351,6 +384,67 @@ def parse_track(value, where: str = "") -> list[str]:
             raise CnnDepthError(f"unknown tracker {n!r}{' ' + where if where else ''}; --track takes "
                                 f"{', '.join(TRACKERS)}")
     return list(dict.fromkeys(names))
+
+
+def parse_compare(value, where: str = "") -> Optional[list[str]]:
+    """``--compare``'s pair as given: ``["bn:20", "bn:8"]``, ``"20 8"``, ``"bn:20,bn:8"`` or ``[20, 8]`` (TOML)
+    -> two strings ``DEPTH`` or ``ARCH:DEPTH`` (checked against the sweep by :class:`SweepConfig`)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                       for v in value):
+        raise CnnDepthError(f"{_named('compare', where)} must name two depths, e.g. --compare 20 8 or compare = "
+                            f"[\"bn:20\", \"bn:8\"], got {value!r}")
+    return [t for v in value for t in re.split(r"[,\s]+", str(v).strip()) if t]
+
+
+def _check_auto_seeds(cfg: "SweepConfig") -> Optional[list[str]]:
+    """``--seeds auto``'s options checked against the sweep (one line each, before anything is written); returns
+    ``compare`` as ``["arch:depth", "arch:depth"]`` (None: each depth with the best)."""
+    cfg.min_seeds = check_int(cfg.min_seeds, "min_seeds", 2, MAX_SEED,
+                              hint=" (one seed has no spread to compare); e.g. --min-seeds 3")
+    cfg.max_seeds = check_int(cfg.max_seeds, "max_seeds", 1, MAX_SEED)
+    if cfg.max_seeds < cfg.min_seeds:
+        raise CnnDepthError(f"--max-seeds {cfg.max_seeds} is below --min-seeds {cfg.min_seeds}; give --max-seeds "
+                            f"{cfg.min_seeds} or more")
+    if cfg.margin is not None:
+        m = cfg.margin
+        if not (isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m > 0):
+            raise CnnDepthError(f"margin is in accuracy points and must be above 0, e.g. --margin 0.5; got {m!r}")
+        cfg.margin = float(m)
+    if not cfg.compare:
+        return None
+    names = parse_compare(cfg.compare)
+    if len(names) != 2:
+        raise CnnDepthError(f"--compare names a pair, two of ARCH:DEPTH or DEPTH, e.g. --compare {cfg.arch}:"
+                            f"{cfg.depths[-1]} {cfg.arch}:{cfg.depths[0]}; got {len(names)}: {' '.join(names)}")
+    out = []
+    for name in names:
+        arch, _, depth = name.rpartition(":")
+        if not depth.isdigit():
+            raise CnnDepthError(f"--compare {name}: not ARCH:DEPTH or DEPTH; e.g. --compare {cfg.arch}:"
+                                f"{cfg.depths[-1]} {cfg.arch}:{cfg.depths[0]}")
+        if arch and arch != cfg.arch:
+            raise CnnDepthError(f"--compare {name}: arch {arch} is not in this sweep (--arch {cfg.arch}); name "
+                                f"{cfg.arch}:DEPTH or just DEPTH")
+        if int(depth) not in cfg.depths:
+            raise CnnDepthError(f"--compare {name}: depth {int(depth)} is not in this sweep (--depths "
+                                f"{' '.join(map(str, cfg.depths))}); name two of its depths")
+        out.append(f"{cfg.arch}:{int(depth)}")
+    if out[0] == out[1]:
+        raise CnnDepthError(f"--compare names {out[0]} twice; name two different depths")
+    return out
+
+
+def _no_auto_options(cfg: "SweepConfig") -> None:
+    """``--min-seeds``, ``--max-seeds``, ``--margin`` and ``--compare`` mean something with ``--seeds auto``
+    only: given with a list of seeds, one line rather than an option silently ignored."""
+    for name in ("min_seeds", "max_seeds", "margin", "compare"):
+        if getattr(cfg, name) not in (default(name), None, []):
+            raise CnnDepthError(f"--{name.replace('_', '-')} works with --seeds auto only; add --seeds auto, or "
+                                f"leave out --{name.replace('_', '-')} to run seeds {compact_ints(cfg.seeds)}")
 
 
 def parse_lr(value, where: str = "") -> Union[float, str]:

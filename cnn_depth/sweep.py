@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -106,6 +106,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     Args:
         config: a :class:`SweepConfig`; or give its fields as keywords (they override ``config``'s), e.g.
             ``run_sweep(depths=[2, 3, 4], seeds=[0], epochs=1, max_per_class=50, out="runs/x")``.
+            ``seeds="auto"`` runs in rounds until every comparison is clear (:class:`Rounds`; ``min_seeds``,
+            ``max_seeds``, ``margin``, ``compare``).
         cbs: extra fastai callbacks added to every run's Learner. Worker processes get them pickled, and
             never run your script or notebook: callbacks whose class is defined there (``__main__``) make the
             sweep run serially in this process (the ``sweep:`` line says so); define them in a module you
@@ -138,7 +140,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         ok = done[done["status"] == "ok"]
         finished = finished_runs(done, cfg, out)
         found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
-        jobs = _jobs(cfg, finished, found_lrs)
+        rounds = Rounds(cfg, done, finished) if cfg.seeds == "auto" else None  # --seeds auto: the rounds loop below
+        jobs = rounds.next_jobs(found_lrs) if rounds else _jobs(cfg, finished, found_lrs)
         todo = sum(job.kind == "run" for job in jobs)
         threads_used = set(pd.to_numeric(ok.get("threads", pd.Series(dtype=float)), errors="coerce").dropna())
         recorded = int(threads_used.pop()) if len(threads_used) == 1 else None
@@ -175,12 +178,14 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
             if seconds is None:
                 seconds = {j: estimated_seconds(cfg, [j], dls) for j in jobs}
             jobs = longest_first(jobs, lambda j: seconds[j] or 0.0)
-        write_sweep_json(out, dict(cfg.as_dict(), out=str(out)), environment(device.name, device.precision),
+        write_sweep_json(out, dict(cfg.as_dict(), out=str(out), **(rounds.config() if rounds else {})),
+                         environment(device.name, device.precision),
                          dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
-                              depths=cfg.depths, seeds=cfg.seeds, device=device.name, engine=engine.describe()))
-        n = len(cfg.depths) * len(cfg.seeds)
-        say(f"sweep: {n} runs ({todo} to do) on {device.name}, {engine.describe()}; {len(dls.train_ds)} train / "
-            f"{len(dls.valid_ds)} valid images; writing to {out}")
+                              depths=cfg.depths, seeds=cfg.seeds, device=device.name, engine=engine.describe(),
+                              **(rounds.invocation() if rounds else {})))
+        n = len(cfg.depths) * len(cfg.seeds) if not rounds else rounds.ran() + todo
+        say(f"sweep: {rounds.headline(todo) if rounds else f'{n} runs ({todo} to do)'} on {device.name}, "
+            f"{engine.describe()}; {len(dls.train_ds)} train / {len(dls.valid_ds)} valid images; writing to {out}")
         if engine.kind == "inline":  # the driver is the worker: it reuses these DataLoaders
             from .executors import worker_cache
 
@@ -190,7 +195,10 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
             del dls
         progress = Progress(say, n, todo, engine.workers)
         stack.enter_context(trackers)  # closed (FINISHED, KILLED, FAILED) however the runs end
-        _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say, packing, trackers)
+        if rounds:
+            rounds.drive(engine, starting, jobs, found_lrs, out, cbs, progress, say, packing, trackers, seconds)
+        else:
+            _drive(cfg, engine, starting, jobs, found_lrs, out, cbs, progress, say, packing, trackers)
     try:  # every run is on disk: an interrupt now cuts short only the reports, which a rerun writes
         results = read_results(out)
         results.attrs["out"] = str(out)
@@ -387,6 +395,127 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                  f"({run_id(cfg.arch, j.depth, j.seed)})" for j in cut)) if cut else "between runs"
         raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
                                f"same command to resume") from e
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --seeds auto: seeds until the answer is clear, in rounds (the rule: cnn_depth.sequential)
+
+
+class Rounds:
+    """The rounds of a ``--seeds auto`` sweep. Each round's seeds are
+    :func:`cnn_depth.sequential.next_round`'s answer on the folder's rows as recorded (an ``ok`` row is its
+    accuracy; a row not ``ok`` that this call ran counts as run, with no accuracy; one from an earlier call
+    is run again if the rule asks for its seed), so the rounds are a function of results.csv: a rerun goes
+    on where the rows leave off, adds nothing once every comparison is resolved or at ``max_seeds``, and
+    continues with a higher ``--max-seeds``. Each round's runs go through :func:`_drive`, the path of a
+    fixed sweep, on one executor kept open across rounds: rows are written as runs end, and Ctrl-C keeps
+    them."""
+
+    def __init__(self, cfg: SweepConfig, done: pd.DataFrame, finished: set):
+        self.cfg, self.plan, self.finished = cfg, cfg.plan(), set(finished)
+        self.tried: set = set()  # run_ids this call ran, any status
+        self.rounds, self.counter, self.last = 0, 0, None
+        self.redo = [(int(d), int(s)) for rid, d, s, st in zip(done["run_id"], done["depth"], done["seed"],
+                                                                  done["status"])
+                     if st == "ok" and rid not in self.finished and int(d) in cfg.depths]  # --save-models
+        self._read(done)
+
+    def _read(self, done: pd.DataFrame) -> None:
+        self.results = {d: {} for d in self.cfg.depths}
+        for rid, d, s, st, acc in zip(done["run_id"], done["depth"], done["seed"], done["status"], done["accuracy"]):
+            if int(d) in self.results and (st == "ok" or rid in self.tried):
+                self.results[int(d)][int(s)] = float(acc) if st == "ok" else float("nan")
+
+    def ran(self) -> int:
+        """Runs of this sweep's depths recorded so far (as the rule counts them)."""
+        return sum(len(r) for r in self.results.values())
+
+    def config(self) -> dict:
+        """sweep.json's config: ``seeds`` lists the seeds the rule may run, in order (the rows say which ran)."""
+        return dict(seeds=list(self.plan.order))
+
+    def invocation(self) -> dict:
+        from .sequential import plan_record
+
+        return dict(plan=plan_record(self.plan))
+
+    def headline(self, todo: int) -> str:
+        """The ``sweep:`` line's start: the rule, the seeds each depth has, what this round runs."""
+        from .sequential import describe
+
+        have = ", ".join(f"{d}: {len(r)}" for d, r in self.results.items())
+        now = (f"round 1: {todo} run{'s' if todo != 1 else ''}" if todo else
+               "nothing to add (every comparison separated, equivalent or at --max-seeds)")
+        return f"seeds auto ({describe(self.plan)}); seeds per depth so far {have}; {now}"
+
+    def next_jobs(self, lrs: dict) -> list[Job]:
+        """The next round's jobs: each depth's next seed where the rule asks for one (its lr_find first with
+        ``--lr find``); the first seeds all at once; in a pair the rule stopped at ``max_seeds`` with fewer
+        shared seeds (a round cut short), the other side's seeds the lagging one lacks; in the first round
+        also ``--save-models`` runs whose model file is missing."""
+        from .sequential import MAX_SEEDS, next_round
+
+        self.last = next_round(self.results, self.plan)
+        self.rounds += 1
+        runs = sorted(self.last.next_seeds.items())
+        if runs and not self.last.comparisons:  # the first seeds, which the rule gives one a round: all at once
+            runs = [(d, s) for d, r in self.results.items()
+                    for s in [s for s in self.plan.order if s not in r][:max(0, self.plan.min_seeds - len(r))]]
+        for x in self.last.comparisons:  # the rule calls a pair "max seeds" once one side is at the maximum;
+            if x.status == MAX_SEEDS and x.n < self.plan.max_seeds:  # the other side (a round cut short) catches up
+                for lag, lead in ((x.a, x.b), (x.b, x.a)):
+                    have = self.results[lag]
+                    missing = [s for s in self.plan.order if s in self.results[lead] and s not in have]
+                    runs += [(lag, s) for s in missing[:self.plan.max_seeds - len(have)] if (lag, s) not in runs]
+        runs += self.redo if self.rounds == 1 else []
+        jobs, finding = [], set()
+        for depth, seed in runs:
+            if self.cfg.lr == "find" and depth not in lrs and depth not in finding:
+                jobs.append(Job("find", depth, self.plan.order[0]))
+                finding.add(depth)
+            self.counter += 1
+            jobs.append(Job("run", depth, seed, self.counter))
+        return jobs
+
+    def drive(self, engine: Engine, starting: cf.Future, jobs: list[Job], lrs: dict, out: Path, cbs,
+              progress: "Progress", say: Callable[[str], None], packing: Optional[Packing],
+              trackers: Optional[Trackers], seconds: Optional[dict]) -> None:
+        """Run round after round until the rule stops (or Ctrl-C: the rows recorded stay)."""
+        cfg = self.cfg
+        per_depth = {j.depth: s for j, s in (seconds or {}).items() if j.kind == "run" and s}
+        try:
+            with _Interrupts(), starting.result() as ex:  # one executor, shut down after the last round
+                kept = cf.Future()
+                kept.set_result(nullcontext(ex))  # _drive's `with` leaves it open between rounds
+                while jobs:
+                    if self.rounds > 1:
+                        self._say_round(jobs, say)
+                    _drive(cfg, engine, kept, jobs, lrs, out, cbs, progress, say, packing, trackers)
+                    self.tried |= {run_id(cfg.arch, j.depth, j.seed) for j in jobs if j.kind == "run"}
+                    self._read(read_results(out))
+                    jobs = self.next_jobs(lrs)
+                    added = sum(j.kind == "run" for j in jobs)
+                    progress.n, progress.todo = progress.n + added, progress.todo + added
+                    if engine.kind != "inline" and jobs:
+                        jobs = longest_first(jobs, lambda j: per_depth.get(j.depth, 0.0) if len(per_depth) ==
+                                             len(cfg.depths) else float(j.depth))
+        except SweepInterrupted:
+            raise
+        except KeyboardInterrupt as e:  # between two rounds
+            n_ok = int((read_results(out)["status"] == "ok").sum())
+            why = f" ({e.args[0]})" if e.args else ""
+            raise SweepInterrupted(f"interrupted{why} between rounds {self.rounds - 1} and {self.rounds}; {n_ok} "
+                                   f"finished run(s) are saved in {out}; rerun the same command to resume") from e
+        if self.rounds > 1:
+            say(f"rounds: done after {self.rounds - 1} round{'s' if self.rounds > 2 else ''}: "
+                + "; ".join(f"depth {d} {len(r)} seeds" for d, r in self.results.items()))
+
+    def _say_round(self, jobs: list[Job], say: Callable[[str], None]) -> None:
+        runs = [j for j in jobs if j.kind == "run"]
+        going = [x for x in self.last.comparisons if x.status == "continue"]
+        say(f"round {self.rounds}: {len(runs)} run{'s' if len(runs) != 1 else ''} ("
+            + ", ".join(f"depth {j.depth} seed {j.seed}" for j in runs) + "): "
+            + ("; ".join(f"{x.a} vs {x.b}: {x.reason}" for x in going) or "the seeds a round cut short"))
 
 
 def _out_of_memory(packing: Packing, key, others: int) -> str:

@@ -1,0 +1,176 @@
+"""`cnn-depth sweep --seeds auto` (issue 21, the driver side): real tiny sweeps run in rounds by
+cnn_depth.sequential's rule, resumed, extended, interrupted and reported; its bad options."""
+import json
+
+import pandas as pd
+import pytest
+from fastai.callback.core import Callback
+from typer.testing import CliRunner
+
+from cnn_depth import SweepInterrupted, run_sweep
+from cnn_depth.cli import app
+from cnn_depth.config import SweepConfig
+from cnn_depth.sequential import Plan, next_round
+
+runner = CliRunner()
+TINY = ["--epochs", "1", "--max-per-class", "8", "--bs", "16", "--device", "cpu", "--quiet", "--workers", "1",
+        "--threads", "1"]
+AUTO = ["--depths", "1", "4", "--seeds", "auto", "--min-seeds", "3"]
+REASONS = ("separated", "equivalent", "max seeds", "vs 1: separated", "vs 1: equivalent", "vs 1: max seeds",
+           "vs 4: separated", "vs 4: equivalent", "vs 4: max seeds")
+
+
+def sweep(out, *args):
+    return runner.invoke(app, ["sweep", *AUTO, *args, *TINY, "--out", str(out)])
+
+
+def seeds_of(out) -> dict:
+    df = pd.read_csv(out / "results.csv")
+    return {int(d): sorted(g["seed"].astype(int)) for d, g in df.groupby("depth")}
+
+
+def rule_results(out) -> dict:
+    df = pd.read_csv(out / "results.csv")
+    return {int(d): dict(zip(g["seed"].astype(int), g["accuracy"].astype(float))) for d, g in df.groupby("depth")}
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory):
+    """`--depths 1 4 --seeds auto --min-seeds 3 --max-seeds 5`, run once for this module (about 10 s)."""
+    out = tmp_path_factory.mktemp("auto") / "sweep"
+    r = sweep(out, "--max-seeds", "5")
+    return out, r, seeds_of(out), pd.read_csv(out / "summary.csv", keep_default_na=False)
+
+
+@pytest.mark.slow
+def test_an_adaptive_sweep_runs_min_seeds_then_rounds_until_the_rule_stops(auto):
+    out, r, seeds, summary = auto
+    assert r.exit_code == 0, r.output
+    for depth, ran in seeds.items():
+        assert 3 <= len(ran) <= 5 and ran == list(range(len(ran))), (depth, ran)  # the plan's order, a prefix
+    # the rule, run again on the recorded rows, asks for nothing more: the sweep stopped where it says
+    assert next_round(rule_results(out), Plan(min_seeds=3, max_seeds=5)).done
+    assert summary["depth"].tolist() == [1, 4]
+    assert summary["interval"].str.startswith("anytime t, n=").all()
+    for row in summary.itertuples():
+        assert row.stopped.startswith(REASONS), row.stopped
+        assert row.runs == len(seeds[row.depth])
+        if "max seeds" in row.stopped:
+            assert row.runs == 5
+    assert summary["seeds_rule"].eq("seeds until the answer is clear: 3-5 per depth, each depth with the best, no "
+                                    "equivalence margin, 95% family-wise").all()
+    # the printed table says how many seeds each depth got, why it stopped, and the method with its assumptions
+    for depth, ran in seeds.items():
+        assert f"    depth {depth}: {len(ran)} seeds (0-{len(ran) - 1}), " in r.output
+    assert "95% anytime-valid confidence sequence over seeds (--seeds auto)" in r.output
+    assert "method: anytime-valid" in r.output and "assume independent seeds" in r.output
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["invocations"][-1]["plan"]["max_seeds"] == 5 and meta["invocations"][-1]["seeds"] == "auto"
+    assert meta["config"]["seeds"] == [0, 1, 2, 3, 4] and meta["config"]["min_seeds"] == 3
+
+
+@pytest.mark.slow
+def test_a_rerun_adds_nothing_and_a_higher_max_seeds_continues(auto, tmp_path):
+    out, _, seeds, summary = auto
+    rows = len(pd.read_csv(out / "results.csv"))
+    again = sweep(out, "--max-seeds", "5")
+    assert again.exit_code == 0 and len(pd.read_csv(out / "results.csv")) == rows
+    assert (pd.read_csv(out / "summary.csv", keep_default_na=False)["stopped"] == summary["stopped"]).all()
+    more = sweep(out, "--max-seeds", "6")
+    assert more.exit_code == 0, more.output
+    grown = seeds_of(out)
+    for depth, ran in grown.items():
+        assert ran[:len(seeds[depth])] == seeds[depth] and len(ran) <= 6
+        if summary.set_index("depth").loc[depth, "stopped"].startswith(("max seeds", "vs 1: max seeds",
+                                                                          "vs 4: max seeds")):
+            assert len(ran) > len(seeds[depth]), (depth, ran)  # what stopped at the old maximum went on
+    assert next_round(rule_results(out), Plan(min_seeds=3, max_seeds=6)).done
+    assert pd.read_csv(out / "summary.csv")["seeds_rule"].str.contains("3-6 per depth").all()
+
+
+@pytest.mark.slow
+def test_report_on_the_folder_uses_the_sequential_intervals(auto, tmp_path):
+    out = auto[0]
+    r = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    summary = pd.read_csv(tmp_path / "rep" / "summary.csv", keep_default_na=False)
+    mine = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    assert summary["interval"].str.startswith("anytime t").all()
+    cols = ["accuracy_low", "accuracy_high", "diff_low", "diff_high", "stopped", "seeds_rule", "verdict"]
+    assert summary[cols].astype(str).equals(mine[cols].astype(str))
+    assert "seeds until the answer is clear" in r.output and "method: anytime-valid" in r.output
+
+
+@pytest.mark.slow
+def test_a_named_pair_with_a_margin_stops_as_equivalent(tmp_path):
+    # at chance (8 images a class, 1 epoch) depths 1 and 4 differ by a few points: within ±50 they are
+    # equivalent as soon as the interval can say so (4 seeds: 3 cannot reach 95%)
+    r = sweep(tmp_path / "pair", "--max-seeds", "6", "--compare", "bn:4", "1", "--margin", "50")
+    assert r.exit_code == 0, r.output
+    assert seeds_of(tmp_path / "pair") == {1: [0, 1, 2, 3], 4: [0, 1, 2, 3]}
+    stopped = pd.read_csv(tmp_path / "pair" / "summary.csv").set_index("depth")["stopped"]
+    assert stopped[4].startswith("equivalent: 4 − 1 within ±50 points") and stopped[1].startswith("vs 4: equivalent")
+    assert "depth 4 vs depth 1, equivalent within ±50 points" in r.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_later_round_keeps_the_rows_and_a_rerun_continues(tmp_path):
+    kw = dict(depths=[1, 4], seeds="auto", min_seeds=3, max_seeds=4, epochs=1, max_per_class=8, bs=16,
+              device="cpu", quiet=True, threads=1, workers=1, out=str(tmp_path / "x"))
+    seen = set()
+
+    class Cut(Callback):
+        def before_fit(self):  # a Learner per run (numbered as the sweep starts them)
+            seen.add(id(self.learn))
+            if len(seen) == 8:  # the second run of round 2: depth 4, seed 3
+                raise KeyboardInterrupt("SIGINT")
+
+    with pytest.raises(SweepInterrupted, match=r"during run 8/8 \(bn-d4-s3\); 7 finished run\(s\) are saved"):
+        run_sweep(cbs=[Cut()], **kw)
+    assert seeds_of(tmp_path / "x") == {1: [0, 1, 2, 3], 4: [0, 1, 2]}
+    df = run_sweep(**kw)
+    assert sorted(df.loc[df["depth"] == 4, "seed"]) == [0, 1, 2, 3]  # the cut-short run, and nothing else
+    assert len(df) == 8 and df.attrs["summary"]["interval"].str.startswith("anytime t").all()
+
+
+def test_toml_seeds_auto_and_its_options(tmp_path):
+    toml = tmp_path / "auto.toml"
+    toml.write_text('depths = [2, 8, 20]\nseeds = "auto"\nmin-seeds = 4\nmax_seeds = 8\nmargin = 1\n'
+                    'compare = ["bn:20", "bn:8"]\n')
+    cfg = SweepConfig.from_toml(toml)
+    assert cfg.seeds == "auto" and cfg.compare == ["bn:20", "bn:8"] and cfg.margin == 1.0
+    assert cfg.plan() == Plan(min_seeds=4, max_seeds=8, margin=1.0, pairs=((20, 8),))
+    assert cfg.default_out_name() == "cifar10-sample-bn-d2_8_20-sauto-e5"  # one folder whatever --max-seeds
+    assert SweepConfig(depths=[20, 8], seeds="auto", compare=["20", "8"]).compare == ["bn:20", "bn:8"]
+    assert SweepConfig(seeds=[0, 1]).plan() is None
+
+
+def bad_cases(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('seeds = "auto"\nmin_seeds = 5\nmax_seeds = 4\n')
+    return [
+        (["--seeds", "auto", "--min-seeds", "4", "--max-seeds", "3"],
+         "--max-seeds 3 is below --min-seeds 4; give --max-seeds 4 or more"),
+        (["--seeds", "auto", "--min-seeds", "1"], "min_seeds must be a whole number ≥ 2, got 1 (one seed has no spread"),
+        (["--depths", "1", "4", "--seeds", "auto", "--compare", "9", "4"],
+         "--compare 9: depth 9 is not in this sweep (--depths 1 4); name two of its depths"),
+        (["--depths", "1", "4", "--seeds", "auto", "--compare", "residual:1", "bn:4"],
+         "--compare residual:1: arch residual is not in this sweep (--arch bn)"),
+        (["--depths", "1", "4", "--seeds", "auto", "--compare", "4"], "--compare names a pair"),
+        (["--seeds", "auto", "--margin", "-1"], "margin is in accuracy points and must be above 0, e.g. --margin 0.5"),
+        (["--seeds", "auto", "--margin", "0"], "margin is in accuracy points and must be above 0"),
+        (["--seeds", "0-2", "--margin", "1"], "--margin works with --seeds auto only"),
+        (["--seeds", "0-2", "--max-seeds", "5"], "--max-seeds works with --seeds auto only"),
+        (["--seeds", "autoo"], "seeds: 'autoo' is not a whole number or a range"),
+        (["--config", str(toml)], "--max-seeds 4 is below --min-seeds 5"),
+    ]
+
+
+def test_bad_auto_options_are_one_line_exit_2_and_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args, message in bad_cases(tmp_path):
+        r = runner.invoke(app, ["sweep", *args, "--out", str(tmp_path / "out")])
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2, (args, r.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, r.output)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
