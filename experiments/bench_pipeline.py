@@ -13,7 +13,7 @@ resident memory of each phase (Linux: VmHWM, reset per phase; "+" is the growth 
 included). On CUDA the model runs channels_last under bf16 autocast in (a), (b) and (c), and the images/s
 column is the one to read.
 
-(a) and (b) use the Learner a sweep's run uses (``cnn_depth.run.lean_learner``: fastai's Learner with less
+(a) and (b) use the Learner a sweep's run uses (``cnn_depth.lean.lean_learner``: fastai's Learner with less
 host work per batch, the same numbers, and the run's ``RunStats`` and ``StopOnNaN`` callbacks); (d) is the
 same as (b) through the stock fastai ``Learner``, so b/d is what the sweep's Learner saves, and (b) and (d)
 must reach the very same accuracy (the table says whether they do).
@@ -68,7 +68,8 @@ from fastai.torch_core import default_device, set_seed  # noqa: E402
 from cnn_depth import dataloaders, depth_cnn, depth_learner  # noqa: E402
 from cnn_depth.data import _image_size, image_datablock, image_folder  # noqa: E402
 from cnn_depth.fastpath import decoded_images, flip_pad_crop  # noqa: E402
-from cnn_depth.run import RunStats, StopOnNaN, lean_learner  # noqa: E402
+from cnn_depth.lean import lean_learner  # noqa: E402
+from cnn_depth.run import RunStats, StopOnNaN  # noqa: E402
 
 ACCURACY_TOLERANCE = 1.5  # points: (a) and (b) must agree within this after 2 seeded epochs
 

@@ -1,4 +1,4 @@
-"""The sweep's Learner (cnn_depth.run.lean_learner) does less host work per batch than a stock fastai Learner
+"""The sweep's Learner (cnn_depth.lean.lean_learner) does less host work per batch than a stock fastai Learner
 and must train, record and report exactly as one: same events to a user's callbacks, same numbers to the bit."""
 import math
 
@@ -9,8 +9,8 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import combined_cos
 
 from cnn_depth import SweepConfig, depth_learner
-from cnn_depth.run import (CombinedSchedule, LeanRecorder, PlainLoss, SweepLearner, lean_learner, resolve_device,
-                           seed_run, train_run)
+from cnn_depth.lean import CombinedSchedule, LeanRecorder, PlainLoss, SweepLearner, lean_learner
+from cnn_depth.run import resolve_device, seed_run, train_run
 
 
 class EventLog(Callback):
