@@ -17,7 +17,10 @@ from cnn_depth.cli import app, gather_list_values
 from cnn_depth.records import RESULT_COLUMNS
 
 runner = CliRunner()
-SMALL = ["--epochs", "1", "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--quiet", "--workers", "1"]
+# --threads 1: with threads auto a serial run takes the cores other processes leave free, which varies with the
+# machine's load, and two sweeps of different thread counts are (rightly) two groups in a report
+SMALL = ["--epochs", "1", "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--quiet", "--workers", "1",
+         "--threads", "1"]
 # Filled on every row of a finished run; error is empty when status is ok.
 FILLED = [c for c in RESULT_COLUMNS if c not in ("error", "transfer")]  # transfer: empty for a run from scratch
 
