@@ -196,8 +196,10 @@ def start_seconds(cfg, arch: str, depth: int, cacheable: bool = True) -> float:
     once per machine and data (a real :class:`~cnn_depth.executors.LocalExecutor` of one worker)."""
     from .cache import shared_entry
 
-    key = dict(machine_key(), dataset=cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class,
-               pipeline=cfg.pipeline, augment=cfg.augment)
+    from .config import data_settings
+
+    data = data_settings(cfg)
+    key = dict(machine_key(), dataset=data.pop("source"), **data)  # the cache's key as it always was
     path = _entry("start", key)
 
     def load(p):

@@ -39,7 +39,7 @@ from .records import MODELS_DIR, model_path, read_sweep_json, run_id  # noqa: F4
 
 FORMAT = "cnn-depth-model"
 VERSION = 1
-_FILE_RE = re.compile(r"^(?P<arch>.+)-d(?P<depth>\d+)-s(?P<seed>-?\d+)\.pt$")
+_FILE_RE = re.compile(r"^(?P<arch>.+?)-d(?P<depth>\d+)-s(?P<seed>-?\d+)(?P<tag>-.+)?\.pt$")  # tag: a grid's
 
 
 def _plain(obj, where: str):
@@ -150,7 +150,7 @@ def resave_command(run_dir: PathLike) -> str:
     """The command that gives a sweep folder its saved models: the sweep's own settings (from its sweep.json),
     ``--out`` the folder and ``--save-models``. A rerun with ``--save-models`` trains again (same seeds, same
     settings) every finished run whose model file is missing, and keeps the others' rows as they are."""
-    from .config import RESULT_FIELDS
+    from .config import RESULT_FIELDS, sweep_flags
 
     run_dir = Path(run_dir)
     try:
@@ -162,14 +162,10 @@ def resave_command(run_dir: PathLike) -> str:
         value = config.get(name)
         if value is None:
             continue
-        if name == "dataset":
-            args += ["--data" if "/" in str(value) or "\\" in str(value) else "--dataset", str(value)]
-        elif isinstance(value, bool):
-            args.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
-        elif isinstance(value, list):
+        if name in ("depths", "seeds"):
             args += [f"--{name}", *(str(v) for v in value)]
-        else:
-            args += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+        else:  # a setting, as the command line gives it (a grid: its values)
+            args += sweep_flags(name, value)
     return shlex.join(args + ["--out", str(run_dir), "--save-models"])
 
 

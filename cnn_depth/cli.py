@@ -214,6 +214,64 @@ class ListOptionsCommand(Command):
         return super().parse_args(ctx, gather_list_values(list(args)))
 
 
+def grid_flags() -> dict[str, str]:
+    """``{flag: field}`` of the sweep options that take several values, a grid: every setting that decides a
+    run's numbers (``config.settings``), ``--data`` for ``dataset`` too."""
+    from .config import settings
+
+    flags = {f"--{name.replace('_', '-')}": name for name in settings()}
+    return dict(flags, **{"--data": "dataset"})
+
+
+def gather_grid_values(args: list[str], command) -> list[str]:
+    """The settings given several values (``--arch bn residual``, ``--lr 1e-3 3e-3``, ``--augment both`` or
+    ``--augment on off``) as one hidden ``--grid NAME=V1<sep>V2`` each (``config.GRID_SEP``); one value stays
+    as it was, so it parses (and fails) as before. Any other option followed by several values is one line
+    naming the options that take them."""
+    from .config import GRID_SEP, settings
+
+    grid = grid_flags()
+    takes_value = {o: not p.is_flag for p in command.params for o in [*p.opts, *p.secondary_opts]
+                   if hasattr(p, "is_flag")}  # the options (arguments have no is_flag)
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            out += args[i - 1:]
+            break
+        name, eq, first = arg.partition("=")
+        if not name.startswith("--") or name in LIST_OPTIONS:
+            out.append(arg)
+            continue
+        values = [first] if eq else []
+        while i < len(args) and not args[i].startswith("-"):
+            values.append(args[i])
+            i += 1
+        field = grid.get(name)
+        switch = field is not None and not takes_value.get(name, True)
+        if field is not None and (len(values) > 1 or (switch and values)):
+            if not all(v.strip() for v in values):
+                raise CnnDepthError(f"{name} has an empty value; give each value, e.g. {name} "
+                                    f"{'on off' if switch else 'A B'}")
+            out += ["--grid", f"{field}={GRID_SEP.join(values)}"]
+            continue
+        if len(values) > (1 if takes_value.get(name, True) else 0) and name in takes_value:
+            several = sorted(f for f in grid if f != "--data") + ["--data"]
+            what = "takes no value" if not takes_value[name] else "takes one value"
+            raise CnnDepthError(f"{name} {what}, got {len(values)}: {' '.join(values)}; only the settings that "
+                                f"decide a run's numbers take several (a grid): {', '.join(several)}")
+        out += [arg] + values[1 if eq else 0:]
+    return out
+
+
+class SweepCommand(ListOptionsCommand):
+    """``cnn-depth sweep``: lists for ``--depths``/``--seeds``/``--track`` and for every setting (a grid)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, gather_grid_values(list(args), self))
+
+
 def option(name: str, *decls: str, typed: bool = True, **kw):
     """A ``sweep`` option for the SweepConfig field ``name``: its help and default come from the config.
 
@@ -228,7 +286,7 @@ def option(name: str, *decls: str, typed: bool = True, **kw):
                         show_default=shown_default(name), metavar="" if flag else None, **kw)
 
 
-@app.command("sweep", cls=ListOptionsCommand)
+@app.command("sweep", cls=SweepCommand)
 def sweep_cmd(
     ctx: typer.Context,
     depths: Optional[str] = option("depths", typed=False),
@@ -260,6 +318,8 @@ def sweep_cmd(
     ray: Optional[str] = option("ray"),
     track: Optional[list[str]] = typer.Option(None, help=config_field("track").metadata["help"],
                                               show_default=shown_default("track"), metavar="NAME"),
+    yes: bool = option("yes"),
+    grid: Optional[list[str]] = typer.Option(None, hidden=True),  # --arch bn residual, ...: gather_grid_values
     config: Optional[Path] = typer.Option(None, help=f"A TOML file of these options, keys as in SweepConfig: "
                                                      f"{', '.join(config_keys())}; flags given override it."),
 ):
@@ -270,6 +330,7 @@ def sweep_cmd(
       cnn-depth sweep --depths 1-8 --seeds 0 1 2 --epochs 10 --arch residual --out runs/res
       cnn-depth sweep --data ~/mnist_png --depths 2,4,8 --lr find --device cuda
       cnn-depth sweep --depths 2 4 8 --seeds auto --max-seeds 8   # seeds until the answer is clear
+      cnn-depth sweep --arch bn residual --lr 1e-3 3e-3 --depths 2 4 8 --seeds 0-2   # a grid
 
     Exit code: 0 when every run is ok, 1 when one diverged or failed (every run failed: one line, no table),
     2 for bad options, 130 when interrupted (rerun the same command to resume).
@@ -281,6 +342,9 @@ def sweep_cmd(
 
     given = {name: value for name, value in ctx.params.items()
              if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    for entry in given.pop("grid", None) or []:  # several values of a setting (gather_grid_values)
+        name, _, values = entry.partition("=")
+        given[name if name != "dataset" or "dataset" not in given else "data"] = values
     if "dataset" in given and "data" in given:
         fail("give --dataset NAME or --data PATH, not both")
     if "data" in given:

@@ -17,7 +17,7 @@ import re
 import tomllib
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import CnnDepthError, check_int
 from .transfer import TRANSFER_TAGS, check_transfer
@@ -32,10 +32,48 @@ MAX_RUNS = 10_000  # depths × seeds: a guard against typos such as --seeds 0-30
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # --track (cnn_depth.tracking)
 
 
-def _field(default, help: str, shown: Optional[str] = None, factory=None) -> Field:
-    """A config field with its help text (for ``--help`` and the docs) and how its default is shown."""
-    meta = dict(help=help, shown=shown)
+def _field(default, help: str, shown: Optional[str] = None, factory=None, setting: Optional["Setting"] = None) -> Field:
+    """A config field with its help text (for ``--help`` and the docs), how its default is shown, and, for a
+    field that decides a run's numbers, its :class:`Setting`."""
+    meta = dict(help=help, shown=shown, setting=setting)
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def _plain(v) -> Any:
+    return v
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A SweepConfig field that decides a run's numbers, marked once on the field (``_field(setting=...)``).
+
+    Every list of the settings is read from these marks: :data:`RESULT_FIELDS` (a folder holds runs of one
+    value or one grid of them), the results.csv columns (``records.RESULT_COLUMNS``, ``SETTING_COLUMNS``),
+    the reports' groups (``reports.GROUP``) and their labels, a run's row (``run.new_row``), the data
+    settings (:func:`data_settings`: ``dataloaders``' keywords and the worker cache key), the default folder
+    name (:meth:`SweepConfig.default_out_name`), a grid's run ids (:meth:`SweepConfig.run_tag`), the command
+    that remakes a sweep (:func:`sweep_flags`, ``checkpoint.resave_command``) and sweep.json's check. Each
+    takes a list (a grid: one run per combination, depth and seed).
+    """
+
+    column: str  # its results.csv column (summary.csv's too, and the reports' group key)
+    words: str  # how notes name it ("batch size")
+    tag: Callable[[Any], str]  # a value in a folder name or run id: "lr0.003", "aug"/"noaug"
+    shown: Callable[[str], str] = _plain  # a value (as a group key) in a label: "lr 0.003", "no augment"
+    cell: Callable[[Any], Any] = _plain  # a value as its results.csv cell
+    data: bool = False  # decides the DataLoaders (a dataloaders() keyword of the same name)
+    always: bool = False  # in the default folder name at its default value too
+    identity: Optional[str] = None  # the run-identity column (records.RUN_FIELDS) naming it, where not `column`
+    kind: str = "text"  # how its column reads back (records.Column: text, int, bool, lr_setting)
+    low: float = -math.inf  # ... and its lowest value
+    after: Optional[str] = None  # results.csv: the column it follows (None: last before status)
+    rank: float = math.inf  # its place among SETTING_COLUMNS and reports.GROUP (inf: last)
+    empty: str = "?"  # what an empty cell means in a group key (rows from before the column existed)
+
+
+def _onoff(word: str, off: str, on_label: str, off_label: str) -> dict:
+    return dict(tag=lambda v: word if v else off, kind="bool",
+                shown=lambda v: {"True": on_label, "False": off_label}.get(v, f"{on_label} ?"))
 
 
 @dataclass
@@ -58,27 +96,52 @@ class SweepConfig:
                                                 "DEPTH DEPTH (e.g. 20 8), instead of each depth with the best.",
                                           shown="each depth with the best")
     # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
-    epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).")
+    epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).",
+                         setting=Setting("epochs", "epochs", lambda v: f"e{v}", lambda v: f"{v} ep", always=True,
+                                         kind="int", low=1, after="source", rank=1))
     # Peak lr of fit_one_cycle: safe for the plain nets too; on the sample, bn depths 3 and 4 gained 2-3 points
     # of accuracy with 1e-2 (one seed, within noise of ±1.6 points on 1,000 images).
-    lr: Union[float, str] = _field(3e-3, "Peak learning rate, or 'find': lr_find's valley, once per depth.")
-    bs: int = _field(64, "Batch size.")
+    lr: Union[float, str] = _field(3e-3, "Peak learning rate, or 'find': lr_find's valley, once per depth.",
+                                   setting=Setting("lr_setting", "lr", lambda v: f"lr{v:g}" if isinstance(v, float)
+                                                   else f"lr{v}", lambda v: f"lr {v}", kind="lr_setting",
+                                                   low=math.ulp(0.0), after="epochs", rank=2))
+    bs: int = _field(64, "Batch size.", setting=Setting("bs", "batch size", lambda v: f"bs{v}", lambda v: f"bs {v}",
+                                                        data=True, kind="int", low=1, after="lr", rank=3))
     arch: str = _field("bn", "Model: a name from cnn-depth models (plain, bn, residual, mlp, a preset, resnet18, "
-                             "resnet50 or vgg16).")
+                             "resnet50 or vgg16).", setting=Setting("arch", "arch", str, always=True, rank=0.5))
     pretrained: bool = _field(False, "resnet18/resnet50/vgg16 from ImageNet weights (torch hub cache, else "
-                                     "downloaded); off: from scratch.")
+                                     "downloaded); off: from scratch.",
+                              setting=Setting("pretrained", "pretrained weights", after="precision", rank=10,
+                                              **_onoff("pretrained", "scratch", "pretrained", "from scratch")))
     transfer: Optional[str] = _field(None, "With --pretrained: feature-extraction (body frozen, head trained) or "
                                            "fine-tune (fastai's fine_tune: 1 frozen epoch, then all).",
-                                     shown="fine-tune with --pretrained")
+                                     shown="fine-tune with --pretrained",
+                                     setting=Setting("transfer", "transfer", lambda v: TRANSFER_TAGS.get(v, "scratch"),
+                                                     lambda v: "no transfer" if v == "none" else v,
+                                                     lambda v: v or "", after="pretrained", rank=11, empty="none"))
     dataset: str = _field(DEFAULT_SOURCE, "A registered dataset (cnn-depth datasets), or the path of a folder or "
-                                          "archive (--data).")
-    max_per_class: Optional[int] = _field(None, "Keep the first N images per class and split.", shown="all")
+                                          "archive (--data).",
+                          setting=Setting("source", "data source", lambda v: dataset_label(v), lambda v: f"from {v}",
+                                          data=True, always=True, identity="dataset", after="seed", rank=0))
+    max_per_class: Optional[int] = _field(None, "Keep the first N images per class and split.", shown="all",
+                                          setting=Setting("max_per_class", "images per class",
+                                                          lambda v: "mall" if v is None else f"m{v}",
+                                                          lambda v: "all images" if v == "all" else f"{v}/class",
+                                                          lambda v: "" if v is None else v, data=True, kind="int",
+                                                          low=1, after="bs", rank=4, empty="all"))
     pipeline: str = _field("fast", "Data pipeline: fast (images decoded once, batches from memory) or pil "
-                                   "(fastai's per-item PIL decode).")
-    augment: bool = _field(False, "Random flip + pad-4-and-crop of training batches.")
+                                   "(fastai's per-item PIL decode).",
+                           setting=Setting("pipeline", "pipeline", str, lambda v: f"{v} pipeline", data=True,
+                                           after="max_per_class", rank=5))
+    augment: bool = _field(False, "Random flip + pad-4-and-crop of training batches.",
+                           setting=Setting("augment", "augmentation", data=True, after="pipeline", rank=6,
+                                           **_onoff("aug", "noaug", "augment", "no augment")))
     # Off: on 2 CPU cores a tiny sweep was slower compiled, compile time included (experiments/README.md).
     compile: bool = _field(False, "torch.compile each run's model (recorded per row; a model that cannot be "
-                                  "compiled trains eagerly, with one line).")
+                                  "compiled trains eagerly, with one line).",
+                           setting=Setting("compile", "torch.compile", lambda v: "compile" if v else "eager",
+                                           lambda v: {"off": "eager", "on": "compiled"}.get(v, f"compile {v}"),
+                                           lambda v: "on" if v else "off", after="augment", rank=12, empty="off"))
     out: Optional[str] = _field(None, "Folder for the reports; rerun with it to resume.",
                                 shown="runs/<dataset>-<arch>-d<depths>-s<seeds>-e<epochs>[...]")
     device: str = _field("auto", "auto (CUDA when available), cpu or cuda; bf16 mixed precision on CUDA.")
@@ -102,11 +165,19 @@ class SweepConfig:
     track: list[str] = _field(None, "Also log each run to tensorboard, mlflow or wandb (several: --track tensorboard "
                                     "mlflow); offline, under OUT, unless MLFLOW_TRACKING_URI or WANDB_MODE=online "
                                     "(docs/tracking.md).", shown="off", factory=list)
+    yes: bool = _field(False, f"Go on with a sweep of more than {MAX_RUNS:,} runs (a large grid).")
 
     def __post_init__(self):
         from .data import PIPELINES, resolve_source
         from .models import check_depth, model_spec
 
+        for name in settings():  # a list is a grid (one run per combination); a list of one is that value
+            if isinstance(getattr(self, name), (list, tuple)):
+                values = _grid_values(getattr(self, name), name)
+                setattr(self, name, values[0] if len(values) == 1 else values)
+        if self.varying():
+            return self._check_grid()
+        self._combos = [self]
         self.arch = _typed(self.arch, str, "arch")
         spec_depth = model_spec(self.arch).depth  # raises: unknown arch, lists the known ones
         if self.depths is None:
@@ -117,9 +188,9 @@ class SweepConfig:
         else:
             self.seeds = [check_int(s, "seeds", 0, MAX_SEED) for s in _int_list(self.seeds, "seeds")]
             _no_auto_options(self)
-        if len(self.depths) * (self.max_seeds if self.seeds == "auto" else len(self.seeds)) > MAX_RUNS:
+        if len(self.depths) * (self.max_seeds if self.seeds == "auto" else len(self.seeds)) > MAX_RUNS and not self.yes:
             raise CnnDepthError(f"{len(self.depths)} depths × {self.max_seeds if self.seeds == 'auto' else len(self.seeds)}"
-                                f" seeds is over {MAX_RUNS:,} runs; give fewer depths or seeds")
+                                f" seeds is over {MAX_RUNS:,} runs; give fewer depths or seeds (or --yes to go on)")
         self.epochs = check_int(self.epochs, "epochs")
         self.transfer = _transfer(self.arch, _typed(self.pretrained, bool, "pretrained"), self.transfer, self.epochs)
         self.bs = check_int(self.bs, "bs")
@@ -135,7 +206,7 @@ class SweepConfig:
             if not self.out.strip():  # "" would silently mean the default folder
                 raise CnnDepthError("out is empty; give a folder (e.g. --out runs/x), or leave out --out for the "
                                     "default")
-        for name in ("augment", "compile", "quiet", "save_models"):
+        for name in ("augment", "compile", "quiet", "save_models", "yes"):
             _typed(getattr(self, name), bool, name)
         for name in ("workers", "threads", "runs_per_gpu"):
             if getattr(self, name) != "auto":
@@ -149,29 +220,85 @@ class SweepConfig:
         """The dataset's short name for tables and folder names: a registry name or the path's file name."""
         return dataset_label(self.dataset)
 
+    def varying(self) -> list[str]:
+        """The settings that take several values (a grid), in field order; empty for one combination."""
+        return [name for name in settings() if isinstance(getattr(self, name), list)]
+
+    def combinations(self) -> list["SweepConfig"]:
+        """One config per combination of the grid's values (each setting one value), in grid order (the
+        first varying setting slowest); ``[self]`` when nothing varies."""
+        return list(self._combos)
+
+    def _check_grid(self) -> None:
+        """A grid: its size (at most ``MAX_RUNS`` runs without ``yes``), then every combination checked as a
+        config of its own (so a bad value, or a pair that cannot go together, is the same one line as without
+        a grid); the shared fields and each setting's values as the combinations normalised them."""
+        import itertools
+
+        from .models import model_spec
+
+        varying = self.varying()
+        if self.seeds == "auto":
+            raise CnnDepthError(f"--seeds auto compares the depths of one combination, not a grid (over "
+                                f"{', '.join(varying)}); give the grid fixed seeds (e.g. --seeds 0-2), or one value "
+                                f"of {', '.join(varying)}")
+        if self.depths is None:  # the archs' own depth where they agree, else the families' default
+            archs = self.arch if isinstance(self.arch, list) else [self.arch]
+            own = {model_spec(_typed(a, str, "arch")).depth for a in archs}
+            if len(own) > 1:
+                raise CnnDepthError(f"the archs {', '.join(archs)} have no depth in common (presets have their own); "
+                                    f"give --depths")
+            self.depths = [own.pop() or 2] if own != {None} else [2, 3, 4]
+        depths, seeds = _int_list(self.depths, "depths"), _int_list(self.seeds, "seeds")
+        sizes = [len(getattr(self, n)) for n in varying]
+        runs = math.prod(sizes) * len(depths) * len(seeds)
+        if runs > MAX_RUNS and not self.yes:
+            grid = " × ".join(f"{k} {n if n.endswith('s') else n + 's'}" for n, k in zip(varying, sizes))
+            raise CnnDepthError(f"{grid} × {len(depths)} depths × {len(seeds)} seeds is {runs:,} runs, over "
+                                f"{MAX_RUNS:,}; give fewer values, or --yes to go on")
+        given = {f.name: getattr(self, f.name) for f in fields(self)}
+        combos = [SweepConfig(**dict(given, **dict(zip(varying, values)), yes=True))
+                  for values in itertools.product(*(getattr(self, n) for n in varying))]
+        for c in combos:
+            c.yes = self.yes
+        for f in fields(self):
+            if f.name not in settings():  # checked and shared: as every combination made it
+                setattr(self, f.name, getattr(combos[0], f.name))
+                continue
+            values = list(dict.fromkeys(_key(getattr(c, f.name)) for c in combos))
+            if f.name in varying:
+                setattr(self, f.name, [_unkey(v) for v in values])
+            elif len(values) == 1:  # shared, as each combination made it (a dataset's path resolved, ...)
+                setattr(self, f.name, getattr(combos[0], f.name))
+            # else: derived per combination (transfer with and without --pretrained): kept as given
+        self._combos = combos
+
+    def run_tag(self, varying: Sequence[str]) -> str:
+        """The part of a run id after ``{arch}-d{depth}-s{seed}`` for this combination, when the settings
+        ``varying`` vary in its folder: ``-lr0.003-bs128-aug``; empty when only arch (or nothing) varies, so a
+        one-combination sweep keeps the run ids it always had."""
+        return "".join(f"-{setting(n).tag(getattr(self, n))}" for n in ordered_settings() if n in varying
+                       and n != "arch")
+
     def default_out_name(self) -> str:
         """Folder name under ``runs/`` from the config, e.g. ``cifar10-sample-bn-d2-4-s0-e5``.
 
-        Non-default lr, bs and max_per_class are appended (``-lr0.01``, ``-lrfind``, ``-bs32``, ``-m50``),
-        so two commands that differ in a result-defining option never share a folder by default.
+        Non-default settings are appended (``-lr0.01``, ``-lrfind``, ``-bs32``, ``-m50``, ``-aug``), so two
+        commands that differ in a result-defining option never share a folder by default. A grid says what
+        varies, with its values (``-bn_residual``, ``-lr0.001_0.003``), or their number where that would be
+        long (``-6lrs``).
         """
-        seeds = "auto" if self.seeds == "auto" else compact_ints(self.seeds)  # auto: one folder whatever --max-seeds
-        name = f"{self.dataset_label}-{self.arch}-d{compact_ints(self.depths)}-s{seeds}-e{self.epochs}"
-        if self.lr != default("lr"):
-            name += f"-lr{self.lr:g}" if isinstance(self.lr, float) else f"-lr{self.lr}"
-        if self.bs != default("bs"):
-            name += f"-bs{self.bs}"
-        if self.max_per_class is not None:
-            name += f"-m{self.max_per_class}"
-        if self.pipeline != default("pipeline"):
-            name += f"-{self.pipeline}"
-        if self.augment:
-            name += "-aug"
-        if self.compile:
-            name += "-compile"
-        if self.pretrained:
-            name += f"-pretrained-{TRANSFER_TAGS[self.transfer]}"
-        return name
+        parts = []
+        for name in ordered_settings():
+            s, value = setting(name), getattr(self, name)
+            if isinstance(value, list):
+                parts.append(_grid_tag(name, [s.tag(v) for v in value]))
+            elif s.always or value != default(name):
+                parts.append(s.tag(value))
+            if name == "arch":  # the runs: after what names them (seeds auto: one folder whatever --max-seeds)
+                seeds = "auto" if self.seeds == "auto" else compact_ints(self.seeds)
+                parts += [f"d{compact_ints(self.depths)}", f"s{seeds}"]
+        return "-".join(p for p in parts if p)
 
     def plan(self):
         """The :class:`cnn_depth.sequential.Plan` of ``--seeds auto`` (None for a fixed list of seeds):
@@ -188,7 +315,11 @@ class SweepConfig:
         return Path(self.out) if self.out else Path("runs") / self.default_out_name()
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The config as sweep.json keeps it: every field but ``yes`` (this command's consent to a large
+        sweep, not a property of it)."""
+        d = asdict(self)
+        d.pop("yes")
+        return d
 
     @classmethod
     def from_toml(cls, path: Optional[Union[str, os.PathLike]] = None, **overrides) -> "SweepConfig":
@@ -202,11 +333,87 @@ class SweepConfig:
         return cls(**options)
 
 
-# The fields that decide what a run's numbers are. A sweep folder holds runs of one setting of these;
-# resuming into a folder made with other values is refused. depths and seeds only pick which runs exist
-# (a sweep may be extended with more of them); device is recorded per row; out and quiet change nothing.
-RESULT_FIELDS = ("dataset", "arch", "epochs", "lr", "bs", "max_per_class", "pipeline", "augment", "pretrained",
-                 "transfer", "compile")
+def settings() -> dict[str, Setting]:
+    """The fields that decide a run's numbers (marked with a :class:`Setting`), in field order."""
+    return {f.name: f.metadata["setting"] for f in fields(SweepConfig) if f.metadata.get("setting")}
+
+
+def setting(name: str) -> Setting:
+    return settings()[name]
+
+
+# The fields that decide what a run's numbers are, by their rank (the reports' order). A sweep folder holds runs
+# of one value of each, or of one grid of them; resuming into a folder made with another value is refused (a
+# grid may gain values). depths and seeds only pick which runs exist (a sweep may be extended with more of
+# them); device and threads are recorded per row; out and quiet change nothing.
+RESULT_FIELDS = tuple(sorted(settings(), key=lambda n: setting(n).rank))
+
+
+def ordered_settings() -> list[str]:
+    """The settings in the order of their results.csv columns: the order of a folder name's parts and of a
+    run id's tags."""
+    from .records import RESULT_COLUMNS
+
+    return sorted(settings(), key=lambda n: RESULT_COLUMNS.index(setting(n).identity or setting(n).column))
+
+
+def data_settings(cfg: "SweepConfig") -> dict:
+    """The data settings of one combination as ``dataloaders``' keywords (``dataset`` as its ``source``): what
+    the DataLoaders depend on, and so the key of the worker's and the calibration's caches."""
+    return {("source" if n == "dataset" else n): getattr(cfg, n) for n, s in settings().items() if s.data}
+
+
+def data_key(cfg: "SweepConfig", device) -> tuple:
+    """The worker cache's key of a combination's DataLoaders on ``device``."""
+    return ("dls", *data_settings(cfg).values(), str(device))
+
+
+def setting_cells(cfg: "SweepConfig") -> dict:
+    """A combination's settings as results.csv cells: ``{column: cell}``."""
+    return {s.column: s.cell(getattr(cfg, n)) for n, s in settings().items()}
+
+
+def sweep_flags(name: str, value) -> list[str]:
+    """The command-line words that give the field ``name`` its ``value`` (a list: a grid): ``--lr 0.003``,
+    ``--augment``/``--no-augment``/``--augment on off``, ``--data PATH``/``--dataset NAME``."""
+    values = value if isinstance(value, list) else [value]
+    if name == "dataset":
+        return ["--data" if any("/" in str(v) or "\\" in str(v) for v in values) else "--dataset", *map(str, values)]
+    flag = f"--{name.replace('_', '-')}"
+    if all(isinstance(v, bool) for v in values):
+        return [flag, *("on" if v else "off" for v in values)] if len(values) > 1 else \
+            [f"--{'' if values[0] else 'no-'}{name.replace('_', '-')}"]
+    return [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+
+
+def _grid_tag(name: str, tags: list[str]) -> str:
+    """A grid's values in a folder name: ``bn_residual``, ``lr0.001_0.003`` (the tags' shared letters once),
+    ``aug_noaug``; their number where that is long (``6lrs``)."""
+    import os.path
+
+    prefix = re.match(r"[a-z]*", os.path.commonprefix(tags))[0] if len(tags) > 1 else ""
+    prefix = prefix if all(t[len(prefix):] for t in tags) else ""
+    text = prefix + "_".join(t[len(prefix):] for t in tags)
+    return text if len(text) <= 24 else f"{len(tags)}{name if name.endswith('s') else name + 's'}"
+
+
+def _grid_values(value, name: str) -> list:
+    """A setting's list of values: at least one, duplicates dropped."""
+    values = list(dict.fromkeys(_key(v) for v in value))
+    if not values:
+        raise CnnDepthError(f"{name} is an empty list; give at least one value, e.g. --{name.replace('_', '-')} "
+                            f"{shown_default(name)}")
+    return [_unkey(v) for v in values]
+
+
+def _key(v):
+    """A value as a dict key (a path as its text), telling True from 1."""
+    return (type(v).__name__, str(v) if isinstance(v, os.PathLike) else v) if isinstance(v, (bool, os.PathLike)) \
+        else v
+
+
+def _unkey(v):
+    return v[1] if isinstance(v, tuple) else v
 
 
 def config_keys() -> list[str]:
@@ -264,9 +471,17 @@ def coerce_options(options: dict, where: str = "") -> dict:
     ``lr`` a number or ``"find"`` (or a string holding a number, from the command line); booleans must be
     booleans (``augment = "false"`` is refused, not taken as true); numbers must be whole where the field is.
     ``where`` names the source in messages (``"in sweep.toml"``; empty for the command line).
+
+    The settings that decide a run's numbers (:func:`settings`) also take a list, a grid: a TOML list
+    (``arch = ["bn", "residual"]``), the command line's values (joined by :data:`GRID_SEP`), ``"a,b"`` for
+    numbers and names, and ``"both"`` (or ``on off``) for a switch such as ``augment``.
     """
     out = {}
     for name, value in options.items():
+        items = _grid_items(name, value, where)
+        if items is not None:  # several values of a setting: a grid
+            out[name] = [coerce_options({name: v}, where)[name] for v in items]
+            continue
         if name == "seeds" and isinstance(value, str) and value.strip().lower() == "auto":
             out[name] = "auto"
         elif name in ("depths", "seeds"):
@@ -283,11 +498,46 @@ def coerce_options(options: dict, where: str = "") -> dict:
         elif name == "track":
             out[name] = parse_track(value, where)
         elif name in ("epochs", "bs", "max_per_class", "min_seeds", "max_seeds"):
+            if not where and isinstance(value, str) and value.strip().isdigit():  # a grid's value, as typed
+                value = int(value)
             out[name] = _typed(value, int, name, where)
-        elif name in ("augment", "compile", "quiet", "save_models", "pretrained"):
+        elif name in ("augment", "compile", "quiet", "save_models", "pretrained", "yes"):
             out[name] = _typed(value, bool, name, where)
         else:
             out[name] = _typed(value, str, name, where)
+    return out
+
+
+GRID_SEP = "\x1f"  # between the values of a setting given several times on the command line (cli.py)
+_SWITCH = {"on": True, "off": False, "true": True, "false": False}
+
+
+def _grid_items(name: str, value, where: str) -> Optional[list]:
+    """The values of a setting given as a list (None: one value, as it is)."""
+    if name not in settings():
+        return None
+    switch = isinstance(default(name), bool)
+    if isinstance(value, str):
+        if switch and value.strip().lower() == "both":
+            return [True, False]
+        seps = GRID_SEP if name == "dataset" else GRID_SEP + ","  # a path may hold a comma
+        parts = [p.strip() for p in re.split(f"[{seps}]", value) if p.strip()]
+        if GRID_SEP not in value and len(parts) < 2:
+            return None
+        value = parts
+    elif not isinstance(value, (list, tuple)):
+        return None
+    if not value:
+        raise CnnDepthError(f"{_named(name, where)} is an empty list; give at least one value, e.g. "
+                            f"{name} = [{default(name)!r}]".replace("True", "true").replace("False", "false"))
+    out = []
+    for v in value:
+        if switch and isinstance(v, str) and not where and v.strip().lower() in _SWITCH:  # --augment on off
+            v = _SWITCH[v.strip().lower()]
+        elif switch and isinstance(v, str) and v.strip().lower() == "both":
+            out += [True, False]
+            continue
+        out.append(v)
     return out
 
 

@@ -242,9 +242,9 @@ def sweep_peak_estimates(cfg, dls, depths) -> dict:
     images = len(dls.train_ds) + len(dls.valid_ds)
     h, w = info.img_size
     dataset = images * (info.n_in * h * w + 16) if info.pipeline == "fast" else 0  # uint8 images, targets, index
-    try:
-        return {d: estimate_peak_bytes(cfg.arch, d, info.n_in, len(dls.vocab), (h, w), cfg.bs, dataset)
-                for d in sorted(set(depths))}
+    try:  # a grid: the largest of its combinations at each depth
+        return {d: max(estimate_peak_bytes(c.arch, d, info.n_in, len(dls.vocab), (h, w), c.bs, dataset)
+                       for c in cfg.combinations()) for d in sorted(set(depths))}
     except Exception:
         return {}
 

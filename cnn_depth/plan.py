@@ -14,7 +14,7 @@ from .config import SweepConfig
 from .errors import CnnDepthError
 from .loaders import data_info
 from .machine import available_cpus, available_memory, busy_cores, free_cores  # noqa: F401 (plan.free_cores etc. are public)
-from .records import model_path, run_id
+from .records import MODELS_DIR, run_id
 from .run import Job, _macs, resolve_device
 
 
@@ -29,20 +29,23 @@ def finished_runs(results: pd.DataFrame, cfg: SweepConfig, out: Path) -> set:
     ok = results[results["status"] == "ok"]
     if not cfg.save_models:
         return set(ok["run_id"])
-    return {rid for rid, depth, seed in zip(ok["run_id"], ok["depth"], ok["seed"])
-            if model_path(out, cfg.arch, int(depth), int(seed)).exists()}
+    return {rid for rid in ok["run_id"] if (Path(out) / MODELS_DIR / f"{rid}.pt").exists()}
 
 
-def _jobs(cfg: SweepConfig, finished: set, found_lrs: dict) -> list[Job]:
-    """The jobs of a sweep in grid order: each run not finished, after its depth's lr_find when needed."""
+def _jobs(cfg: SweepConfig, finished: set, found_lrs: dict, varying: Sequence[str] = ()) -> list[Job]:
+    """The jobs of a sweep in grid order (each combination of the settings, then depths, then seeds): each
+    run not finished, after its lr_find when needed (one per combination and depth: ``found_lrs`` is keyed
+    by ``Job.key``). ``varying``: the settings that vary in the sweep's folder, which its run ids name."""
     jobs, finding = [], set()
-    for i, (depth, seed) in enumerate(((d, s) for d in cfg.depths for s in cfg.seeds), start=1):
-        if run_id(cfg.arch, depth, seed) in finished:
+    runs = ((c, combo, d, s) for c, combo in enumerate(cfg.combinations()) for d in cfg.depths for s in cfg.seeds)
+    for i, (c, combo, depth, seed) in enumerate(runs, start=1):
+        tag = combo.run_tag(varying)
+        if run_id(combo.arch, depth, seed, tag) in finished:
             continue
-        if cfg.lr == "find" and depth not in found_lrs and depth not in finding:
-            jobs.append(Job("find", depth, cfg.seeds[0]))
-            finding.add(depth)
-        jobs.append(Job("run", depth, seed, i))
+        if combo.lr == "find" and (c, depth) not in found_lrs and (c, depth) not in finding:
+            jobs.append(Job("find", depth, cfg.seeds[0], combo=c, tag=tag))
+            finding.add((c, depth))
+        jobs.append(Job("run", depth, seed, i, c, tag))
     return jobs
 
 
@@ -51,11 +54,11 @@ def longest_first(jobs: list["Job"], seconds: Callable[["Job"], float]) -> list[
     just before its first run: on parallel workers the last runs to start are then the short ones, so the
     workers finish close together."""
     runs = sorted((j for j in jobs if j.kind == "run"), key=lambda j: -seconds(j))
-    finds = {j.depth: j for j in jobs if j.kind == "find"}
+    finds = {j.key: j for j in jobs if j.kind == "find"}
     out = []
     for j in runs:
-        if j.depth in finds:
-            out.append(finds.pop(j.depth))
+        if j.key in finds:
+            out.append(finds.pop(j.key))
         out.append(j)
     return out
 
@@ -120,14 +123,16 @@ def estimated_seconds(cfg: SweepConfig, jobs: Sequence["Job"], dls, calibration=
     if info is None:
         return None
     n_out, train, valid = len(dls.vocab), len(dls.train_ds), len(dls.valid_ds)
-    total, macs = 0.0, {}
+    total, macs, combos = 0.0, {}, cfg.combinations()
     try:
         for job in jobs:
-            if job.depth not in macs:
-                macs[job.depth] = _macs(cfg.arch, job.depth, info.n_in, n_out, tuple(info.img_size))
+            c = combos[job.combo]  # a grid's: its arch and epochs (its data as dls's)
+            if (c.arch, job.depth) not in macs:
+                macs[c.arch, job.depth] = _macs(c.arch, job.depth, info.n_in, n_out, tuple(info.img_size))
             images = (LR_FIND_IMAGES if job.kind == "find" else
-                      cfg.epochs * (train + valid * VALID_IMAGE) + valid * VALID_IMAGE)
-            per_image = calibration.per_image(macs[job.depth], threads) if calibration else macs[job.depth] * 1e-10
+                      c.epochs * (train + valid * VALID_IMAGE) + valid * VALID_IMAGE)
+            m = macs[c.arch, job.depth]
+            per_image = calibration.per_image(m, threads) if calibration else m * 1e-10
             total += images * per_image
     except Exception:  # a model that cannot be built here fails its run with its own message: no estimate
         return None
@@ -209,7 +214,8 @@ def measured_work(cfg: SweepConfig, jobs: Sequence["Job"], dls, todo: int, busy:
         return None
     serial = threads or free_cores(cpus, busy)
     try:
-        cal = calibrate(cfg, dls, sorted({j.depth for j in jobs}), sorted({1, threads or 1, serial}), busy)
+        cal = calibrate(cfg.combinations()[0], dls, sorted({j.depth for j in jobs}), sorted({1, threads or 1, serial}),
+                        busy)  # a grid: its first combination's, other archs by their MACs per image
     except CnnDepthError:
         raise
     except Exception:  # a model that cannot be built or trained here fails its run with its own message

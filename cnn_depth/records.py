@@ -36,25 +36,19 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .config import settings
 from .errors import CnnDepthError
 from .files import PathLike, atomic_open, atomic_write, is_disk_full, disk_full_error, writing
 
 # The fields that identify a run in every file, in this order.
 RUN_FIELDS = ["run_id", "dataset", "arch", "depth", "seed"]
-# What decides a run's numbers besides depth and seed: reports group by these (see reports.GROUP). A row carries
-# every one of them, so rows from different sweeps can be pooled or told apart from the row alone.
-SETTING_COLUMNS = ["source", "epochs", "lr_setting", "bs", "max_per_class", "pipeline", "augment", "threads",
-                   "device", "precision", "pretrained", "transfer", "compile"]
-RESULT_COLUMNS = [
+# What a row records of where it ran, besides the settings (config.Setting): their place among the setting
+# columns (config.Setting.rank). They can change a result's last digits, so reports group by them too.
+RECORDED = {"threads": 7, "device": 8, "precision": 9}
+# results.csv without the settings' columns, which each config.Setting places (``after``): what a run measured.
+_MEASURED = [
     *RUN_FIELDS,
-    "source",             # the dataset as resolved: a registry name or the absolute path of its folder or archive
-    "epochs",
-    "lr_setting",         # the --lr given: "find" or a number
     "lr",                 # the peak lr used (lr_find's valley with --lr find)
-    "bs",
-    "max_per_class",      # images kept per class and split; empty: all
-    "pipeline", "augment",
-    "compile",            # torch.compile: off, on, or failed→eager (it could not compile; trained eagerly)
     "threads",            # torch.get_num_threads() during the run
     "params",             # parameters (trainable or not)
     "macs",               # multiply-accumulates of one image's forward pass (conv and linear layers)
@@ -70,10 +64,39 @@ RESULT_COLUMNS = [
     "correct",            # of those, predicted right
     "accuracy", "error_rate",  # correct / valid_images and 1 - that
     "epochs_done", "device", "precision",
-    "pretrained",         # ImageNet weights at the start (resnet18, resnet50, vgg16); False: from scratch
-    "transfer",           # with pretrained: feature-extraction or fine-tune; empty from scratch
     "status", "error", "finished",
 ]
+# The settings' columns (config.settings: each field that decides a run's numbers, as it is marked there):
+#   source         the dataset as resolved: a registry name or the absolute path of its folder or archive
+#   epochs, bs, pipeline, augment
+#   lr_setting     the --lr given: "find" or a number
+#   max_per_class  images kept per class and split; empty: all
+#   compile        torch.compile: off, on, or failed→eager (it could not compile; trained eagerly)
+#   pretrained     ImageNet weights at the start (resnet18, resnet50, vgg16); False: from scratch
+#   transfer       with pretrained: feature-extraction or fine-tune; empty from scratch
+
+
+def _result_columns() -> list[str]:
+    """results.csv's columns: what a run measured, each setting's column after the one it names (``after``;
+    a setting that names none goes last before ``status``)."""
+    cols = list(_MEASURED)
+    todo = [s for s in settings().values() if s.column not in cols]
+    while todo:
+        placed = [s for s in todo if (s.after or "status") in cols]
+        if not placed:
+            raise RuntimeError(f"settings placed after no column: {[s.column for s in todo]}")
+        for s in placed:
+            cols.insert(cols.index(s.after) + 1 if s.after else cols.index("status"), s.column)
+            todo.remove(s)
+    return cols
+
+
+RESULT_COLUMNS = _result_columns()
+# What decides a run's numbers besides depth and seed (and the identity columns dataset and arch): reports group
+# by these (see reports.GROUP), in their rank's order. A row carries every one of them, so rows from different
+# sweeps (or the combinations of one grid) can be pooled or told apart from the row alone.
+SETTING_COLUMNS = [c for c, _ in sorted([*((s.column, s.rank) for s in settings().values()), *RECORDED.items()],
+                                        key=lambda cr: cr[1]) if c not in RUN_FIELDS]
 HISTORY_COLUMNS = [*RUN_FIELDS, "epochs", "epoch", "train_loss", "valid_loss", "accuracy", "seconds"]
 # activation_stats() gives one row per conv layer with these; activations.csv prefixes the run's identity.
 ACTIVATION_COLUMNS = ["layer", "stage", "index", "mean", "std", "frac_zero", "shape"]
@@ -82,19 +105,21 @@ STATUSES = ("ok", "diverged", "failed")
 MODELS_DIR = "models"  # under the sweep folder
 
 
-def run_id(arch: str, depth: int, seed: int) -> str:
-    """The id of one run of a sweep, also the stem of its saved model: ``{arch}-d{depth}-s{seed}``."""
-    return f"{arch}-d{depth}-s{seed}"
+def run_id(arch: str, depth: int, seed: int, tag: str = "") -> str:
+    """The id of one run of a sweep, also the stem of its saved model: ``{arch}-d{depth}-s{seed}``, and in a
+    grid the values of the other settings that vary there (``tag``: ``-lr0.003-aug``,
+    :meth:`~cnn_depth.config.SweepConfig.run_tag`)."""
+    return f"{arch}-d{depth}-s{seed}{tag}"
 
 
-def run_fields(dataset: str, arch: str, depth: int, seed: int) -> dict:
+def run_fields(dataset: str, arch: str, depth: int, seed: int, tag: str = "") -> dict:
     """The identity every row of a run starts with (``RUN_FIELDS``)."""
-    return dict(run_id=run_id(arch, depth, seed), dataset=dataset, arch=arch, depth=depth, seed=seed)
+    return dict(run_id=run_id(arch, depth, seed, tag), dataset=dataset, arch=arch, depth=depth, seed=seed)
 
 
-def model_path(run_dir: PathLike, arch: str, depth: int, seed: int) -> Path:
+def model_path(run_dir: PathLike, arch: str, depth: int, seed: int, tag: str = "") -> Path:
     """Where a sweep saves the model of one run: ``<run_dir>/models/{run_id}.pt``."""
-    return Path(run_dir) / MODELS_DIR / f"{run_id(arch, depth, seed)}.pt"
+    return Path(run_dir) / MODELS_DIR / f"{run_id(arch, depth, seed, tag)}.pt"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -272,6 +297,8 @@ RESULT_SCHEMA = {
     "device": _TEXT, "precision": _TEXT, "pretrained": Column("bool"), "transfer": _TEXT, "status": _NEEDED,
     "error": _TEXT, "finished": _TEXT,
 }
+for _s in settings().values():  # a setting added to the config reads back as it is marked there
+    RESULT_SCHEMA.setdefault(_s.column, _TEXT if _s.kind == "text" else Column(_s.kind, _s.low))
 # The columns without which a file is not a sweep's results.csv (every cnn-depth version wrote them).
 RESULT_REQUIRED = ["run_id", "dataset", "arch", "depth", "seed", "epochs", "params", "train_seconds", "accuracy",
                    "status"]
@@ -460,8 +487,10 @@ def check_results(df: pd.DataFrame, where: str = "results", lines: Optional[pd.S
 
     first(~df["status"].isin(STATUSES), lambda r: f"status is {r.status!r}, not one of {', '.join(STATUSES)}")
     expected = df["arch"] + "-d" + df["depth"].astype(str) + "-s" + df["seed"].astype(str)
-    first(df["run_id"] != expected, lambda r: f"run_id is {r.run_id!r}, but arch, depth and seed make "
-                                              f"{run_id(r.arch, r.depth, r.seed)!r}")
+    tagged = pd.Series([rid.startswith(f"{e}-") for rid, e in zip(df["run_id"], expected)], index=df.index,
+                       dtype=bool)  # a grid's run: the values of the settings that vary there follow
+    first((df["run_id"] != expected) & ~tagged,
+          lambda r: f"run_id is {r.run_id!r}, but arch, depth and seed make {run_id(r.arch, r.depth, r.seed)!r}")
     ok = df["status"] == "ok"
     for c in ("accuracy", "params", "train_loss", "valid_loss"):
         if c in given:
@@ -650,6 +679,15 @@ CONFIG_SCHEMA = {
 }
 
 
+def _or_grid(ok):
+    return lambda v: ok(v) or (isinstance(v, list) and len(v) > 1 and all(ok(x) for x in v))
+
+
+for _name in settings():  # a setting may hold a grid: a list of its values
+    if _name in CONFIG_SCHEMA:
+        CONFIG_SCHEMA[_name] = (CONFIG_SCHEMA[_name][0], _or_grid(CONFIG_SCHEMA[_name][1]))
+
+
 def _json_value(v) -> str:
     text = json.dumps(v, default=str)
     kind = {dict: "an object ", list: "a list ", str: "a string "}.get(type(v), "")
@@ -750,6 +788,14 @@ def check_folder(out: Path, config: dict, fields: Sequence[str], save_models: bo
         old = read_sweep_json(meta)["config"]
         for name in fields:
             new = config[name]
+            if name in old and isinstance(old[name], list):  # a grid over it: this call may add values
+                continue
+            if name in old and isinstance(new, list):
+                from .config import sweep_flags
+
+                raise CnnDepthError(f"{out} holds a sweep with {name}={old[name]!r} only, not a grid over {name} "
+                                    f"(its run ids would change); use another --out for the grid (or "
+                                    f"{' '.join(sweep_flags(name, old[name]))} to resume that sweep)")
             if name in old and not _same(old[name], new):
                 flag = "--data" if name == "dataset" and "/" in str(old[name]) else f"--{name.replace('_', '-')}"
                 same = (f"leave out {flag}" if old[name] is None else
@@ -778,6 +824,22 @@ def check_folder(out: Path, config: dict, fields: Sequence[str], save_models: bo
     return out
 
 
+def folder_grid(old: dict, new: dict) -> dict:
+    """The grid settings of a folder: each setting that already holds a list in ``old`` (sweep.json's
+    config), with the values of ``new`` added (an extended grid); ``{}`` when none."""
+    from .config import settings
+
+    out = {}
+    for name in settings():
+        if isinstance(old.get(name), list):
+            values = list(old[name])
+            for v in new.get(name) if isinstance(new.get(name), list) else [new.get(name)]:
+                if not any(_same(v, w) and type(v) is type(w) for w in values):
+                    values.append(v)
+            out[name] = values
+    return out
+
+
 def write_sweep_json(out: Path, config: dict, env: dict, invocation: dict) -> dict:
     """Write (or update) ``sweep.json``: ``config`` with depths and seeds grown to every run in the folder,
     ``env``, and ``invocation`` appended to the list of every command run on this folder."""
@@ -786,6 +848,7 @@ def write_sweep_json(out: Path, config: dict, env: dict, invocation: dict) -> di
     config = dict(config)
     for name in ("depths", "seeds"):
         config[name] = list(dict.fromkeys(old.get("config", {}).get(name, []) + list(config[name])))
+    config.update(folder_grid(old.get("config", {}), config))
     data = dict(config=config, environment=env, invocations=old.get("invocations", []) + [invocation])
     write_json(path, data)
     return data

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .config import settings
 from .errors import CnnDepthError
 from .files import PathLike, output_folder, writing
 from .plots import interval_words, plot_accuracy_vs_depth, plot_activations, plot_curves  # noqa: F401 (this API)
@@ -59,12 +60,18 @@ def load_results(path: PathLike) -> pd.DataFrame:
     return df
 
 
+# Each group column's Setting (config.py) by its column: how an empty cell reads and how a value is shown.
+COLUMN_SETTINGS = {s.column: s for s in settings().values()}
+# The columns a row records of where it ran (records.RECORDED), and the run-identity ones, as labels show them.
+SHOWN = {"threads": lambda v: f"{v} threads", "device": str, "precision": str, "dataset": str, "arch": str}
+
+
 def _canon(column: str, v) -> str:
     """A group setting as one comparable string: ``find`` and ``0.003`` for lr, ``all`` for no max_per_class,
-    ``none`` for no transfer, ``?`` where an old row did not record it."""
+    ``none`` for no transfer, ``?`` where an old row did not record it (each setting's ``empty``)."""
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == ""):
         # transfer: empty from scratch; compile: rows from before it existed were eager
-        return {"max_per_class": "all", "transfer": "none", "compile": "off"}.get(column, "?")
+        return COLUMN_SETTINGS[column].empty if column in COLUMN_SETTINGS else "?"
     if column == "lr_setting" and not isinstance(v, str):
         return f"{float(v):.10g}"
     if isinstance(v, (bool, np.bool_)):
@@ -75,24 +82,9 @@ def _canon(column: str, v) -> str:
 
 
 def _shown(column: str, v: str) -> str:
-    """A group setting as a label shows it: ``lr find``, ``5 ep``, ``50/class``, ``no augment``."""
-    if column in ("dataset", "arch", "device", "precision"):
-        return v
-    if column == "augment":
-        return {"True": "augment", "False": "no augment"}.get(v, "augment ?")
-    if column == "compile":
-        return {"off": "eager", "on": "compiled"}.get(v, f"compile {v}")
-    if column == "max_per_class":
-        return "all images" if v == "all" else f"{v}/class"
-    if column == "lr_setting":
-        return f"lr {v}"
-    if column == "source":
-        return f"from {v}"
-    if column == "pretrained":
-        return {"True": "pretrained", "False": "from scratch"}.get(v, "pretrained ?")
-    if column == "transfer":
-        return "no transfer" if v == "none" else v
-    return {"epochs": f"{v} ep", "bs": f"bs {v}", "pipeline": f"{v} pipeline", "threads": f"{v} threads"}[column]
+    """A group setting as a label shows it: ``lr find``, ``5 ep``, ``50/class``, ``no augment`` (each
+    setting's ``shown``)."""
+    return SHOWN[column](v) if column in SHOWN else COLUMN_SETTINGS[column].shown(v)
 
 
 def _keys(results: pd.DataFrame) -> pd.DataFrame:
@@ -178,11 +170,8 @@ def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str
     return labels, " · ".join(common)
 
 
-SETTING_NAMES = {"dataset": "dataset", "arch": "arch", "source": "data source", "epochs": "epochs",
-                 "lr_setting": "lr", "bs": "batch size", "max_per_class": "images per class",
-                 "pipeline": "pipeline", "augment": "augmentation", "compile": "torch.compile",
-                 "threads": "torch threads", "device": "device",
-                 "precision": "precision", "pretrained": "pretrained weights", "transfer": "transfer"}
+SETTING_NAMES = {"dataset": "dataset", **{s.column: s.words for s in settings().values()},
+                 "threads": "torch threads", "device": "device", "precision": "precision"}
 
 
 def summary_groups(summary: pd.DataFrame) -> list[tuple]:
@@ -220,6 +209,9 @@ def comparison_note(summary: pd.DataFrame, short: bool = False) -> str:
     parts = [f"{SETTING_NAMES[c]} ({' vs '.join(v) if len(v) == 2 else ', '.join(v)})" for c, v in diffs]
     if len(parts) == 1:
         return f"the groups differ in {parts[0]} only; every other setting is the same"
+    if math.prod(len(v) for _, v in diffs) == len(summary_groups(summary)):  # every combination: a grid
+        return (f"a grid over {' × '.join(parts)}: every combination, every other setting the same; each setting is "
+                f"compared below at each depth with the others fixed")
     listed = ", ".join(parts[:-1]) + " and " + parts[-1]
     return (f"warning: the groups differ in {len(parts)} settings: {listed}; a gap between two groups may come "
             f"from {'either' if len(parts) == 2 else 'any of them'}, not from one alone")
@@ -321,6 +313,8 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
     for c in ("params", "macs", "classes", "valid_images"):
         summary[c] = summary[c].astype("Int64")
     summary.attrs["context"] = context
+    # as records: attrs are compared when frames are concatenated, and a DataFrame cannot be
+    summary.attrs["factors"] = compare_factors(df, confidence, test).to_dict("records")
     return summary
 
 
@@ -340,6 +334,84 @@ def _stopped(g: pd.DataFrame, plan) -> dict:
              "no finished run to compare"}
     return {d: f"not resolved: seed {r.next_seeds[d]} next (rerun the sweep to continue)" if d in r.next_seeds
             else first.get(r.stopped[d], r.stopped[d]) for d in res}
+
+
+def factors_of(summary: pd.DataFrame) -> pd.DataFrame:
+    """The factor comparison :func:`summarize` made with ``summary`` (:func:`compare_factors`)."""
+    return pd.DataFrame(summary.attrs.get("factors") or [], columns=FACTOR_COLUMNS)
+
+
+FACTOR_COLUMNS = ["setting", "depth", "others", "value", "runs", "seeds", "accuracy_mean", "diff_to_best", "diff_low",
+                  "diff_high", "diff_confidence", "p_adjusted", "paired_seeds", "prob_improvement", "verdict"]
+
+
+def compare_factors(df: pd.DataFrame, confidence: float = 0.95, test=None) -> pd.DataFrame:
+    """A grid's other comparison: at each depth, the values of each setting that differs between the groups
+    (arch: bn vs residual) against the one with the highest mean, paired by seed, among groups that are the
+    same in every other setting (``others``: those settings, as the labels show them). The same machinery as
+    the depths of a group (:func:`cnn_depth.stats.compare_to_best`: Holm's step-down over one depth's values,
+    ``confidence`` family-wise); a depth where fewer than two values have an ok run is left out.
+
+    ``df``: rows as :func:`summarize` prepares them (with ``_group``). One row per (setting, depth, others,
+    value): ``FACTOR_COLUMNS``; empty without two groups that differ in exactly one setting."""
+    groups = list(dict.fromkeys(df["_group"]))
+    if len(groups) < 2:
+        return pd.DataFrame(columns=FACTOR_COLUMNS)
+    cols = {c: [g[i] for g in groups] for i, c in enumerate(GROUP)}
+    differs = _differs(cols)
+    ok = df[(df["status"] == "ok") & df["accuracy"].notna()]
+    out = []
+    for c in differs:
+        i = GROUP.index(c)
+        rest = [k for k, col in enumerate(GROUP) if col != c]
+        shown_rest = [k for k in rest if GROUP[k] in differs]
+        for depth in sorted(ok["depth"].unique()):
+            at = ok[ok["depth"] == depth]
+            slices = {}
+            for g, o in at.groupby("_group", sort=False):
+                slices.setdefault(tuple(g[k] for k in rest), {})[g[i]] = o
+            for key, by_value in slices.items():
+                if len(by_value) < 2:
+                    continue
+                runs = {_shown(c, v): dict(zip(o["seed"].astype(int), o["accuracy"].astype(float)))
+                        for v, o in by_value.items()}
+                verdicts = stats.compare_to_best(runs, confidence, test)
+                claim = all(v.verdict in (stats.BEST, stats.BELOW) for v in verdicts.values())
+                others = " · ".join(_shown(GROUP[k], key[rest.index(k)]) for k in shown_rest)
+                for value, v in verdicts.items():
+                    top = v.verdict == stats.BEST
+                    out.append(dict(setting=c, depth=int(depth), others=others, value=value, runs=v.runs,
+                                    seeds=_compact(runs[value]), accuracy_mean=v.mean,
+                                    diff_to_best=math.nan if top else v.diff_mean,
+                                    diff_low=math.nan if top else v.diff_low,
+                                    diff_high=math.nan if top else v.diff_high,
+                                    diff_confidence=math.nan if top else v.level,
+                                    p_adjusted=math.nan if top else v.p_adjusted,
+                                    paired_seeds=v.n_pairs, prob_improvement=math.nan if top else v.prob_improvement,
+                                    verdict=(VERDICT_BEST if claim else VERDICT_TOP) if top else v.verdict))
+    return pd.DataFrame(out, columns=FACTOR_COLUMNS)
+
+
+def format_factors(factors: pd.DataFrame) -> str:
+    """The factor table as text: per setting, each depth's values against the best of them (one block per
+    setting); empty when there is none."""
+    if factors is None or factors.empty:
+        return ""
+    lines = []
+    for c, f in factors.groupby("setting", sort=False):
+        width = max(5, *(len(v) for v in f["value"]))
+        wo = max(6, *(len(o) for o in f["others"]))
+        lines.append(f"{SETTING_NAMES[c]} at each depth, the others fixed (paired by seed, Holm over each depth's "
+                     f"{SETTING_NAMES[c]} values):")
+        lines.append(f"{'depth':>5}  {'others':<{wo}}  {'value':<{width}} {'runs':>4}  {'accuracy':<8}  {'vs best':>7} "
+                     f"{'interval (Holm)':<22} {'P(>best)':>8}  verdict")
+        for r in f.itertuples():
+            top = pd.isna(r.diff_to_best)
+            lines.append(f"{r.depth:>5}  {r.others:<{wo}}  {r.value:<{width}} {r.runs:>4}  {_num(r.accuracy_mean, '.4f'):<8}"
+                         f"  {'' if top else _num(r.diff_to_best, '+.4f'):>7} "
+                         f"{'' if top else _interval(r.diff_low, r.diff_high, '+.4f'):<22} "
+                         f"{'' if top else _num(r.prob_improvement, '.2f'):>8}  {r.verdict}")
+    return "\n".join(lines)
 
 
 def _first(s: pd.Series):
@@ -425,7 +497,8 @@ def format_summary(summary: pd.DataFrame) -> str:
                          f"seed, same data order), {vs_best_words(g)}")
         lines += _seeds_lines(g)
     compared = comparison_note(summary)
-    return "\n".join(lines + ([compared] if compared else []))
+    factors = format_factors(factors_of(summary))  # before the line saying what differs, which ends the table
+    return "\n".join(lines + ([factors] if factors else []) + ([compared] if compared else []))
 
 
 ANYTIME_WORDS = ("anytime-valid: the sequential t-test's Bayes factor (a normal mixture over the standardised "
@@ -503,6 +576,7 @@ def write_reports(out: PathLike) -> pd.DataFrame:
     activations = _read_activations([out / "activations.csv"])
     if activations is not None:
         plot_activations(activations, out / "activations.png")
+    _write_factors(summary, out)  # last: a figure the disk cannot hold leaves the files it left before
     return summary
 
 
@@ -515,6 +589,18 @@ def sweep_plan(folder: PathLike):
 
     plans = [inv["plan"] for inv in read_sweep_json(folder).get("invocations", []) if inv.get("plan")]
     return plan_from_record(plans[-1]) if plans else None
+
+
+def _write_factors(summary: pd.DataFrame, out: Path) -> None:
+    """``factors.csv`` beside summary.csv where the groups form one (:func:`compare_factors`); an old one
+    that no longer applies is removed."""
+    factors = factors_of(summary)
+    path = out / "factors.csv"
+    if factors.empty:
+        path.unlink(missing_ok=True)
+        return
+    with writing(path, "the factor comparison"):
+        factors.to_csv(path, index=False)
 
 
 def _read_activations(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
@@ -559,5 +645,6 @@ def report(paths: Sequence[PathLike], out: Optional[PathLike] = None, confidence
     activations = _read_activations(list(dict.fromkeys(f / "activations.csv" for f in folders)))
     if activations is not None:  # the sweeps' per-layer statistics side by side
         plot_activations(activations, out / "activations.png")
+    _write_factors(summary, out)
     summary.attrs["out"] = str(out)
     return summary

@@ -24,7 +24,7 @@ from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.torch_core import find_bs, set_seed
 
 from .checkpoint import checkpoint_dict
-from .config import SweepConfig
+from .config import SweepConfig, data_key, data_settings, setting_cells
 from .data import list_datasets
 from .errors import CnnDepthError
 from .lean import lean_learner
@@ -299,14 +299,13 @@ def _f32(x: float) -> float:
     return float(f"{x:.7g}") if math.isfinite(x) else x
 
 
-def new_row(cfg: SweepConfig, depth: int, seed: int, threads, device: str = "", precision: str = "") -> dict:
-    """A results.csv row with what is known before a run trains: its identity and settings."""
+def new_row(cfg: SweepConfig, depth: int, seed: int, threads, device: str = "", precision: str = "",
+            tag: str = "") -> dict:
+    """A results.csv row with what is known before a run trains: its identity and settings (``cfg``: one
+    combination; ``tag``: its run id's grid part, :meth:`SweepConfig.run_tag`)."""
     row = dict.fromkeys(RESULT_COLUMNS, "")
-    row.update(run_fields(cfg.dataset_label, cfg.arch, depth, seed), source=cfg.dataset, epochs=cfg.epochs,
-               lr_setting=cfg.lr, lr="", bs=cfg.bs, max_per_class="" if cfg.max_per_class is None else cfg.max_per_class,
-               pipeline=cfg.pipeline, augment=cfg.augment, compile="on" if cfg.compile else "off", threads=threads,
-               device=device, precision=precision,
-               epochs_done=0, pretrained=cfg.pretrained, transfer=cfg.transfer or "")
+    row.update(run_fields(cfg.dataset_label, cfg.arch, depth, seed, tag), **setting_cells(cfg), lr="",
+               threads=threads, device=device, precision=precision, epochs_done=0)
     return row
 
 
@@ -321,7 +320,7 @@ class RunResult:
 
 
 def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Callable[[], float]], device: Device,
-              out: Path, cbs: Sequence[Callback] = ()) -> RunResult:
+              out: Path, cbs: Sequence[Callback] = (), tag: str = "") -> RunResult:
     """Seed, build, train (``fit_learner``: ``fit_one_cycle(epochs, lr)``, or the transfer schedule),
     ``validate()``: one row, whatever happens in between; then
     the per-layer activation statistics and (with ``save_models``) the model.
@@ -335,8 +334,8 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
     torch cannot compile it (no C++ compiler, an op it does not support), one line says so and the run
     starts again from its seed, eagerly: the numbers of an uncompiled run, ``compile`` ``failed→eager``.
     """
-    ident = run_fields(cfg.dataset_label, cfg.arch, depth, seed)
-    row = new_row(cfg, depth, seed, torch.get_num_threads(), device.name, device.precision)
+    ident = run_fields(cfg.dataset_label, cfg.arch, depth, seed, tag)
+    row = new_row(cfg, depth, seed, torch.get_num_threads(), device.name, device.precision, tag)
     row.update(classes=dls.c)
     memory = PeakMemory(device.torch)
     learn = None
@@ -418,6 +417,13 @@ class Job:
     depth: int
     seed: int
     index: int = 0  # the run's place in the grid, 1-based (0 for a find)
+    combo: int = 0  # its combination of the settings (SweepConfig.combinations()), in a grid
+    tag: str = ""  # its run id's grid part (SweepConfig.run_tag)
+
+    @property
+    def key(self) -> tuple:
+        """(combination, depth): what shares an lr_find's valley."""
+        return self.combo, self.depth
 
 
 def worker_dataloaders(cfg: SweepConfig, device: "Device"):
@@ -425,13 +431,12 @@ def worker_dataloaders(cfg: SweepConfig, device: "Device"):
     every run sees the same items, statistics and transforms, decoded once per machine (the disk cache)."""
     from .executors import worker_cache
 
-    key = ("dls", cfg.dataset, cfg.bs, cfg.max_per_class, cfg.pipeline, cfg.augment, str(device.torch))
+    key = data_key(cfg, device.torch)
     cache = worker_cache()
     if key not in cache:
         cache.clear()  # one dataset per worker at a time: never two decoded copies
         try:
-            cache[key] = dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device.torch,
-                                     pipeline=cfg.pipeline, augment=cfg.augment)
+            cache[key] = dataloaders(**data_settings(cfg), device=device.torch)
         except CnnDepthError as e:
             if cfg.dataset in list_datasets() or Path(cfg.dataset).exists():
                 raise
@@ -450,11 +455,11 @@ def run_job(cfg: SweepConfig, job: Job, lr: Optional[float], out: Path, cbs: Seq
     dls = worker_dataloaders(cfg, device)
     if job.kind == "find":
         return find_lr(dls, cfg, job.depth, job.seed, device, out)
-    return train_run(dls, cfg, job.depth, job.seed, lr, device, out, cbs=cbs)
+    return train_run(dls, cfg, job.depth, job.seed, lr, device, out, cbs=cbs, tag=job.tag)
 
 
 def failed_result(cfg: SweepConfig, job: Job, lr, error: str, threads) -> RunResult:
     """The row of a run that never came back (its worker died, its lr_find failed): status ``failed``."""
-    row = new_row(cfg, job.depth, job.seed, threads)
+    row = new_row(cfg, job.depth, job.seed, threads, tag=job.tag)
     row.update(lr="" if lr is None else lr, status="failed", error=error.replace("\n", " ")[:500])
     return RunResult(row)

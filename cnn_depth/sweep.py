@@ -24,15 +24,16 @@ import pandas as pd
 from fastai.callback.core import Callback
 
 from .checkpoint import write_checkpoint
-from .config import RESULT_FIELDS, SweepConfig
+from .config import RESULT_FIELDS, SweepConfig, data_key, data_settings, settings, sweep_flags
 from .errors import CnnDepthError, SweepFailed
 from .loaders import dataloaders
 from .models import check_input_size
 from .packing import Packing, is_out_of_memory, run_packed, start_packing
 from .plan import (Engine, _jobs, busy_cores, choose_engine, estimated_seconds, finished_runs, longest_first,
                    measured_work, needs_estimate)
-from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, RESULT_COLUMNS, check_folder, claim_folder,
-                      environment, model_path, read_results, run_id, write_rows, write_sweep_json)
+from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, MODELS_DIR, RESULT_COLUMNS, check_folder,
+                      claim_folder, environment, folder_grid, read_results, read_sweep_json, run_id, write_rows,
+                      write_sweep_json)
 from .run import Job, RunResult, failed_result, resolve_device, run_job
 from .tracking import Trackers
 from .transfer import fetch_weights
@@ -130,18 +131,27 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
 
     cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
-    if cfg.pretrained:  # once, before any folder or worker: offline without the file, one line and exit 2
-        fetch_weights(cfg.arch)
+    combos = cfg.combinations()  # one config per combination of a grid's settings; [cfg] without a grid
+    for arch in dict.fromkeys(c.arch for c in combos if c.pretrained):  # before any folder or worker: offline
+        fetch_weights(arch)  # without the file, one line and exit 2
     made = _first_missing(cfg.out_dir)  # what claim_folder will create, removed again if no row is written
     with claim_folder(cfg.out_dir) as out, _removed_if_unused(out, made), ExitStack() as stack:
         check_folder(out, cfg.as_dict(), RESULT_FIELDS, save_models=cfg.save_models)
         trackers = Trackers(cfg, out, say, warn=log).check()  # --track: importable, reachable, writable; before any run
+        # the settings that vary in the folder (a grid, perhaps extended by this call) name its run ids
+        varying = [n for n in settings() if n in cfg.varying() or n in folder_grid(read_sweep_json(out).get(
+            "config", {}), cfg.as_dict())]
         done = read_results(out)
         ok = done[done["status"] == "ok"]
         finished = finished_runs(done, cfg, out)
-        found_lrs = {int(d): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}  # --lr find: one lr per depth
+        if cfg.seeds == "auto":  # --seeds auto (no grid): one lr per depth
+            found_lrs = {(0, int(d)): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}
+        else:  # --lr find: one lr per combination and depth
+            runs = {run_id(c.arch, d, s, c.run_tag(varying)): (i, d) for i, c in enumerate(combos)
+                    for d in cfg.depths for s in cfg.seeds}
+            found_lrs = {runs[rid]: float(lr) for rid, lr in zip(ok["run_id"], ok["lr"]) if rid in runs}
         rounds = Rounds(cfg, done, finished) if cfg.seeds == "auto" else None  # --seeds auto: the rounds loop below
-        jobs = rounds.next_jobs(found_lrs) if rounds else _jobs(cfg, finished, found_lrs)
+        jobs = rounds.next_jobs(found_lrs) if rounds else _jobs(cfg, finished, found_lrs, varying)
         todo = sum(job.kind == "run" for job in jobs)
         threads_used = set(pd.to_numeric(ok.get("threads", pd.Series(dtype=float)), errors="coerce").dropna())
         recorded = int(threads_used.pop()) if len(threads_used) == 1 else None
@@ -149,8 +159,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         device = resolve_device(cfg.device)
         packing, gpu_busy = None, None
         if needs_estimate(cfg):  # auto on CPUs: the data first, then workers only if the work pays for them
-            dls = _driver_dataloaders(cfg, device.torch)
-            check_loaders(dls, cfg)
+            loaders = _driver_dataloaders(cfg, device.torch)
+            dls = next(iter(loaders.values()))
             busy = busy_cores()
             work = measured_work(cfg, jobs, dls, todo, busy, recorded)  # a few steps measured on this machine
             seconds = dict(zip(jobs, work.one)) if work else {j: estimated_seconds(cfg, [j], dls) for j in jobs}
@@ -167,8 +177,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
             if engine.kind != "inline":
                 _check_picklable(cbs)
             starting = stack.enter_context(_starting(engine))
-            dls = _driver_dataloaders(cfg, device.torch if engine.kind == "inline" else "cpu")
-            check_loaders(dls, cfg)
+            loaders = _driver_dataloaders(cfg, device.torch if engine.kind == "inline" else "cpu")
+            dls = next(iter(loaders.values()))
             seconds = None
         if engine.kind == "local" and engine.gpus:  # runs per GPU: estimated now, then measured (packing.py)
             packing, engine, warning = start_packing(cfg, engine, dls, [j.depth for j in jobs], todo, gpu_busy)
@@ -183,17 +193,17 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
                          dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv,
                               depths=cfg.depths, seeds=cfg.seeds, device=device.name, engine=engine.describe(),
                               **(rounds.invocation() if rounds else {})))
-        n = len(cfg.depths) * len(cfg.seeds) if not rounds else rounds.ran() + todo
-        say(f"sweep: {rounds.headline(todo) if rounds else f'{n} runs ({todo} to do)'} on {device.name}, "
+        n = len(combos) * len(cfg.depths) * len(cfg.seeds) if not rounds else rounds.ran() + todo
+        grid = (f" ({' × '.join(f'{len(getattr(cfg, v))} {v}s' for v in cfg.varying())} × {len(cfg.depths)} depths × "
+                f"{len(cfg.seeds)} seeds)" if len(combos) > 1 else "")
+        say(f"sweep: {rounds.headline(todo) if rounds else f'{n} runs{grid} ({todo} to do)'} on {device.name}, "
             f"{engine.describe()}; {len(dls.train_ds)} train / {len(dls.valid_ds)} valid images; writing to {out}")
-        if engine.kind == "inline":  # the driver is the worker: it reuses these DataLoaders
+        if engine.kind == "inline" and len(loaders) == 1:  # the driver is the worker: it reuses these DataLoaders
             from .executors import worker_cache
 
-            worker_cache()[("dls", cfg.dataset, cfg.bs, cfg.max_per_class, cfg.pipeline, cfg.augment,
-                            str(device.torch))] = dls
-        else:
-            del dls
-        progress = Progress(say, n, todo, engine.workers)
+            worker_cache().update(loaders)
+        del dls, loaders
+        progress = Progress(say, n, todo, engine.workers, names=_names(cfg, jobs))
         stack.enter_context(trackers)  # closed (FINISHED, KILLED, FAILED) however the runs end
         if rounds:
             rounds.drive(engine, starting, jobs, found_lrs, out, cbs, progress, say, packing, trackers, seconds)
@@ -231,11 +241,28 @@ def _inline_why(cbs: Sequence[Callback]) -> str:
             f"in parallel")
 
 
-def _driver_dataloaders(cfg: SweepConfig, device):
-    """The driver's DataLoaders: built before any run, so the dataset is checked (and decoded into the disk
-    cache, for the workers) first."""
-    return dataloaders(cfg.dataset, bs=cfg.bs, max_per_class=cfg.max_per_class, device=device,
-                       pipeline=cfg.pipeline, augment=cfg.augment)
+def _driver_dataloaders(cfg: SweepConfig, device) -> dict:
+    """The driver's DataLoaders, one per data setting of the sweep (a grid over data settings has several),
+    keyed as the worker cache keys them: built before any run, so each dataset is checked (and decoded into
+    the disk cache, for the workers) first, and each combination's runs are checked against them
+    (:func:`check_loaders`)."""
+    loaders = {}
+    for combo in cfg.combinations():
+        key = data_key(combo, device)
+        if key not in loaders:
+            loaders[key] = dataloaders(**data_settings(combo), device=device)
+        check_loaders(loaders[key], combo)
+    return loaders
+
+
+def _names(cfg: SweepConfig, jobs: Sequence[Job]) -> dict:
+    """What the progress lines name a grid's run by besides depth and seed: its combination's values
+    (``arch=bn lr=0.001``), by its place in the grid; empty without a grid."""
+    if not cfg.varying():
+        return {}
+    combos = cfg.combinations()
+    return {j.index: " ".join(f"{n}={sweep_flags(n, getattr(combos[j.combo], n))[-1]}" for n in cfg.varying())
+            for j in jobs if j.kind == "run"}
 
 
 def check_loaders(dls, cfg: SweepConfig) -> None:
@@ -318,29 +345,31 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
     from .executors import WorkerDied
 
     pending, running, started, submitting = list(jobs), {}, {}, None
-    failed_finds: dict[int, str] = {}
+    failed_finds: dict[tuple, str] = {}  # by Job.key: (combination, depth)
+    combos = cfg.combinations()
     try:
         with _Interrupts() as interrupts, starting.result() as ex:
             while pending or running:
                 interrupts.check()
                 while pending and ex.free_slots() and (packing is None or len(running) < packing.limit):
-                    job = next((j for j in pending if j.kind == "find" or j.depth in lrs or j.depth in failed_finds
-                                or cfg.lr != "find"), None)
+                    job = next((j for j in pending if j.kind == "find" or j.key in lrs or j.key in failed_finds
+                                or combos[j.combo].lr != "find"), None)
                     if job is None:  # every waiting run needs an lr that is being found
                         break
                     pending.remove(job)
-                    if job.kind == "run" and job.depth in failed_finds:
-                        result = failed_result(cfg, job, None, failed_finds[job.depth], engine.threads)
+                    combo = combos[job.combo]
+                    if job.kind == "run" and job.key in failed_finds:
+                        result = failed_result(combo, job, None, failed_finds[job.key], engine.threads)
                         _record(out, cfg, result, interrupts)
                         progress.end(job.index, result.row, 0.0)
                         if trackers:
                             trackers.log(result)
                         continue
-                    lr = cfg.lr if cfg.lr != "find" else lrs.get(job.depth)
+                    lr = combo.lr if combo.lr != "find" else lrs.get(job.key)
                     t0, inline, submitting = time.monotonic(), engine.kind == "inline", job
                     if inline:  # the job runs inside submit: announce it first
                         _announce(job, "", progress, say)
-                    fut = ex.submit(run_job if packing is None else run_packed, cfg, job, lr, out, tuple(cbs))
+                    fut = ex.submit(run_job if packing is None else run_packed, combo, job, lr, out, tuple(cbs))
                     submitting = None
                     if not inline:
                         _announce(job, f" on worker {fut.slot + 1}", progress, say)
@@ -352,6 +381,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                 done, _ = cf.wait(list(running), timeout=1.0, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     job, t0 = running.pop(fut), started.pop(fut)
+                    combo = combos[job.combo]
                     try:
                         value = fut.result()
                     except WorkerDied as e:
@@ -369,16 +399,16 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                                 pending.insert(0, job)
                                 continue
                         if isinstance(value, BaseException):
-                            failed_finds[job.depth] = f"lr_find failed: {type(value).__name__}: {value}"
+                            failed_finds[job.key] = f"lr_find failed: {type(value).__name__}: {value}"
                             say(f"lr_find depth={job.depth}: failed ({type(value).__name__}: {value})")
                         else:
-                            lrs[job.depth] = value
+                            lrs[job.key] = value
                             say(f"lr_find depth={job.depth}: lr={value:.3g}")
                         continue
                     if isinstance(value, BaseException):
-                        value = failed_result(cfg, job, cfg.lr if cfg.lr != "find" else lrs.get(job.depth),
+                        value = failed_result(combo, job, combo.lr if combo.lr != "find" else lrs.get(job.key),
                                               f"{type(value).__name__}: {value}", engine.threads)
-                    if packing is not None and _packed_result(packing, job, value, cfg, len(running), say):
+                    if packing is not None and _packed_result(packing, job, value, combo, len(running), say):
                         _record(out, cfg, value, interrupts)  # on disk until the retry's row replaces it
                         pending.insert(0, job)
                         continue
@@ -392,7 +422,7 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
         cut = sorted((j for j in [*running.values(), submitting] if j is not None and j.kind == "run"),
                      key=lambda j: progress.number(j.index))
         where = (f"during run{'s' if len(cut) > 1 else ''} " + ", ".join(f"{progress.number(j.index)}/{progress.n} "
-                 f"({run_id(cfg.arch, j.depth, j.seed)})" for j in cut)) if cut else "between runs"
+                 f"({run_id(combos[j.combo].arch, j.depth, j.seed, j.tag)})" for j in cut)) if cut else "between runs"
         raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
                                f"same command to resume") from e
 
@@ -470,7 +500,7 @@ class Rounds:
         runs += self.redo if self.rounds == 1 else []
         jobs, finding = [], set()
         for depth, seed in runs:
-            if self.cfg.lr == "find" and depth not in lrs and depth not in finding:
+            if self.cfg.lr == "find" and (0, depth) not in lrs and depth not in finding:
                 jobs.append(Job("find", depth, self.plan.order[0]))
                 finding.add(depth)
             self.counter += 1
@@ -535,7 +565,7 @@ def _packed_result(packing: Packing, job: Job, result: RunResult, cfg: SweepConf
                    say: Callable[[str], None]) -> bool:
     """What a run's row tells the packing: a CUDA out-of-memory failure lowers it (the error says so), a
     recorded peak re-decides it (auto). True when the run is to be retried."""
-    row, rid = result.row, run_id(cfg.arch, job.depth, job.seed)
+    row, rid = result.row, run_id(cfg.arch, job.depth, job.seed, job.tag)
     if row["status"] == "failed" and is_out_of_memory(row["error"]):
         note = _out_of_memory(packing, rid, others)
         row["error"] = f"{row['error']} [{note}]"
@@ -570,7 +600,7 @@ def record_run(out: Path, cfg: SweepConfig, result: RunResult) -> None:
     """
     row = result.row
     if result.checkpoint is not None:
-        write_checkpoint(model_path(out, cfg.arch, row["depth"], row["seed"]), result.checkpoint)
+        write_checkpoint(Path(out) / MODELS_DIR / f"{row['run_id']}.pt", result.checkpoint)
     row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rid = row["run_id"]
     write_rows(out / "history.csv", HISTORY_COLUMNS, result.history, replace=[rid])
@@ -587,8 +617,9 @@ class Progress:
     (workers take the longest first); the run's identity is its depth and seed, and results.csv rows are
     keyed by run_id, not by this number. ``ended`` and ``failed`` list the runs this sweep finished."""
 
-    def __init__(self, say: Callable[[str], None], n: int, todo: int, at_once: int = 1):
+    def __init__(self, say: Callable[[str], None], n: int, todo: int, at_once: int = 1, names: Optional[dict] = None):
         self.say, self.n, self.todo, self.at_once = say, n, todo, at_once
+        self.names = names or {}  # a grid's run by its place: its combination ("arch=bn lr=0.001")
         self.t0, self.done, self.busy = time.monotonic(), 0, 0.0
         self.numbers: dict[int, int] = {}  # the run's grid index -> its number in start order
         self.ended: list[str] = []  # run_ids this sweep finished, any status
@@ -606,7 +637,8 @@ class Progress:
         return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
     def start(self, i: int, depth: int, seed: int, where: str = "") -> None:
-        self.say(f"start {self.number(i)}/{self.n}  depth={depth} seed={seed}{where}")
+        name = f" {self.names[i]}" if i in self.names else ""
+        self.say(f"start {self.number(i)}/{self.n}  depth={depth} seed={seed}{name}{where}")
 
     def end(self, i: int, row: dict, seconds: float) -> None:
         """``seconds``: the run's wall time, lr_find and measuring included."""
@@ -615,7 +647,8 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         left = self.todo - self.done
         eta = f", ETA {self.clock(self.busy / self.done * left / self.at_once)}" if left else ""
-        head = f"done  {self.number(i)}/{self.n}  depth={row['depth']} seed={row['seed']}"
+        head = f"done  {self.number(i)}/{self.n}  depth={row['depth']} seed={row['seed']}" + (
+            f" {self.names[i]}" if i in self.names else "")
         self.ended.append(row["run_id"])
         if row["status"] == "failed":
             self.failed.append((row["run_id"], str(row["error"])))
