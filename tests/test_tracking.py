@@ -369,20 +369,10 @@ def test_wandb_online_without_an_api_key_is_one_line(tmp_path, monkeypatch):
                                              "login` first, or unset WANDB_MODE to log offline"]
 
 
-class KillWorkerAt(Callback):
-    """SIGKILL the worker process training depth ``depth`` at its second batch (module level: it is pickled)."""
-
-    def __init__(self, depth: int):
-        self.depth = depth
-
-    def after_batch(self):
-        if self.training and self.iter == 1 and self.learn.model.config["depth"] == self.depth:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 @pytest.mark.slow
 def test_a_killed_workers_run_is_marked_failed_and_its_rerun_logged_next_to_it(tmp_path):
     from mlflow import MlflowClient
+    from test_parallel import KillWorkerAt  # SIGKILLs the worker training that depth
 
     out = tmp_path / "kill"
     cfg = dict(TINY, epochs=1, workers=2, depths=[1, 2], track=["mlflow"])
