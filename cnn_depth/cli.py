@@ -188,23 +188,36 @@ def gather_list_values(args: list[str], names=LIST_OPTIONS) -> list[str]:
     joined before parsing; it then works exactly as typed, next to ``--depths 2,3,4`` and ``--depths 2-8``. A
     negative number counts as a value (so ``--depths -1`` is reported as a bad depth, not an unknown option).
     """
-    out, i = [], 0
+    out = []
+    for arg, name, values, _ in _options(args, lambda n: n in names,
+                                         lambda a: not a.startswith("-") or re.fullmatch(r"-\d+", a)):
+        if name is None:
+            out.append(arg)
+        else:
+            out += [name, ",".join(values)] if values else [arg]
+    return out
+
+
+def _options(args: list[str], picks, is_value):
+    """``args`` as (arg, name, values, eq) per item: each option ``picks(name)`` chooses with the values that
+    follow it (``is_value``; ``--name=v`` counts its ``v`` first), everything else as (arg, None, None, False);
+    what follows ``--`` passes as it is."""
+    i = 0
     while i < len(args):
         arg = args[i]
         i += 1
         if arg == "--":
-            out += args[i - 1:]
-            break
+            yield from ((a, None, None, False) for a in args[i - 1:])
+            return
         name, eq, first = arg.partition("=")
-        if name not in names:
-            out.append(arg)
+        if not picks(name):
+            yield arg, None, None, False
             continue
         values = [first] if eq else []
-        while i < len(args) and (not args[i].startswith("-") or re.fullmatch(r"-\d+", args[i])):
+        while i < len(args) and is_value(args[i]):
             values.append(args[i])
             i += 1
-        out += [name, ",".join(values)] if values else [arg]
-    return out
+        yield arg, name, values, bool(eq)
 
 
 class ListOptionsCommand(Command):
@@ -228,26 +241,17 @@ def gather_grid_values(args: list[str], command) -> list[str]:
     ``--augment on off``) as one hidden ``--grid NAME=V1<sep>V2`` each (``config.GRID_SEP``); one value stays
     as it was, so it parses (and fails) as before. Any other option followed by several values is one line
     naming the options that take them."""
-    from .config import GRID_SEP, settings
+    from .config import GRID_SEP
 
     grid = grid_flags()
     takes_value = {o: not p.is_flag for p in command.params for o in [*p.opts, *p.secondary_opts]
                    if hasattr(p, "is_flag")}  # the options (arguments have no is_flag)
-    out, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            out += args[i - 1:]
-            break
-        name, eq, first = arg.partition("=")
-        if not name.startswith("--") or name in LIST_OPTIONS:
+    out = []
+    for arg, name, values, eq in _options(args, lambda n: n.startswith("--") and n not in LIST_OPTIONS,
+                                          lambda a: not a.startswith("-")):
+        if name is None:
             out.append(arg)
             continue
-        values = [first] if eq else []
-        while i < len(args) and not args[i].startswith("-"):
-            values.append(args[i])
-            i += 1
         field = grid.get(name)
         switch = field is not None and not takes_value.get(name, True)
         if field is not None and (len(values) > 1 or (switch and values)):
