@@ -1,4 +1,4 @@
-"""The CNN family of any depth, the tutorial presets, and the registry that lists them.
+"""The CNN family of any depth in 1, 2 or 3 dimensions, the tutorial presets, and the registry that lists them.
 
 Every model is an ``nn.Sequential`` of named conv *stages* followed by a ``head``, so feature maps,
 Grad-CAM and layer tables can walk any of them the same way.
@@ -15,6 +15,15 @@ a family takes images of any size at any depth. The presets with 2×2 max-pool s
 halves (rounding down) the map, so they need a minimum size (:func:`min_input_size`, checked by
 :func:`check_input_size` before a Learner or a sweep trains).
 
+Dimensions: the families (and ``mlp``) are one definition whose dimension is a parameter, ``ndim``, as in
+fastai's ``ConvLayer(..., ndim=)`` and ``XResNet(..., ndim=)``: 1 for series (input (C, L), 3-tap convs), 2 for
+images (C, H, W; 3×3), 3 for volumes (C, D, H, W; 3×3×3). Depth means the same in each (conv layers on the
+main path), every stage's first conv has stride 2 along every axis (a series' length, a volume's three sides
+halve, rounding up) and the head pools globally over whatever axes there are. ``img_size`` is then the
+length, (h, w) or (d, h, w). The 2D models are exactly what they were before ``ndim`` existed (same modules,
+same parameter order, same weights under a seed). The presets and transfer nets are 2D only
+(``ModelSpec.ndims``; :func:`check_ndim` says which archs take a dimension).
+
 Two more kinds of model sit in the same registry, built the same way (named stages, then ``head``):
 
 - ``mlp``, a family of multi-layer perceptrons: the image flattened, then ``depth`` hidden Linear-ReLU layers
@@ -27,6 +36,7 @@ Two more kinds of model sit in the same registry, built the same way (named stag
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +44,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 from fastai.callback.hook import total_params
-from fastai.layers import ConvLayer, Flatten, NormType
+from fastai.layers import AdaptiveAvgPool, ConvLayer, Flatten, NormType
 from torch import nn
 
 from .errors import CnnDepthError, check_int
@@ -46,6 +56,10 @@ MAX_DEPTH = 1000  # a guard against typos such as 2000 when 20 was meant
 MLP_WIDTH = 256  # units of the first hidden layer of the mlp family; each next layer has half, down to:
 MLP_MIN_WIDTH = 32
 
+NDIMS = (1, 2, 3)  # the dimensions the families take
+DIM_NAMES = {1: "series", 2: "images", 3: "volumes"}
+AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}  # what img_size holds, per ndim
+
 ImgSize = Union[int, Sequence[int]]
 
 
@@ -56,9 +70,9 @@ def stage_sizes(depth: int) -> list[int]:
     return [m // n + (i < m % n) for i in range(n)] if n else []
 
 
-def conv_layer(ni: int, nf: int, stride: int = 1, bn: bool = True) -> nn.Sequential:
-    """3×3 conv (padding 1) then BN (optional) then ReLU."""
-    return ConvLayer(ni, nf, ks=3, stride=stride, norm_type=NormType.Batch if bn else None)
+def conv_layer(ni: int, nf: int, stride: int = 1, bn: bool = True, ndim: int = 2) -> nn.Sequential:
+    """3×3 conv (3 taps in 1D, 3×3×3 in 3D; padding 1) then BN (optional) then ReLU."""
+    return ConvLayer(ni, nf, ks=3, stride=stride, ndim=ndim, norm_type=NormType.Batch if bn else None)
 
 
 class BasicBlock(nn.Module):
@@ -68,61 +82,78 @@ class BasicBlock(nn.Module):
     option B). The last BN starts at zero, so a new block starts as the identity and deep stacks train.
     """
 
-    def __init__(self, ni: int, nf: int, stride: int = 1, n_convs: int = 2):
+    def __init__(self, ni: int, nf: int, stride: int = 1, n_convs: int = 2, ndim: int = 2):
         super().__init__()
         convs = []
         for i in range(n_convs):
             last = i == n_convs - 1
-            convs.append(ConvLayer(ni if i == 0 else nf, nf, ks=3, stride=stride if i == 0 else 1,
+            convs.append(ConvLayer(ni if i == 0 else nf, nf, ks=3, stride=stride if i == 0 else 1, ndim=ndim,
                                    norm_type=NormType.BatchZero if last else NormType.Batch,
                                    act_cls=None if last else nn.ReLU))
         self.convs = nn.Sequential(*convs)
         self.shortcut = (nn.Identity() if ni == nf and stride == 1
-                         else ConvLayer(ni, nf, ks=1, stride=stride, act_cls=None))
+                         else ConvLayer(ni, nf, ks=1, stride=stride, ndim=ndim, act_cls=None))
         self.act = nn.ReLU()
 
     def forward(self, x):
         return self.act(self.convs(x) + self.shortcut(x))
 
 
-def _stage(arch: str, ni: int, nf: int, n_convs: int) -> nn.Sequential:
-    """One downsampling stage of ``n_convs`` convs; the first has stride 2."""
+def _stage(arch: str, ni: int, nf: int, n_convs: int, ndim: int = 2) -> nn.Sequential:
+    """One downsampling stage of ``n_convs`` convs; the first has stride 2 (along every axis)."""
     if arch == "residual":  # pairs of convs form basic blocks; an odd one out is a one-conv block
         sizes = [2] * (n_convs // 2) + [1] * (n_convs % 2)
-        return nn.Sequential(*[BasicBlock(ni if i == 0 else nf, nf, stride=2 if i == 0 else 1, n_convs=k)
+        return nn.Sequential(*[BasicBlock(ni if i == 0 else nf, nf, stride=2 if i == 0 else 1, n_convs=k, ndim=ndim)
                                for i, k in enumerate(sizes)])
-    return nn.Sequential(*[conv_layer(ni if i == 0 else nf, nf, stride=2 if i == 0 else 1, bn=arch == "bn")
+    return nn.Sequential(*[conv_layer(ni if i == 0 else nf, nf, stride=2 if i == 0 else 1, bn=arch == "bn",
+                                      ndim=ndim)
                            for i in range(n_convs)])
 
 
-def head(ni: int, n_out: int) -> nn.Sequential:
-    """Global average pool, flatten, linear: independent of the image size."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(ni, n_out))
+def head(ni: int, n_out: int, ndim: int = 2) -> nn.Sequential:
+    """Global average pool (over every spatial axis), flatten, linear: independent of the input size."""
+    return nn.Sequential(AdaptiveAvgPool(1, ndim=ndim), Flatten(), nn.Linear(ni, n_out))
 
 
 class DepthCNN(nn.Sequential):
     """The family: stem conv, up to three stride-2 stages, pooled linear head (see the module docstring).
 
     Args:
-        depth: number of 3×3 conv layers on the main path (≥ 1).
-        n_in: input channels (3 for RGB, 1 for grayscale).
+        depth: number of conv layers on the main path (≥ 1).
+        n_in: input channels (3 for RGB, 1 for grayscale; a series' or volume's channels).
         n_out: number of classes.
         arch: ``plain`` (conv-ReLU), ``bn`` (conv-BN-ReLU) or ``residual`` (BN + shortcuts).
+        ndim: 1 (series), 2 (images) or 3 (volumes): the convs, norms and pooling of that dimension.
     """
 
-    def __init__(self, depth: int, n_in: int = 3, n_out: int = 10, arch: str = "bn"):
-        stem = conv_layer(n_in, STEM_WIDTH, bn=arch != "plain")
+    def __init__(self, depth: int, n_in: int = 3, n_out: int = 10, arch: str = "bn", ndim: int = 2):
+        stem = conv_layer(n_in, STEM_WIDTH, bn=arch != "plain", ndim=ndim)
         layers = [("stem", stem)]
         ni = STEM_WIDTH
         for i, (nf, n) in enumerate(zip(STAGE_WIDTHS, stage_sizes(depth)), start=1):
-            layers.append((f"stage{i}", _stage(arch, ni, nf, n)))
+            layers.append((f"stage{i}", _stage(arch, ni, nf, n, ndim)))
             ni = nf
-        layers.append(("head", head(ni, n_out)))
+        layers.append(("head", head(ni, n_out, ndim)))
         super().__init__(OrderedDict(layers))
 
 
+def _is_int(v) -> bool:
+    return hasattr(v, "__index__") and not isinstance(v, bool)
+
+
+def input_size(img_size: ImgSize, ndim: int = 2) -> tuple[int, ...]:
+    """``img_size`` as ``ndim`` sides (1D: length; 2D: (h, w); 3D: (d, h, w)): an int is every side; a sequence
+    must hold ``ndim`` whole numbers ≥ 1, else one line."""
+    iterable = hasattr(img_size, "__iter__") and not isinstance(img_size, (str, bytes))
+    sizes = (img_size,) * ndim if _is_int(img_size) else tuple(img_size) if iterable else None
+    if sizes is None or len(sizes) != ndim:
+        what = "one whole number (the length)" if ndim == 1 else f"one whole number or {ndim} ({AXES[ndim]})"
+        raise CnnDepthError(f"img_size {img_size!r} does not fit {ndim}D inputs ({DIM_NAMES[ndim]}): give {what}")
+    return tuple(check_int(s, "img_size", 1) for s in sizes)
+
+
 def _pair(img_size: ImgSize) -> tuple[int, int]:
-    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    return input_size(img_size, 2)
 
 
 class TutorialCNN(nn.Sequential):
@@ -166,15 +197,16 @@ class MLP(nn.Sequential):
 
     Args:
         widths: units of each hidden layer (``depth = len(widths)``).
-        n_in, img_size: channels and (h, w) of the images: the first layer takes ``n_in * h * w`` inputs.
+        n_in, img_size: channels and sides of the inputs (an int: a square image; else (h, w), (length,) or
+            (d, h, w)): the first layer takes ``n_in`` × the product of the sides.
         n_out: number of classes.
         dropout: dropout probability after each hidden layer's ReLU (missing or 0: none).
     """
 
     def __init__(self, widths: Sequence[int], n_in: int, n_out: int, img_size: ImgSize,
                  dropout: Sequence[float] = ()):
-        h, w = _pair(img_size)
-        layers, ni = [("flatten", nn.Flatten())], n_in * h * w  # torch's: reshapes non-contiguous images too
+        sides = input_size(img_size, 2 if _is_int(img_size) else len(img_size))
+        layers, ni = [("flatten", nn.Flatten())], n_in * math.prod(sides)  # torch's Flatten: any ndim, non-contiguous too
         for i, nf in enumerate(widths):
             p = dropout[i] if i < len(dropout) else 0.0
             layers.append((f"hidden{i + 1}", nn.Sequential(nn.Linear(ni, nf), nn.ReLU(),
@@ -194,18 +226,22 @@ class ModelSpec:
     kind: str = "cnn"  # "cnn" (conv stages), "mlp" (hidden linear layers) or "transfer" (torchvision nets)
     min_size: int = 1  # the smallest image side (px) it takes; the families and transfer nets take any
     stages: int = 0  # conv + 2x2 max-pool stages (the presets that have them), for the message
+    ndims: tuple[int, ...] = (2,)  # the input dimensions it takes: (1, 2, 3) for the families, (2,) for the rest
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, description: str, depth: Optional[int] = None, kind: str = "cnn",
-                   pooled: Sequence[tuple[int, int]] = ()):
-    """Decorator: add a builder ``(depth, n_in, n_out, img_size) -> nn.Module`` to the registry.
+                   pooled: Sequence[tuple[int, int]] = (), ndims: Sequence[int] = (2,)):
+    """Decorator: add a builder ``(depth, n_in, n_out, img_size) -> nn.Module`` to the registry; ``img_size``
+    reaches it as a tuple of one side per dimension, so its length is the model's ``ndim``.
 
-    ``pooled``: (kernel size, padding) of each conv + 2×2 max-pool stage, for the minimum input size."""
+    ``pooled``: (kernel size, padding) of each conv + 2×2 max-pool stage, for the minimum input size.
+    ``ndims``: the input dimensions the builder takes."""
     def _register(build):
-        _REGISTRY[name] = ModelSpec(name, build, depth, description, kind, pooled_min_size(pooled), len(pooled))
+        _REGISTRY[name] = ModelSpec(name, build, depth, description, kind, pooled_min_size(pooled), len(pooled),
+                                    tuple(ndims))
         return build
     return _register
 
@@ -222,7 +258,8 @@ def pooled_min_size(stages: Sequence[tuple[int, int]]) -> int:
 for _arch, _desc in [("plain", "conv-ReLU layers, no normalisation (the tutorials' style)"),
                      ("bn", "conv-BN-ReLU layers"),
                      ("residual", "conv-BN with identity/projection shortcuts (ResNet basic blocks)")]:
-    register_model(_arch, _desc)(lambda depth, n_in, n_out, img_size, _a=_arch: DepthCNN(depth, n_in, n_out, _a))
+    register_model(_arch, _desc, ndims=NDIMS)(
+        lambda depth, n_in, n_out, img_size, _a=_arch: DepthCNN(depth, n_in, n_out, _a, ndim=len(img_size)))
 
 
 @register_model("simplecnn", "tutorial SimpleCNN: convs 16-32-64, each with 2×2 max-pool, then a linear layer",
@@ -253,8 +290,8 @@ def customcnn(depth, n_in, n_out, img_size):
     return TutorialCNN([32, 64, 128], [625], n_in, n_out, img_size, dropout=0.5, name="customcnn")
 
 
-register_model("mlp", "hidden Linear-ReLU layers on the flattened image, widths 256, 128, 64, 32, 32, ...",
-               kind="mlp")(lambda depth, n_in, n_out, img_size: MLP(mlp_widths(depth), n_in, n_out, img_size))
+register_model("mlp", "hidden Linear-ReLU layers on the flattened input, widths 256, 128, 64, 32, 32, ...",
+               kind="mlp", ndims=NDIMS)(lambda depth, n_in, n_out, img_size: MLP(mlp_widths(depth), n_in, n_out, img_size))
 
 
 @register_model("fashiondnn", "book chapter FashionDNN: flatten, fc 256 + dropout 0.25, fc 128, fc n_out", depth=2,
@@ -289,12 +326,37 @@ def min_input_size(arch: str, depth: Optional[int] = None) -> int:
     return model_spec(arch).min_size
 
 
-def check_input_size(arch: str, depth: Optional[int], img_size: ImgSize) -> None:
+def dims_text(ndims: Sequence[int]) -> str:
+    """``(1, 2, 3)`` as ``1D/2D/3D``."""
+    return "/".join(f"{n}D" for n in ndims)
+
+
+def check_ndim(arch: str, ndim) -> int:
+    """``ndim`` (1 series, 2 images, 3 volumes) if ``arch`` takes inputs of that dimension, else one line naming
+    the archs that do: the presets and transfer nets are 2D only; the families take 1, 2 and 3."""
+    spec = model_spec(arch)
+    ndim = check_int(ndim, "ndim", 1, max(NDIMS), hint=" (1: series, 2: images, 3: volumes)")
+    if ndim not in spec.ndims:
+        takes = ", ".join(n for n in list_models() if ndim in _REGISTRY[n].ndims)
+        raise CnnDepthError(f"arch {arch} takes {dims_text(spec.ndims)} inputs "
+                            f"({', '.join(DIM_NAMES[n] for n in spec.ndims)}) only, not {ndim}D {DIM_NAMES[ndim]}; "
+                            f"for {ndim}D data use one of: {takes}")
+    return ndim
+
+
+def check_input_size(arch: str, depth: Optional[int], img_size: ImgSize, ndim: Optional[int] = None) -> None:
     """Refuse, in one line naming the smallest size that works, images too small for ``arch`` at ``depth``
-    (:func:`min_input_size`): they would fail every run with a shape error deep inside the forward pass."""
-    h, w = _pair(img_size)
+    (:func:`min_input_size`): they would fail every run with a shape error deep inside the forward pass.
+    ``ndim`` None: the length of ``img_size`` (2 for an int), so a series' (length,) or a volume's (d, h, w)
+    is checked against :func:`check_ndim` too. The families take every size in every dimension (a stride-2
+    conv maps n to ceil(n/2), never below 1), so no depth is ever too deep for a short series or small volume."""
+    if ndim is None:
+        ndim = 2 if _is_int(img_size) else len(img_size)
+    ndim = check_ndim(arch, ndim)
+    sizes = input_size(img_size, ndim)
     need = min_input_size(arch, depth)
-    if min(h, w) < need:
+    if min(sizes) < need:  # only the 2D presets have a minimum above 1
+        h, w = sizes
         spec = model_spec(arch)
         families = ", ".join(n for n in list_models() if _REGISTRY[n].depth is None)
         raise CnnDepthError(f"preset {arch} needs images of at least {need}×{need} px (its {spec.stages} conv + "
@@ -318,30 +380,37 @@ def check_depth(depth, arch: str = "bn") -> int:
 
 
 def depth_cnn(depth: Optional[int] = None, n_in: int = 3, n_out: int = 10, arch: str = "bn",
-              img_size: ImgSize = 32, pretrained: bool = False) -> nn.Module:
+              img_size: ImgSize = 32, pretrained: bool = False, ndim: int = 2) -> nn.Module:
     """Build a registered model.
 
     Args:
-        depth: number of 3×3 conv layers (≥ 1), or hidden layers for ``mlp``; for a preset, None or its own.
+        depth: number of conv layers on the main path (≥ 1), or hidden layers for ``mlp``; for a preset, None or
+            its own.
         n_in: input channels.
         n_out: number of classes.
         arch: a name from ``list_models()``: plain, bn, residual, mlp, a tutorial preset or a transfer net.
-        img_size: image size (int or (h, w)); the MLPs and the presets with a flatten layer use it.
+        img_size: input size: an int (every side) or one side per dimension (1D: (length,); 2D: (h, w);
+            3D: (d, h, w)); the MLPs and the presets with a flatten layer use it.
         pretrained: load ImageNet weights (resnet18, resnet50, vgg16 only; see :mod:`cnn_depth.transfer`).
+        ndim: 1 (series), 2 (images) or 3 (volumes); the families and ``mlp`` take all three, the rest 2 only
+            (:func:`check_ndim`).
 
     Returns:
         the model, with ``model.config`` holding the constructor arguments (for checkpoints; ``pretrained``
-        is left out: a saved model is rebuilt and then given its own weights).
+        is left out: a saved model is rebuilt and then given its own weights): arch, depth, n_in, n_out,
+        img_size (a list of ``ndim`` sides) and ndim.
     """
     depth = check_depth(depth, arch)
     n_in, n_out = check_int(n_in, "n_in"), check_int(n_out, "n_out")
     spec = model_spec(arch)
-    check_input_size(arch, depth, img_size)
+    ndim = check_ndim(arch, ndim)
+    size = input_size(img_size, ndim)
+    check_input_size(arch, depth, size, ndim)
     if pretrained and spec.kind != "transfer":
         raise CnnDepthError(f"arch {arch} has no pretrained weights; --pretrained works with "
                             f"{', '.join(TRANSFER_ARCHS)} (or leave it out)")
-    model = spec.build(depth, n_in, n_out, img_size, **({"pretrained": True} if pretrained else {}))
-    model.config = dict(arch=arch, depth=depth, n_in=n_in, n_out=n_out, img_size=list(_pair(img_size)))
+    model = spec.build(depth, n_in, n_out, size, **({"pretrained": True} if pretrained else {}))
+    model.config = dict(arch=arch, depth=depth, n_in=n_in, n_out=n_out, img_size=list(size), ndim=ndim)
     return model
 
 

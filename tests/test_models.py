@@ -79,7 +79,7 @@ def test_family_widths_match_tutorials_at_depth_3_and_4():
 
 def test_config_records_constructor_arguments():
     assert depth_cnn(5, n_in=1, n_out=3, arch="residual", img_size=28).config == dict(
-        arch="residual", depth=5, n_in=1, n_out=3, img_size=[28, 28])
+        arch="residual", depth=5, n_in=1, n_out=3, img_size=[28, 28], ndim=2)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 9])
@@ -126,7 +126,7 @@ def test_fashiondnn_is_the_chapters_model():
         y1 = ours.train()(x)
         torch.manual_seed(1)
         assert torch.equal(y1, theirs.train()(x))  # the same dropout, in the same place (after fc1's ReLU)
-    assert ours.config == dict(arch="fashiondnn", depth=2, n_in=1, n_out=10, img_size=[28, 28])
+    assert ours.config == dict(arch="fashiondnn", depth=2, n_in=1, n_out=10, img_size=[28, 28], ndim=2)
 
 
 @pytest.mark.parametrize("kwargs,message", [
