@@ -7,11 +7,14 @@ A run folder written by ``cnn-depth sweep --save-models`` keeps one file per tra
     format        "cnn-depth-model"
     version       1
     state_dict    {name: tensor}  (on CPU)
-    config        dict(arch, depth, n_in, n_out, img_size=[h, w]): the arguments of ``depth_cnn``
+    config        dict(arch, depth, n_in, n_out, img_size, ndim): the arguments of ``depth_cnn``;
+                  img_size one side per dimension ([length], [h, w] or [d, h, w]); files written before
+                  1D/3D models existed have no ndim, which means 2
     vocab         [class name, ...] in output order, or None
-    stats         dict(mean=[...], std=[...]) per channel on the 0-1 scale, or None
+    stats         dict(mean=[...], std=[...]) per channel (images: on the 0-1 scale), or None
     source        dict(name, root, max_per_class, train_name, valid_name): enough to rebuild the
-                  dataset with ``image_folder`` and pick a validation image by index, or None
+                  dataset with ``image_folder`` and pick a validation image by index, or None; a source
+                  that is not an image folder adds kind (its ``kind``, e.g. "series" or "volumes")
     meta          anything else the caller passed (run_id, seed, dataset, ...), plain types only
     versions      dict(cnn_depth, torch, fastai)
 
@@ -78,8 +81,13 @@ def _source(dls) -> Optional[dict]:
     if info is None:
         return None
     src = info.source
-    return dict(name=str(src.name), root=str(Path(src.root).resolve()), max_per_class=src.max_per_class,
-                train_name=src.train_name, valid_name=src.valid_name)
+    root = getattr(src, "root", None)  # getattr: array sources (series, volumes) need not have every field
+    out = dict(name=str(src.name), root=str(Path(root).resolve()) if root is not None else None,
+               max_per_class=getattr(src, "max_per_class", None), train_name=getattr(src, "train_name", None),
+               valid_name=getattr(src, "valid_name", None))
+    if getattr(src, "kind", None) is not None:  # image sources have none: their files stay as they were
+        out["kind"] = str(src.kind)
+    return out
 
 
 def checkpoint_dict(learn_or_model, dls=None, **meta) -> dict:
@@ -292,6 +300,9 @@ def _numbers(v, n: int, positive: bool = False) -> bool:
 
 
 MAX_IMG_SIZE = 16384  # px per side: a guard against a damaged img_size that would resize an image to gigabytes
+MAX_SIDES = {1: 2 ** 22, 2: MAX_IMG_SIZE, 3: 2048}  # per side and ndim: a series may be long (4 M samples)
+MAX_CHANNELS = 4096  # of a series or volume (images: 1 or 3)
+CONFIG_KEYS = ("arch", "depth", "n_in", "n_out", "img_size")  # required; ndim is optional (missing: 2)
 
 
 def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
@@ -299,7 +310,7 @@ def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
     :func:`checkpoint_dict` writes (see the module docstring), else a one-line :class:`CnnDepthError` naming
     the file, the field and the fix. Checked before the model is rebuilt, so that a damaged field is named
     as such, not blamed later on an image or a class."""
-    from .models import MAX_DEPTH, list_models
+    from .models import AXES, MAX_DEPTH, list_models, model_spec
 
     def refuse(field: str, value, what: str):
         raise CnnDepthError(f"{path}: {field} is {_shown(value)}, not {what}; the file is damaged or was changed: "
@@ -320,26 +331,32 @@ def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
             refuse(f"state_dict[{k!r}]", v, "a tensor")
     config = ckpt.get("config")
     if not isinstance(config, dict):
-        refuse("config", config, "a dict (arch, depth, n_in, n_out, img_size)")
-    for key in ("arch", "depth", "n_in", "n_out", "img_size"):
+        refuse("config", config, "a dict (arch, depth, n_in, n_out, img_size, ndim)")
+    for key in CONFIG_KEYS:
         if key not in config:
             raise CnnDepthError(f"{path}: config has no {key}, so the model cannot be rebuilt; the file is damaged "
                                 f"or was changed: {_replace(path)}")
-    unknown = sorted(set(config) - {"arch", "depth", "n_in", "n_out", "img_size"})
+    unknown = sorted(set(config) - {*CONFIG_KEYS, "ndim"})
     if unknown:
         refuse(f"config.{unknown[0]}", config[unknown[0]], "a field of a cnn-depth model (there is none)")
     if not isinstance(config["arch"], str) or config["arch"] not in list_models():
         refuse("config.arch", config["arch"], f"a registered model ({', '.join(list_models())})")
+    ndims = model_spec(config["arch"]).ndims
+    ndim = config.get("ndim", 2)  # saved before 1D/3D models existed: images
+    if not (_int_in(ndim, 1, 3) and ndim in ndims):
+        refuse("config.ndim", ndim, f"a dimension {config['arch']} takes ({' or '.join(map(str, ndims))})")
     if not (config["depth"] is None or _int_in(config["depth"], 1, MAX_DEPTH)):
         refuse("config.depth", config["depth"], f"a whole number from 1 to {MAX_DEPTH}")
-    if config["n_in"] not in (1, 3) or isinstance(config["n_in"], bool):
+    if ndim == 2 and (config["n_in"] not in (1, 3) or isinstance(config["n_in"], bool)):
         refuse("config.n_in", config["n_in"], "1 (grayscale) or 3 (RGB) channels")
+    if not _int_in(config["n_in"], 1, MAX_CHANNELS):
+        refuse("config.n_in", config["n_in"], f"a whole number of channels from 1 to {MAX_CHANNELS}")
     if not _int_in(config["n_out"], 1):
         refuse("config.n_out", config["n_out"], "a whole number of classes ≥ 1")
-    size = config["img_size"]
-    if not (_int_in(size, 1, MAX_IMG_SIZE) or (isinstance(size, list) and len(size) == 2 and
-                                               all(_int_in(v, 1, MAX_IMG_SIZE) for v in size))):
-        refuse("config.img_size", size, f"[height, width] in px, each from 1 to {MAX_IMG_SIZE}")
+    size, top = config["img_size"], MAX_SIDES[ndim]
+    if not (_int_in(size, 1, top) or (isinstance(size, list) and len(size) == ndim and
+                                      all(_int_in(v, 1, top) for v in size))):
+        refuse("config.img_size", size, f"[{AXES[ndim]}]{' in px' * (ndim == 2)}, each from 1 to {top}")
     n_out, n_in = config["n_out"], config["n_in"]
     vocab = ckpt.get("vocab")
     if vocab is not None and not (isinstance(vocab, list) and all(isinstance(v, str) for v in vocab)):
@@ -361,7 +378,7 @@ def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
             refuse("source", source, "a dict (name, root, max_per_class, train_name, valid_name)")
         if not isinstance(source.get("name"), str) or not source["name"].strip():
             refuse("source.name", source.get("name"), "the dataset's name or path")
-        for key in ("root", "train_name", "valid_name"):
+        for key in ("root", "train_name", "valid_name", "kind"):
             if source.get(key) is not None and not isinstance(source[key], str):
                 refuse(f"source.{key}", source[key], "a string or None")
         if source.get("max_per_class") is not None and not _int_in(source["max_per_class"], 1):

@@ -23,13 +23,19 @@ def conv_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return stages
 
 
+_ONE_INPUT = {1: "a series (C, L)", 2: "an image (C, H, W)", 3: "a volume (C, D, H, W)"}
+
+
 def _batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` as a float batch (N, C, H, W) on the model's device."""
+    """``x`` as a float batch (N, C, *sides) on the model's device; its sides are ``model.config["ndim"]`` (2
+    when the model has no config)."""
+    ndim = (getattr(model, "config", None) or {}).get("ndim", 2)
     x = torch.as_tensor(x)
-    if x.ndim == 3:
+    if x.ndim == ndim + 1:
         x = x[None]
-    if x.ndim != 4:
-        raise CnnDepthError(f"expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.ndim != ndim + 2:
+        one = _ONE_INPUT[ndim]
+        raise CnnDepthError(f"expected {one} or a batch (N, {one.split('(')[1]}, got shape {tuple(x.shape)}")
     return x.float().to(one_param(model).device)
 
 

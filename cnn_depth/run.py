@@ -199,26 +199,31 @@ def find_lr(dls, cfg: SweepConfig, depth: int, seed: int, device: Device, out: P
 
 @functools.lru_cache(maxsize=None)
 def _macs(arch: str, depth: int, n_in: int, n_out: int, img_size: tuple) -> int:
+    """MACs of one input of ``img_size``: one side per dimension, so its length is the model's ``ndim``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .models import depth_cnn
 
     with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the run's RNG untouched
-        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size).eval()
+        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size, ndim=len(img_size)).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, n_in, *img_size))
     return counter.get_total_flops() // 2  # torch counts 2 FLOPs per multiply-accumulate
 
 
 def macs_per_image(config: dict) -> int:
-    """Multiply-accumulates of one image's forward pass through a model built from ``config`` (``model.config``).
+    """Multiply-accumulates of one input's forward pass (an image, a series or a volume) through a model built
+    from ``config`` (``model.config``; without ``ndim``, as written before 1D/3D models, it is 2).
 
     torch's ``FlopCounterMode`` on a batch of one, on the CPU, in eval mode, halved: the convolutions and
-    linear layers (each output element: inputs × kernel area MACs; biases, batch norm, ReLU, pooling and the
-    residual adds are not counted, a few per cent at most). Computed once per (arch, depth, input shape).
+    linear layers (each output element: inputs × kernel size MACs, 3 taps in 1D, 3×3 in 2D, 3×3×3 in 3D;
+    biases, batch norm, ReLU, pooling and the residual adds are not counted, a few per cent at most). Computed
+    once per (arch, depth, input shape).
     """
-    h, w = config["img_size"]
-    return _macs(config["arch"], int(config["depth"]), int(config["n_in"]), int(config["n_out"]), (int(h), int(w)))
+    ndim, size = int(config.get("ndim", 2)), config["img_size"]
+    sides = (size,) * ndim if isinstance(size, int) else size
+    return _macs(config["arch"], int(config["depth"]), int(config["n_in"]), int(config["n_out"]),
+                 tuple(int(v) for v in sides))
 
 
 class PeakMemory:
