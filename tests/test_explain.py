@@ -76,7 +76,7 @@ def test_loaded_model_gives_identical_outputs(run, tiny_dls):
 def test_file_loads_with_weights_only(run):
     ckpt = torch.load(model_path(run[0], "bn", 3, 0), weights_only=True)
     assert ckpt["format"] == "cnn-depth-model" and ckpt["version"] == 1
-    assert ckpt["config"] == dict(arch="bn", depth=3, n_in=3, n_out=10, img_size=[32, 32])
+    assert ckpt["config"] == dict(arch="bn", depth=3, n_in=3, n_out=10, img_size=[32, 32], ndim=2)
     assert ckpt["source"]["train_name"] == "train" and ckpt["source"]["valid_name"] == "test"
     assert all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())
 
