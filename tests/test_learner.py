@@ -12,7 +12,7 @@ def test_learner_infers_channels_and_classes(sample_dls):
     learn = depth_learner(sample_dls, depth=3, arch="residual")
     assert isinstance(learn.loss_func, CrossEntropyLossFlat)
     assert [m.name for m in learn.metrics] == ["accuracy"]
-    assert learn.model.config == dict(arch="residual", depth=3, n_in=3, n_out=10, img_size=[32, 32])
+    assert learn.model.config == dict(arch="residual", depth=3, n_in=3, n_out=10, img_size=[32, 32], ndim=2)
 
 
 def test_preset_learner_gets_flatten_size_from_data(image_folder_factory):

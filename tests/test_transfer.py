@@ -63,7 +63,7 @@ def test_the_model_is_fastais_vision_model_with_named_stages(arch, tv, shape):
     x = torch.randn(3, *shape)
     with torch.no_grad():
         assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-5)
-    assert ours.config == dict(arch=arch, depth=int(arch[-2:]), n_in=shape[0], n_out=7, img_size=list(shape[1:]))
+    assert ours.config == dict(arch=arch, depth=int(arch[-2:]), n_in=shape[0], n_out=7, img_size=list(shape[1:]), ndim=2)
 
 
 def test_stage_names_and_shapes():
@@ -107,7 +107,7 @@ def test_pretrained_weights_come_from_the_hub_cache(hub, n_in):
     assert torch.equal(model.stem[0].weight, conv1)
     assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     assert torch.equal(model.stem[1].running_var, state["bn1.running_var"])
-    assert model.config == dict(arch="resnet18", depth=18, n_in=n_in, n_out=10, img_size=[32, 32])
+    assert model.config == dict(arch="resnet18", depth=18, n_in=n_in, n_out=10, img_size=[32, 32], ndim=2)
 
 
 def test_pretrained_vgg16_loads_its_conv_weights(hub):
