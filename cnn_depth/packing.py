@@ -209,7 +209,7 @@ def estimate_peak_bytes(arch: str, depth: int, n_in: int, n_out: int, img_size: 
     from .models import depth_cnn
 
     with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the RNG untouched
-        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=tuple(img_size)).eval()
+        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=tuple(img_size), ndim=len(img_size)).eval()
     values = [0]
 
     def count(module, inputs, output):
