@@ -214,7 +214,7 @@ class ToFloat(_DirectCall, IntToFloatTensor):
     """
 
     def _image(self, x: TensorImage) -> TensorImage:
-        return TensorImage(x.as_subclass(Tensor).float().div_(self.div))
+        return x.as_subclass(Tensor).float().div_(self.div).as_subclass(TensorImage)  # TensorImage(): ~20 µs more
 
     def encodes(self, x: TensorImage):
         return self._image(x)
@@ -229,7 +229,7 @@ class FastNormalize(_DirectCall, Normalize):
     """
 
     def _image(self, x: TensorImage) -> TensorImage:
-        return TensorImage(x.as_subclass(Tensor).sub(self.mean).div_(self.std))
+        return x.as_subclass(Tensor).sub(self.mean).div_(self.std).as_subclass(TensorImage)
 
     def encodes(self, x: TensorImage):
         return self._image(x)
@@ -283,7 +283,9 @@ class TensorDL(ImageDL):
         end = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
         for i in range(0, end, self.bs):
             g = idx[i:i + self.bs]
-            yield TensorImage(self.images.index_select(0, g)), TensorCategory(self.targets.index_select(0, g))
+            # as_subclass: what TensorImage(t) gives a fresh tensor, without fastai's cast (~20 µs a batch each)
+            yield (self.images.index_select(0, g).as_subclass(TensorImage),
+                   self.targets.index_select(0, g).as_subclass(TensorCategory))
 
 
 def tensor_dataloaders(folder: ImageSource, size: Optional[tuple[int, int]], stats: tuple[list, list],

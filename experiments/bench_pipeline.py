@@ -195,9 +195,9 @@ def fit_learner(dls, a, use_amp: bool, lean: bool = True) -> tuple[float, list]:
     stamps (:class:`StepClock`)."""
     set_seed(a.seed, reproducible=True)
     if lean:
-        learn = lean_learner(depth_learner(dls, a.depth, arch=a.arch, cbs=[RunStats(), StopOnNaN()]))
-    else:
-        learn = depth_learner(dls, a.depth, arch=a.arch)
+        learn = lean_learner(depth_learner(dls, a.depth, arch=a.arch, cbs=[RunStats(), StopOnNaN()], threads=None))
+    else:  # threads=None: the thread count set here, as a sweep's run does (auto would sample the load per fit)
+        learn = depth_learner(dls, a.depth, arch=a.arch, threads=None)
     if a.overhead:  # the same Learner (loss, metrics, callbacks, optimiser) around the probe model
         learn.model = probe_model(dls.data_info.n_in, dls.c).to(dls.device)
     if use_amp:

@@ -151,3 +151,52 @@ def test_the_lean_optimizer_sets_hyper_parameters_as_fastai(sample_dls):
         lean.opt.set_hyper(k, v)
         assert [{k2: (type(x), x) for k2, x in h.items()} for h in lean.opt.hypers] == \
                [{k2: (type(x), x) for k2, x in h.items()} for h in stock.opt.hypers]
+
+
+def _fit_with(dls, lean: bool, opt_func, **fit):
+    seed_run(0, dls)
+    learn = depth_learner(dls, 2, threads=None, opt_func=opt_func)
+    if lean:
+        learn = lean_learner(learn)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(1, 3e-3, **fit)
+    return learn
+
+
+@pytest.mark.parametrize("opt", ["Adam", "Adam-l2", "SGD", "RAdam"])
+def test_every_fastai_optimizer_trains_as_stock_and_only_adamw_takes_the_foreach_step(sample_dls, opt):
+    from functools import partial
+
+    from fastai.optimizer import SGD, Adam, RAdam
+    opt_func = {"Adam": Adam, "Adam-l2": partial(Adam, decouple_wd=False), "SGD": SGD, "RAdam": RAdam}[opt]
+    stock, lean = _fit_with(sample_dls, False, opt_func), _fit_with(sample_dls, True, opt_func)
+    assert lean.opt._is_adamw() == (opt == "Adam")  # the others go through fastai's callbacks per parameter
+    for (name, a), b in zip(stock.model.state_dict().items(), lean.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for p_s, p_l in zip(stock.model.parameters(), lean.model.parameters()):  # the optimizer's state too
+        s, l = stock.opt.state[p_s], lean.opt.state[p_l]
+        assert s.keys() == l.keys()
+        assert all(torch.equal(v, l[k]) if isinstance(v, torch.Tensor) else v == l[k] for k, v in s.items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_foreach_adamw_step_matches_fastais_to_float_rounding():
+    from fastai.optimizer import Adam
+
+    from cnn_depth import depth_cnn
+    from cnn_depth.lean import LeanOptimizer
+    models = []
+    for lean in (False, True):
+        torch.manual_seed(0)
+        m = depth_cnn(8, arch="bn").cuda()
+        opt = Adam(list(m.parameters()), lr=1e-3)
+        if lean:
+            opt.__class__ = LeanOptimizer
+        g = torch.Generator(device="cuda").manual_seed(1)
+        for _ in range(20):
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, device="cuda", generator=g) * 1e-3
+            opt.step()
+        models.append([p.detach() for p in m.parameters()])
+    for a, b in zip(*models):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
