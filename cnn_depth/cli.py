@@ -121,23 +121,54 @@ def fail(message: str, code: int = 2):
 
 
 @app.command("models", cls=Command)
-def models_cmd(depth: int = typer.Option(8, help="Depth at which to count the family models' parameters."),
-               n_in: int = typer.Option(3, help="Input channels (3 RGB, 1 grayscale)."),
+def models_cmd(depth: int = typer.Option(8, help="Depth of the family models counted (a preset has its own)."),
+               n_in: int = typer.Option(3, help="Input channels (3 RGB, 1 grayscale; a series' or volume's channels)."),
                img_size: int = typer.Option(32, help="Image size in px (the presets' flatten size depends on it)."),
-               n_out: int = typer.Option(10, help="Number of classes.")):
-    """List the registered models with their parameter counts.
+               n_out: int = typer.Option(10, help="Number of classes."),
+               dims: Optional[int] = typer.Option(None, help="Only the models that take inputs of this dimension (1 "
+                                                             "series, 2 images, 3 volumes), with params and MACs at "
+                                                             "--size."),
+               size: Optional[str] = typer.Option(None, help="Input size for params and MACs: a length (150), HxW "
+                                                             "(32x32) or DxHxW (28x28x28); one number is every side "
+                                                             "of --dims (default 2).")):
+    """List the registered models, the input dimensions each takes and its parameters; with --dims or --size,
+    the MACs per input too.
 
-    Example: cnn-depth models --depth 20
+    Examples: cnn-depth models --depth 20; cnn-depth models --dims 1 --size 150 --depth 8;
+    cnn-depth models --size 28x28x28 --n-in 1
     """
-    from .models import check_depth, count_params, depth_cnn, list_models, model_spec
+    from .models import AXES, DIM_NAMES, NDIMS, input_size, model_table
 
-    check_depth(depth)
-    typer.echo(f"{'arch':<13} {'depth':>5} {'params':>10}  description")
-    for name in list_models():
-        spec = model_spec(name)
-        d = spec.depth or depth
-        n = count_params(depth_cnn(d, n_in=n_in, n_out=n_out, arch=name, img_size=img_size))
-        typer.echo(f"{name:<13} {d:>5} {n:>10,}  {spec.description}" + ("" if spec.depth else " (any depth)"))
+    sides = None
+    if size is not None:
+        if not re.fullmatch(r"[1-9]\d*(x[1-9]\d*){0,2}", size.strip()):
+            fail(f"--size {size!r} is not a size; give a length (150), HxW (32x32) or DxHxW (28x28x28)")
+        sides = [int(v) for v in size.strip().split("x")]
+        if dims is None:
+            dims = len(sides) if len(sides) > 1 else 2
+        elif len(sides) not in (1, dims) and dims in NDIMS:
+            fail(f"--size {size} has {len(sides)} sides; --dims {dims} takes one number or {dims} ({AXES[dims]})")
+    if dims is None:  # the registry as an image model sees it: the dims each takes, params at --img-size
+        rows = model_table(None, depth, n_in, n_out, img_size, macs=False)
+        typer.echo(f"{'arch':<13} {'dims':<9} {'depth':>5} {'params':>10}  description")
+        for r in rows:
+            typer.echo(f"{r['arch']:<13} {r['dims']:<9} {r['depth']:>5} {r['params']:>10,}  {r['description']}"
+                       + (" (any depth)" if r["family"] else ""))
+        typer.echo(f"params of {n_in}×{img_size}×{img_size} images, {n_out} classes; series, volumes and MACs: "
+                   f"cnn-depth models --dims 1 --size 150")
+        return
+    given = img_size if sides is None else sides[0] if len(sides) == 1 else sides
+    rows = model_table(dims, depth, n_in, n_out, given)
+    shape = "×".join(map(str, (n_in, *input_size(given, dims))))
+    typer.echo(f"{dims}D inputs ({DIM_NAMES[dims]}) of {shape} (channels, {AXES[dims]}), {n_out} classes; "
+               f"families at depth {depth}")
+    typer.echo(f"{'arch':<13} {'depth':>5} {'params':>11} {'MACs':>15}  description")
+    for r in rows:
+        typer.echo(f"{r['arch']:<13} {r['depth']:>5} {r['params']:>11,} {r['macs']:>15,}  {r['description']}")
+    others = [r["arch"] for r in model_table(None, depth, n_in, n_out, img_size, macs=False)
+              if r["arch"] not in {x["arch"] for x in rows}]
+    if others:
+        typer.echo(f"2D only: {', '.join(others)}")
 
 
 @app.command("datasets", cls=Command)

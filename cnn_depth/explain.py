@@ -628,7 +628,8 @@ def _input_image(info: dict, image: Optional[PathLike], index: Optional[int], it
     if array is not None:
         if ndim == 2:
             raise CnnDepthError("array= is for 1D and 3D models (series, volumes); give an image model image= a file")
-        return check_array(array, config, "the array"), label, "the given array" + (f" (true: {label})" if label else "")
+        what = "the given array" + (f" (true: {label})" if label else "")
+        return check_array(array, config, "the array"), label, what
     if image is not None:
         if ndim != 2:
             return _read_array(image, config), None, f"array {Path(image).name}"

@@ -206,7 +206,7 @@ class MLP(nn.Sequential):
     def __init__(self, widths: Sequence[int], n_in: int, n_out: int, img_size: ImgSize,
                  dropout: Sequence[float] = ()):
         sides = input_size(img_size, 2 if _is_int(img_size) else len(img_size))
-        layers, ni = [("flatten", nn.Flatten())], n_in * math.prod(sides)  # torch's Flatten: any ndim, non-contiguous too
+        layers, ni = [("flatten", nn.Flatten())], n_in * math.prod(sides)  # torch's: any ndim, non-contiguous too
         for i, nf in enumerate(widths):
             p = dropout[i] if i < len(dropout) else 0.0
             layers.append((f"hidden{i + 1}", nn.Sequential(nn.Linear(ni, nf), nn.ReLU(),
@@ -291,7 +291,8 @@ def customcnn(depth, n_in, n_out, img_size):
 
 
 register_model("mlp", "hidden Linear-ReLU layers on the flattened input, widths 256, 128, 64, 32, 32, ...",
-               kind="mlp", ndims=NDIMS)(lambda depth, n_in, n_out, img_size: MLP(mlp_widths(depth), n_in, n_out, img_size))
+               kind="mlp", ndims=NDIMS)(
+    lambda depth, n_in, n_out, img_size: MLP(mlp_widths(depth), n_in, n_out, img_size))
 
 
 @register_model("fashiondnn", "book chapter FashionDNN: flatten, fc 256 + dropout 0.25, fc 128, fc n_out", depth=2,
@@ -448,4 +449,49 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[dict]:
     finally:
         for h in hooks:
             h.remove()
+    return rows
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass of a ``(C, *sides)`` input: torch's ``FlopCounterMode`` on a
+    batch of one, in eval mode, halved (it counts 2 FLOPs per multiply-accumulate); convolutions and linear
+    layers only (biases, batch norm, ReLU, pooling and residual adds are a few per cent at most)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with eval_mode(model), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    return counter.get_total_flops() // 2
+
+
+def model_table(ndim: Optional[int] = None, depth: int = 8, n_in: int = 3, n_out: int = 10,
+                img_size: ImgSize = 32, macs: bool = True) -> list[dict]:
+    """One row per registered model: what ``cnn-depth models`` prints.
+
+    Args:
+        ndim: only the models that take inputs of this dimension, counted at ``img_size`` in it; None: every
+            model, counted as an image model (2D).
+        depth: the families' depth (a preset has its own).
+        n_in, n_out: input channels and classes.
+        img_size: an int (every side) or one side per dimension.
+        macs: count the MACs too (torch's flop counter takes about a second to import the first time).
+
+    Returns:
+        dicts with arch, dims (e.g. "1D/2D/3D"), depth, params, macs (per input of ``(n_in, *sides)``; None
+        when not counted), description and family (True for a family of any depth). Building a model draws
+        weights: torch's RNG is left as it was.
+    """
+    check_depth(depth)
+    dim = check_int(ndim, "--dims", 1, max(NDIMS), hint=" (1: series, 2: images, 3: volumes)") if ndim else 2
+    sides = input_size(img_size, dim)
+    rows = []
+    for name in list_models():
+        spec = model_spec(name)
+        if dim not in spec.ndims:
+            continue
+        d = spec.depth or depth
+        with torch.random.fork_rng(devices=[]):
+            model = depth_cnn(d, n_in=n_in, n_out=n_out, arch=name, img_size=sides, ndim=dim)
+        rows.append(dict(arch=name, dims=dims_text(spec.ndims), depth=d, params=count_params(model),
+                         macs=count_macs(model, (n_in, *sides)) if macs else None, description=spec.description,
+                         family=spec.depth is None))
     return rows

@@ -200,15 +200,11 @@ def find_lr(dls, cfg: SweepConfig, depth: int, seed: int, device: Device, out: P
 @functools.lru_cache(maxsize=None)
 def _macs(arch: str, depth: int, n_in: int, n_out: int, img_size: tuple) -> int:
     """MACs of one input of ``img_size``: one side per dimension, so its length is the model's ``ndim``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .models import depth_cnn
+    from .models import count_macs, depth_cnn
 
     with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the run's RNG untouched
-        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size, ndim=len(img_size)).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, n_in, *img_size))
-    return counter.get_total_flops() // 2  # torch counts 2 FLOPs per multiply-accumulate
+        model = depth_cnn(depth, n_in=n_in, n_out=n_out, arch=arch, img_size=img_size, ndim=len(img_size))
+    return count_macs(model, (n_in, *img_size))
 
 
 def macs_per_image(config: dict) -> int:
