@@ -173,13 +173,18 @@ def models_cmd(depth: int = typer.Option(8, help="Depth of the family models cou
 
 @app.command("datasets", cls=Command)
 def datasets_cmd():
-    """List the registered datasets (any folder or .tgz/.zip path works with --data too)."""
+    """List the registered datasets: kind (image, series, volume), one input's shape (channels first), the
+    train/valid sizes, classes, split folders (any folder or .tgz/.zip path works with --data too)."""
     from .data import dataset_spec, list_datasets  # the registry is in data.py, which imports fastai
 
+    typer.echo(f"{'name':<17} {'kind':<6} {'input':<11} {'train/valid':>13} {'classes':>7}  {'splits':<17} description")
     for name in list_datasets():
         s = dataset_spec(name)
-        typer.echo(f"{name:<15} {s.train_name}/{s.valid_name:<9} {s.description}")
-    typer.echo("PATH            a folder or .tgz/.tar.gz/.zip laid out <root>/<train>/<class>/*, <root>/<valid>/<class>/*")
+        sizes = "/".join(f"{n:,}" for n in s.sizes)
+        typer.echo(f"{name:<17} {s.kind:<6} {s.shape:<11} {sizes:>13} {s.classes or '':>7}  "
+                   f"{s.train_name + '/' + s.valid_name:<17} {s.description}")
+    typer.echo("PATH: a folder or .tgz/.tar.gz/.zip laid out <root>/<train>/<class>/*, <root>/<valid>/<class>/* (images, "
+               "or .npy/.npz arrays), a folder of a UCR problem's <Name>_TRAIN.ts and _TEST.ts, a MedMNIST-3D .npz")
 
 
 @app.command("summary", cls=Command)

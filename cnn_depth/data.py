@@ -79,22 +79,29 @@ def _single_top_folder(root: Path) -> Path:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A registered dataset: ``fetch()`` returns its root folder; split folder names and a description."""
+    """A registered dataset: ``fetch()`` returns its root folder; split folder names and a description; what
+    ``cnn-depth datasets`` lists: its kind, one input's shape, the split sizes and the number of classes."""
 
     name: str
     fetch: Callable[[], Path]
     train_name: str
     valid_name: str
     description: str
+    kind: str = "image"  # image, series or volume: image folders are read by image_folder, the rest as arrays
+    shape: str = ""  # one input, channels first: "3×32×32", "1×150"
+    sizes: tuple = ()  # (train, valid) samples as published
+    classes: Optional[int] = None
 
 
 _SOURCES: dict[str, SourceSpec] = {}
 
 
-def register_dataset(name: str, train_name: str, valid_name: str, description: str):
+def register_dataset(name: str, train_name: str, valid_name: str, description: str, kind: str = "image",
+                     shape: str = "", sizes: tuple = (), classes: Optional[int] = None):
     """Decorator: add a fetch function returning a root folder to the dataset registry."""
     def _register(fetch):
-        _SOURCES[name] = SourceSpec(name, fetch, train_name, valid_name, description)
+        _SOURCES[name] = SourceSpec(name, fetch, train_name, valid_name, description, kind, shape, tuple(sizes),
+                                    classes)
         return fetch
     return _register
 
@@ -121,10 +128,18 @@ def fastai_copy(url: str) -> Optional[Path]:
     return folder if folder.is_dir() and any(folder.iterdir()) else None
 
 
-def _download(url: str, name: str, hint: str) -> Path:
+def _download(url: str, name: str, hint: str, extract: bool = True) -> Path:
     """fastai's ``untar_data(url)``, with its config, lock, archive and data in our cache (``~/.fastai`` is
-    only read, for a copy fastai made before). Offline, one line at once: no progress bar, nothing written."""
-    found = fastai_copy(url)
+    only read, for a copy fastai made before). Offline, one line at once: no progress bar, nothing written.
+    ``extract=False``: the downloaded file itself (fastdownload's ``download``; a copy already there is used)."""
+    from fastdownload import FastDownload
+    from fastcore.net import urldest
+
+    if not extract:
+        loader = FastDownload(base=str(cache_dir() / "fastai"))
+        if urldest(url, loader.arch_path()).is_file():
+            return urldest(url, loader.arch_path())
+    found = fastai_copy(url) if extract else None
     if found is not None:
         return found
     host = urlparse(url).hostname or ""
@@ -137,34 +152,80 @@ def _download(url: str, name: str, hint: str) -> Path:
     except OSError as e:
         raise offline(f"{host} does not answer: {e.strerror or type(e).__name__}") from e
     try:
-        return untar_data(url, base=str(cache_dir() / "fastai"))
+        return untar_data(url, base=str(cache_dir() / "fastai")) if extract else loader.download(url)
     except Exception as e:  # URLError, timeouts, HTTP errors: all mean "no copy here and no download"
         raise offline(f"{type(e).__name__}: {str(e)[:80]}") from e
 
 
 @register_dataset("cifar10-sample", "train", "test",
-                  "CIFAR-10, first 500 train + 100 test images per class (embedded, works offline)")
+                  "CIFAR-10, first 500 train + 100 test images per class (embedded, works offline)",
+                  shape="3×32×32", sizes=(5000, 1000), classes=10)
 def cifar10_sample() -> Path:
     with resources.as_file(resources.files("cnn_depth") / "_data" / SAMPLE_ARCHIVE) as archive:
         return extract_archive(archive, cache_dir() / "datasets" / f"cifar10-sample-{archive_key(archive)}")
 
 
-@register_dataset("cifar10", "train", "test", "full CIFAR-10 (50,000 / 10,000) via fastai's untar_data(URLs.CIFAR)")
+@register_dataset("cifar10", "train", "test", "full CIFAR-10 (50,000 / 10,000) via fastai's untar_data(URLs.CIFAR)",
+                  shape="3×32×32", sizes=(50000, 10000), classes=10)
 def cifar10() -> Path:
     return _download(URLs.CIFAR, "CIFAR-10",
                      "--data path/to/cifar10.tgz (or dataloaders('path/to/cifar10')), laid out train/<class>/, "
                      "test/<class>/")
 
 
-@register_dataset("mnist", "training", "testing", "MNIST digits, 28×28 grayscale, via untar_data(URLs.MNIST)")
+@register_dataset("mnist", "training", "testing", "MNIST digits, 28×28 grayscale, via untar_data(URLs.MNIST)",
+                  shape="1×28×28", sizes=(60000, 10000), classes=10)
 def mnist() -> Path:
     return _download(URLs.MNIST, "MNIST",
                      "--data path/to/mnist_png (or a .tgz) laid out training/<digit>/, testing/<digit>/")
 
 
 register_dataset("fashion-mnist", "training", "testing",
-                 "Fashion-MNIST, 28×28 gray clothes, 10 classes (60,000 / 10,000), via torchvision, as PNGs")(
-    fashion_mnist.fashion_mnist)
+                 "Fashion-MNIST, 28×28 gray clothes, 10 classes (60,000 / 10,000), via torchvision, as PNGs",
+                 shape="1×28×28", sizes=(60000, 10000), classes=10)(fashion_mnist.fashion_mnist)
+
+# Series and volumes: arrays (cnn_depth.arrays), converted once into the cache by cnn_depth.series and
+# cnn_depth.volumes, imported only when fetched (they import this module). Sizes and classes as published.
+
+
+def _aeon_dataset(name: str) -> Path:
+    from .series import aeon_dataset
+    return aeon_dataset(name)
+
+
+def _medmnist(name: str) -> Path:
+    from .volumes import medmnist
+    return medmnist(name)
+
+
+for _name, _shape, _sizes, _classes, _desc in [
+        ("GunPoint", "1×150", (50, 150), 2, "UCR GunPoint: hand motion, gun drawn or pointed (univariate)"),
+        ("ArrowHead", "1×251", (36, 175), 3, "UCR ArrowHead: outlines of arrowheads as series (univariate)"),
+        ("ItalyPowerDemand", "1×24", (67, 1029), 2, "UCR ItalyPowerDemand: a day's electricity demand, winter or "
+                                                    "summer (univariate)"),
+        ("BasicMotions", "6×100", (40, 40), 4, "UEA BasicMotions: smartwatch accelerometer + gyroscope, 4 activities "
+                                               "(multivariate)")]:
+    register_dataset(_name, "train", "test", f"{_desc}; ships in aeon: pip install 'cnn-depth[series]'",
+                     kind="series", shape=_shape, sizes=_sizes, classes=_classes)(partial(_aeon_dataset, _name))
+
+
+@register_dataset("shapes3d", "train", "valid", "synthetic noisy cubes, spheres and tori, 16³ voxels, 64 per class "
+                  "and split (generated, works offline)", kind="volume", shape="1×16×16×16", sizes=(192, 192),
+                  classes=3)
+def shapes3d() -> Path:
+    from .volumes import synthetic_volumes
+    return synthetic_volumes()
+
+
+for _name, _classes, _sizes, _desc in [
+        ("organmnist3d", 11, (971, 610), "MedMNIST OrganMNIST3D: 11 abdominal organs in CT"),
+        ("nodulemnist3d", 2, (1158, 310), "MedMNIST NoduleMNIST3D: lung nodules in CT, benign or malignant"),
+        ("adrenalmnist3d", 2, (1188, 298), "MedMNIST AdrenalMNIST3D: adrenal gland shapes, normal or hyperplasia"),
+        ("fracturemnist3d", 3, (1027, 240), "MedMNIST FractureMNIST3D: 3 kinds of rib fracture in CT"),
+        ("vesselmnist3d", 2, (1335, 382), "MedMNIST VesselMNIST3D: brain vessel segments, vessel or aneurysm"),
+        ("synapsemnist3d", 2, (1230, 352), "MedMNIST SynapseMNIST3D: synapses in electron microscopy, 2 kinds")]:
+    register_dataset(_name, "train", "test", f"{_desc}, 28³; downloaded from medmnist.com's Zenodo record", kind="volume",
+                     shape="1×28×28×28", sizes=_sizes, classes=_classes)(partial(_medmnist, _name))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -603,6 +664,9 @@ def image_folder(source: PathLike = DEFAULT_SOURCE, max_per_class: Optional[int]
     resolved = resolve_source(source)
     if isinstance(resolved, str):
         spec = _SOURCES[resolved]
+        if spec.kind != "image":
+            raise CnnDepthError(f"{resolved} holds {spec.kind}, not images; read it with cnn_depth.dataloaders("
+                                f"{resolved!r}) (cnn_depth.arrays)")
         root = spec.fetch()
         train_name, valid_name = train_name or spec.train_name, valid_name or spec.valid_name
     elif resolved.is_file():

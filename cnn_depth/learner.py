@@ -98,7 +98,8 @@ def depth_learner(dls, depth=None, arch: str = "bn", pretrained: bool = False, t
     """A fastai ``Learner`` for a registered model of the given depth.
 
     Args:
-        dls: ``DataLoaders`` (from :func:`cnn_depth.dataloaders` or any fastai image DataLoaders).
+        dls: ``DataLoaders`` (from :func:`cnn_depth.dataloaders`, or any fastai DataLoaders whose batches are
+            ``(n, channels, *sides)``).
         depth: number of conv layers (hidden layers for ``mlp``; a preset's own depth when None).
         arch: a name from ``list_models()``.
         pretrained: ImageNet weights for resnet18, resnet50 or vgg16 (from the torch hub cache, else
@@ -110,18 +111,20 @@ def depth_learner(dls, depth=None, arch: str = "bn", pretrained: bool = False, t
             leaves torch's setting alone. ``learn.set_threads.used`` says what the last fit used.
         **kw: passed on to ``Learner`` (``lr``, ``opt_func``, ``cbs``, ``path``, ``splitter``, ...).
 
-    ``n_in`` (channels), ``n_out`` (``dls.c``) and the image size come from ``dls``. The model goes to
+    ``n_in`` (channels), ``n_out`` (``dls.c``), the input size and its dimensions (1 series, 2 images, 3
+    volumes: ``dls.data_info.ndim``, or a batch's) come from ``dls``: a series gets the 1D family, a volume the
+    3D one, and an arch that cannot take them (the 2D presets) is one line. The model goes to
     the DataLoaders' device, which is fastai's default: CUDA when available, else CPU. The splitter is
     :func:`body_head_split`. Inputs are normalised with the data's own statistics, for pretrained nets too
     (fastai's ``vision_learner`` would add ImageNet's where the DataLoaders have no ``Normalize``).
     """
     info = data_info(dls)
     if info is not None:
-        n_in, img_size = info.n_in, info.img_size
-    else:  # DataLoaders not made by us: read one batch
+        n_in, img_size, ndim = info.n_in, tuple(info.img_size), info.ndim
+    else:  # DataLoaders not made by us: read one batch, (n, c, *sides)
         xb = dls.one_batch()[0]
-        n_in, img_size = xb.shape[1], tuple(xb.shape[-2:])
-    model = depth_cnn(depth, n_in=n_in, n_out=dls.c, arch=arch, img_size=img_size, pretrained=pretrained)
+        n_in, img_size, ndim = xb.shape[1], tuple(xb.shape[2:]), xb.ndim - 2
+    model = depth_cnn(depth, n_in=n_in, n_out=dls.c, arch=arch, img_size=img_size, pretrained=pretrained, ndim=ndim)
     kw.setdefault("loss_func", CrossEntropyLossFlat())
     kw.setdefault("metrics", accuracy)
     kw.setdefault("splitter", body_head_split)

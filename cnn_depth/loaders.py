@@ -9,15 +9,19 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 from fastai.data.transforms import IntToFloatTensor
 from fastai.vision.augment import Normalize, Resize, ResizeMethod
 from fastcore.foundation import L
 from PIL import Image
 
-from .data import (DEFAULT_SOURCE, PIPELINES, ImageSource, _image_size, augment_item_tfms, channel_stats,
-                   image_datablock, image_folder)
+from .arrays import (DEFAULT_VALID_PCT, KINDS, ArraySource, array_dataloaders, array_folder, array_stats,
+                     check_dims, holds_arrays)
+from .data import (DEFAULT_SOURCE, PIPELINES, ImageSource, _image_size, _single_top_folder, _SOURCES,
+                   augment_item_tfms, channel_stats, extract_archive, image_datablock, image_folder, resolve_source)
+from .archives import is_archive
 from .errors import CnnDepthError, check_int
 from .fastpath import ImageDL, tensor_dataloaders
 from .files import PathLike
@@ -26,18 +30,25 @@ from .files import PathLike
 @dataclass(frozen=True)
 class DataInfo:
     """What a cnn-depth ``DataLoaders`` was built from (``dls.data_info``): read by the Learner factory,
-    the sweep and saved models."""
+    the sweep, saved models and explain."""
 
-    source: ImageSource  # items, split names, vocab, max_per_class, scan
-    img_size: tuple[int, int]  # (h, w) of every batch
-    stats: tuple[list, list]  # per-channel mean and std on the 0-1 scale, used to normalise
-    pipeline: str  # "fast" or "pil"
+    source: Union[ImageSource, ArraySource]  # items, split names, vocab, max_per_class (arrays: their spec too)
+    img_size: tuple  # spatial size of every batch: (h, w) for images, (length,) for series, (d, h, w) for volumes
+    stats: tuple[list, list]  # per-channel mean and std used to normalise: images on the 0-1 scale, arrays as stored
+    pipeline: str  # "fast" or "pil" (arrays: always "fast", tensors in memory)
     augment: bool
+    ndim: int = 2  # spatial dimensions: 1 series, 2 images, 3 volumes (what depth_learner builds the model for)
+    kind: str = "image"  # "image", "series" or "volume" (arrays forced to dims=2 are "image")
 
     @property
     def n_in(self) -> int:
-        """Input channels: 1 grayscale, 3 RGB."""
+        """Input channels: 1 grayscale, 3 RGB; for arrays, as many as each sample has."""
         return self.source.n_in
+
+    @property
+    def input_shape(self) -> tuple:
+        """The shape of one input: ``(n_in, *img_size)``."""
+        return (self.n_in, *self.img_size)
 
 
 def data_info(dls) -> Optional[DataInfo]:
@@ -126,15 +137,59 @@ def check_batch_tfms(batch_tfms) -> list:
     return tfms
 
 
+def array_root(source: PathLike) -> Optional[Path]:
+    """The array folder ``source`` is or converts to; None when it holds images (or nothing we know).
+
+    A registered series or volume name: its folder (fetched or converted once). A folder (or an archive of one)
+    holding one UCR problem's ``<Name>_TRAIN``/``_TEST`` ``.ts``/``.tsv`` files: their converted folder. A
+    MedMNIST-3D ``.npz`` file: its converted folder. A folder whose class folders hold ``.npy``/``.npz`` files:
+    itself. One line for a single ``.ts``/``.tsv`` file (a problem is two)."""
+    resolved = resolve_source(source)
+    if isinstance(resolved, str):
+        spec = _SOURCES[resolved]
+        return None if spec.kind == "image" else spec.fetch()
+    if resolved.is_file():
+        suffix = resolved.suffix.lower()
+        if suffix == ".npz":
+            from .volumes import medmnist_folder
+            return medmnist_folder(resolved)
+        if suffix in (".ts", ".tsv"):
+            raise CnnDepthError(f"{resolved} is one file of a UCR problem; give the folder that holds both "
+                                f"<Name>_TRAIN{suffix} and <Name>_TEST{suffix}")
+        if not is_archive(resolved):
+            return None
+        resolved = extract_archive(resolved)
+    root = _single_top_folder(resolved)
+    from .series import find_ucr, ucr_folder
+    pair = find_ucr(root)
+    if pair is not None:
+        return ucr_folder(*pair)
+    return root if holds_arrays(root) else None
+
+
+def _not_for_arrays(**given) -> None:
+    """One line for an image option given with array data."""
+    for name, value in given.items():
+        if value:
+            why = {"size": "series and volumes are used at their own shape (pad=True pads series to the longest)",
+                   "item_tfms": "arrays are loaded once and served as tensors; augment with augment=True or batch_tfms",
+                   "pipeline": "arrays have one pipeline, tensors in memory (pipeline='fast')"}[name]
+            raise CnnDepthError(f"{name}= is for images; {why}")
+
+
 def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: Optional[int] = None,
                 size=None, train_name: Optional[str] = None, valid_name: Optional[str] = None,
                 num_workers: int = 0, device=None, pipeline: str = "fast", augment: bool = False,
-                item_tfms=None, batch_tfms=None, mmap: bool = True, **kw):
+                item_tfms=None, batch_tfms=None, mmap: bool = True, dims: Optional[int] = None, pad: bool = False,
+                fill: Optional[float] = None, valid_pct: float = DEFAULT_VALID_PCT, seed: int = 0, **kw):
     """fastai ``DataLoaders`` for a dataset name, a folder or an archive.
 
     Args:
-        source: a name from ``list_datasets()`` (default: the embedded CIFAR-10 sample), or the path of a
-            folder or .tgz/.tar.gz/.zip laid out ``<root>/<train>/<class>/*``, ``<root>/<valid>/<class>/*``.
+        source: a name from ``list_datasets()`` (default: the embedded CIFAR-10 sample; series and volumes
+            too), or the path of a folder or .tgz/.tar.gz/.zip laid out ``<root>/<train>/<class>/*``,
+            ``<root>/<valid>/<class>/*`` holding images or ``.npy``/``.npz`` arrays (:mod:`cnn_depth.arrays`;
+            arrays may also sit in ``<root>/<class>/``, split at random), a folder holding a UCR problem's
+            ``<Name>_TRAIN.ts``/``_TEST.ts`` (or ``.tsv``) files, or a MedMNIST-3D ``.npz`` file.
         bs: batch size.
         max_per_class: keep the first N images (by file name) of each class in each split.
         size: resize every image to this (int or (h, w)); by default images of one size are used as they
@@ -156,8 +211,19 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
             the normalisation (by their ``order``) in both pipelines, as in fastai.
         mmap: fast pipeline: map the decoded cache into memory (processes share one copy) rather than read a
             private copy (see :func:`cnn_depth.fastpath.decoded_images`).
+        dims: arrays only: 1 (series), 2 (images) or 3 (volumes), forcing how each file is read; inferred
+            when None (a file of 1 or 2 dimensions is a series, of 3 or 4 a volume). Images are 2D.
+        pad: series only: zero-pad series shorter than the longest at the end (else different lengths are a
+            one-line error naming a file).
+        fill: arrays only: the value that replaces missing values (NaN); None refuses them, naming the file.
+        valid_pct, seed: arrays in one folder of classes (no split folders): the share of each class held out
+            for validation, and the seed that picks it.
         **kw: fastai loader options passed on to ``Datasets.dataloaders`` (``val_bs``, ``shuffle``, ...); an
             unknown keyword is a one-line error.
+
+    Arrays are read, checked and held as one float32 tensor (``num_workers`` and ``mmap`` do not apply), and
+    normalised per channel with the training split's mean and std; ``augment`` shifts series in time by up to
+    1/8 of their length and flips volumes along each axis, on ``device``, training batches only.
 
     Returns:
         fastai ``DataLoaders``; ``dls.data_info`` (a :class:`DataInfo`) says what they were built from.
@@ -167,6 +233,22 @@ def dataloaders(source: PathLike = DEFAULT_SOURCE, bs: int = 64, max_per_class: 
     bs = check_int(bs, "bs")
     check_loader_options(kw)
     batch_tfms = check_batch_tfms(batch_tfms)
+    dims = check_dims(dims)
+    root = array_root(source)
+    if root is not None:
+        _not_for_arrays(size=size is not None, item_tfms=bool(list(L(item_tfms))) if item_tfms is not None else False,
+                        pipeline=pipeline != "fast")
+        src, x = array_folder(root, str(source), max_per_class, train_name, valid_name, dims, pad, fill, valid_pct,
+                              seed)
+        stats = array_stats(x, src.splits[0])
+        dls = array_dataloaders(src, x, stats, bs=bs, augment=augment, device=device, batch_tfms=batch_tfms, **kw)
+        dls.data_info = DataInfo(src, tuple(src.spec.shape), stats, "fast", augment, ndim=src.dims,
+                                 kind=KINDS[src.dims])
+        return dls
+    if dims not in (None, 2):
+        raise CnnDepthError(f"dims={dims} is for arrays; {source} holds images, which are 2D (leave dims out)")
+    if pad or fill is not None:
+        raise CnnDepthError(f"{'pad' if pad else 'fill'}= is for series and arrays; {source} holds images")
     size, item_tfms, sized = item_tfms_size(list(L(item_tfms)) if item_tfms is not None else [], size, pipeline)
     folder = image_folder(source, max_per_class, train_name, valid_name)
     img_size = _image_size(folder, size)
