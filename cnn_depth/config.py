@@ -184,7 +184,8 @@ class SweepConfig:
             self.depths = [spec_depth] if spec_depth else [2, 3, 4]
         self.depths = [check_depth(d, self.arch) for d in _int_list(self.depths, "depths")]
         if self.seeds == "auto":
-            self.compare = _check_auto_seeds(self)
+            _check_auto_seeds(self)
+            self.compare = _check_compare(self, [self], [])
         else:
             self.seeds = [check_int(s, "seeds", 0, MAX_SEED) for s in _int_list(self.seeds, "seeds")]
             _no_auto_options(self)
@@ -238,10 +239,8 @@ class SweepConfig:
         from .models import model_spec
 
         varying = self.varying()
-        if self.seeds == "auto":
-            raise CnnDepthError(f"--seeds auto compares the depths of one combination, not a grid (over "
-                                f"{', '.join(varying)}); give the grid fixed seeds (e.g. --seeds 0-2), or one value "
-                                f"of {', '.join(varying)}")
+        if self.seeds == "auto":  # seeds until the answer is clear, per combination (its depths with its top)
+            _check_auto_seeds(self)
         if self.depths is None:  # the archs' own depth where they agree, else the families' default
             archs = self.arch if isinstance(self.arch, list) else [self.arch]
             own = {model_spec(_typed(a, str, "arch")).depth for a in archs}
@@ -249,14 +248,19 @@ class SweepConfig:
                 raise CnnDepthError(f"the archs {', '.join(archs)} have no depth in common (presets have their own); "
                                     f"give --depths")
             self.depths = [own.pop() or 2] if own != {None} else [2, 3, 4]
-        depths, seeds = _int_list(self.depths, "depths"), _int_list(self.seeds, "seeds")
+        depths = _int_list(self.depths, "depths")
+        n_seeds = self.max_seeds if self.seeds == "auto" else len(_int_list(self.seeds, "seeds"))
         sizes = [len(getattr(self, n)) for n in varying]
-        runs = math.prod(sizes) * len(depths) * len(seeds)
+        runs = math.prod(sizes) * len(depths) * n_seeds
         if runs > MAX_RUNS and not self.yes:
             grid = " × ".join(f"{k} {n if n.endswith('s') else n + 's'}" for n, k in zip(varying, sizes))
-            raise CnnDepthError(f"{grid} × {len(depths)} depths × {len(seeds)} seeds is {runs:,} runs, over "
+            seeds = f"{n_seeds} seeds (--max-seeds)" if self.seeds == "auto" else f"{n_seeds} seeds"
+            raise CnnDepthError(f"{grid} × {len(depths)} depths × {seeds} is {runs:,} runs, over "
                                 f"{MAX_RUNS:,}; give fewer values, or --yes to go on")
         given = {f.name: getattr(self, f.name) for f in fields(self)}
+        compare = given["compare"]
+        if self.seeds == "auto":
+            given["compare"] = None  # cells of the grid: checked against every combination below
         combos = [SweepConfig(**dict(given, **dict(zip(varying, values)), yes=True))
                   for values in itertools.product(*(getattr(self, n) for n in varying))]
         for c in combos:
@@ -272,6 +276,9 @@ class SweepConfig:
                 setattr(self, f.name, getattr(combos[0], f.name))
             # else: derived per combination (transfer with and without --pretrained): kept as given
         self._combos = combos
+        if self.seeds == "auto":
+            self.compare = compare
+            self.compare = _check_compare(self, combos, varying)
 
     def run_tag(self, varying: Sequence[str]) -> str:
         """The part of a run id after ``{arch}-d{depth}-s{seed}`` for this combination, when the settings
@@ -301,14 +308,23 @@ class SweepConfig:
         return "-".join(p for p in parts if p)
 
     def plan(self):
-        """The :class:`cnn_depth.sequential.Plan` of ``--seeds auto`` (None for a fixed list of seeds):
-        comparisons of depths, ``--compare``'s pair as ``(depth, depth)``."""
+        """The :class:`cnn_depth.sequential.Plan` of ``--seeds auto`` (None for a fixed list of seeds). Without a
+        grid its combinations are the depths (``--compare``'s pair as ``(depth, depth)``); in a grid the cells
+        ``(combination name, depth)`` (:func:`combination_name`), each combination's depths compared with its
+        own top, and ``Plan.grid`` names the settings that vary."""
         if self.seeds != "auto":
             return None
         from .sequential import Plan
 
-        pairs = None if not self.compare else (tuple(int(c.split(":")[1]) for c in self.compare),)
-        return Plan(min_seeds=self.min_seeds, max_seeds=self.max_seeds, margin=self.margin, pairs=pairs)
+        grid = tuple(self.varying())
+        cells = [c.rpartition(":") for c in self.compare or []]
+        pairs = (tuple((n, int(d)) if grid else int(d) for n, _, d in cells),) if cells else None
+        return Plan(min_seeds=self.min_seeds, max_seeds=self.max_seeds, margin=self.margin, pairs=pairs, grid=grid)
+
+    def cell_names(self) -> list[str]:
+        """Each combination's name in the rule's cells (:func:`combination_name`), in grid order; a sweep of one
+        combination has none (its cells are depths)."""
+        return [combination_name(_texts(c, self.varying())) for c in self.combinations()] if self.varying() else []
 
     @property
     def out_dir(self) -> Path:
@@ -637,8 +653,11 @@ def parse_track(value, where: str = "") -> list[str]:
 
 
 def parse_compare(value, where: str = "") -> Optional[list[str]]:
-    """``--compare``'s pair as given: ``["bn:20", "bn:8"]``, ``"20 8"``, ``"bn:20,bn:8"`` or ``[20, 8]`` (TOML)
-    -> two strings ``DEPTH`` or ``ARCH:DEPTH`` (checked against the sweep by :class:`SweepConfig`)."""
+    """``--compare``'s cells as given: ``["bn:20", "bn:8"]``, ``"20 8"``, ``"bn:20,bn:8"``, ``[20, 8]`` (TOML),
+    or a grid's cells ``"residual,lr=0.001:20 bn,lr=0.001:20"`` -> one string per cell, ``[VALUES:]DEPTH``
+    (checked against the sweep by :class:`SweepConfig`). A comma joins the values of one cell
+    (``residual,lr=0.001``) and also separates cells (``bn:20,bn:8``, as the command line gathers them): a
+    cell ends at its ``:DEPTH``, or is a depth alone."""
     if value is None:
         return None
     if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -647,12 +666,23 @@ def parse_compare(value, where: str = "") -> Optional[list[str]]:
                                                        for v in value):
         raise CnnDepthError(f"{_named('compare', where)} must name two depths, e.g. --compare 20 8 or compare = "
                             f"[\"bn:20\", \"bn:8\"], got {value!r}")
-    return [t for v in value for t in re.split(r"[,\s]+", str(v).strip()) if t]
+    cells = []
+    for token in (t for v in value for t in str(v).split() if t):
+        spec = []
+        for part in (p.strip() for p in token.split(",") if p.strip()):
+            if ":" in part or (part.isdigit() and not spec):
+                cells.append(",".join(spec + [part]))
+                spec = []
+            else:
+                spec.append(part)
+        if spec:
+            cells.append(",".join(spec))
+    return cells
 
 
-def _check_auto_seeds(cfg: "SweepConfig") -> Optional[list[str]]:
-    """``--seeds auto``'s options checked against the sweep (one line each, before anything is written); returns
-    ``compare`` as ``["arch:depth", "arch:depth"]`` (None: each depth with the best)."""
+def _check_auto_seeds(cfg: "SweepConfig") -> None:
+    """``--seeds auto``'s numbers checked (one line each, before anything is written): ``min_seeds``,
+    ``max_seeds`` and ``margin``."""
     cfg.min_seeds = check_int(cfg.min_seeds, "min_seeds", 2, MAX_SEED,
                               hint=" (one seed has no spread to compare); e.g. --min-seeds 3")
     cfg.max_seeds = check_int(cfg.max_seeds, "max_seeds", 1, MAX_SEED)
@@ -664,28 +694,120 @@ def _check_auto_seeds(cfg: "SweepConfig") -> Optional[list[str]]:
         if not (isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m > 0):
             raise CnnDepthError(f"margin is in accuracy points and must be above 0, e.g. --margin 0.5; got {m!r}")
         cfg.margin = float(m)
+
+
+# --seeds auto in a grid names its cells (a combination and a depth) by their settings: the arch as it is,
+# the other settings that vary as name=value (``residual,lr=0.001:20``), in --compare, the rule's lines,
+# summary.csv's stopped column and sweep.json's plan. The reports rebuild the names from the rows.
+
+
+def setting_text(name: str, value) -> str:
+    """A setting's value as the reports read it back from results.csv (``reports._canon``): ``0.001``,
+    ``find``, ``True``, ``all``, ``none``, the dataset's short name."""
+    s = setting(name)
+    if name == "dataset":
+        return dataset_label(value)
+    cell = s.cell(value)
+    if cell is None or cell == "":
+        return s.empty
+    if isinstance(cell, bool):
+        return str(cell)
+    if isinstance(cell, float):
+        return f"{cell:.10g}"
+    return str(cell)
+
+
+def setting_word(name: str, text: str) -> str:
+    """A setting's value (its :func:`setting_text`) as a cell's name shows it and --compare takes it: a
+    switch as on/off, anything else as it reads."""
+    return {"True": "on", "False": "off"}.get(text, text) if setting(name).kind == "bool" else text
+
+
+def combination_name(texts: dict) -> str:
+    """A grid's combination from its settings' texts (``{name: text}``): the arch alone, then each other
+    setting as name=value in results.csv's column order, e.g. ``residual,lr=0.001``."""
+    words = [setting_word("arch", texts["arch"])] if "arch" in texts else []
+    words += [f"{n}={setting_word(n, texts[n])}" for n in ordered_settings() if n in texts and n != "arch"]
+    return ",".join(words)
+
+
+def key_column(name: str) -> str:
+    """The results.csv column whose text names a setting's value in a cell's name (the dataset: its short
+    name)."""
+    return setting(name).identity or setting(name).column
+
+
+def _check_compare(cfg: "SweepConfig", combos: list, varying: Sequence[str]) -> Optional[list[str]]:
+    """``--compare``'s two cells checked against the sweep: each names a depth of the sweep and (in a grid)
+    one combination, by its values (``residual:20``; ``residual,lr=0.001:20``; a value alone where only one
+    setting has it, else ``name=value``). Returns them as the rule names them (``bn:20`` without a grid;
+    :func:`combination_name` ``:DEPTH`` in one); None: each depth with the best."""
     if not cfg.compare:
         return None
     names = parse_compare(cfg.compare)
+    example = f"{combination_name(_texts(combos[-1], varying))}:{cfg.depths[-1]}"
     if len(names) != 2:
-        raise CnnDepthError(f"--compare names a pair, two of ARCH:DEPTH or DEPTH, e.g. --compare {cfg.arch}:"
-                            f"{cfg.depths[-1]} {cfg.arch}:{cfg.depths[0]}; got {len(names)}: {' '.join(names)}")
-    out = []
-    for name in names:
-        arch, _, depth = name.rpartition(":")
-        if not depth.isdigit():
-            raise CnnDepthError(f"--compare {name}: not ARCH:DEPTH or DEPTH; e.g. --compare {cfg.arch}:"
-                                f"{cfg.depths[-1]} {cfg.arch}:{cfg.depths[0]}")
-        if arch and arch != cfg.arch:
-            raise CnnDepthError(f"--compare {name}: arch {arch} is not in this sweep (--arch {cfg.arch}); name "
-                                f"{cfg.arch}:DEPTH or just DEPTH")
-        if int(depth) not in cfg.depths:
-            raise CnnDepthError(f"--compare {name}: depth {int(depth)} is not in this sweep (--depths "
-                                f"{' '.join(map(str, cfg.depths))}); name two of its depths")
-        out.append(f"{cfg.arch}:{int(depth)}")
+        raise CnnDepthError(f"--compare names a pair, two of ARCH:DEPTH or DEPTH (in a grid: VALUES:DEPTH, e.g. "
+                            f"--compare {example} {combination_name(_texts(combos[0], varying))}:{cfg.depths[-1]}); "
+                            f"got {len(names)}: {' '.join(names)}")
+    out = [_compare_cell(name, combos, varying, cfg.depths, example) for name in names]
     if out[0] == out[1]:
-        raise CnnDepthError(f"--compare names {out[0]} twice; name two different depths")
+        raise CnnDepthError(f"--compare names {out[0]} twice; name two different cells (depths, or combinations)")
     return out
+
+
+def _texts(combo: "SweepConfig", varying: Sequence[str]) -> dict:
+    """A combination's texts of arch and the settings that vary (what its cells' names are made of)."""
+    return {n: setting_text(n, getattr(combo, n)) for n in ["arch", *[v for v in varying if v != "arch"]]}
+
+
+def _compare_cell(name: str, combos: list, varying: Sequence[str], depths: list, example: str) -> str:
+    """One --compare cell as :func:`combination_name` ``:DEPTH``; a one-line error for a cell not in the sweep."""
+    spec, _, depth = name.rpartition(":")
+    if not depth.isdigit():
+        raise CnnDepthError(f"--compare {name}: not ARCH:DEPTH or DEPTH (in a grid VALUES:DEPTH); e.g. --compare "
+                            f"{example}")
+    texts = [_texts(c, varying) for c in combos]
+    left = list(range(len(combos)))
+    for value in (v for v in spec.split(",") if v):
+        key, eq, word = value.partition("=")
+        key = key.strip().replace("-", "_")
+        if eq and key not in settings():
+            raise CnnDepthError(f"--compare {name}: {key} is not a setting of a run; name the values of "
+                                f"{', '.join(['arch', *[v for v in varying if v != 'arch']])}")
+        candidates = [key] if eq else ["arch", *[v for v in varying if v != "arch"]]
+        matches = {}
+        for n in candidates:
+            try:
+                text = setting_text(n, coerce_options({n: word if eq else value})[n])
+            except CnnDepthError:
+                continue
+            if isinstance(text, str) and any(t.get(n) == text for t in texts):
+                matches[n] = text
+        if not matches:
+            if eq:
+                have = " ".join(dict.fromkeys(setting_word(key, t[key]) for t in texts if key in t))
+                raise CnnDepthError(f"--compare {name}: {key} {word} is not in this sweep ({'--' + key.replace('_', '-')}"
+                                    f" {have or 'does not vary here'}); name a cell of the grid, e.g. {example}")
+            archs = " ".join(dict.fromkeys(t["arch"] for t in texts))
+            raise CnnDepthError(f"--compare {name}: arch {value} is not in this sweep (--arch {archs}); name "
+                                f"{example.rpartition(':')[0]}:DEPTH" + ("" if varying else " or just DEPTH"))
+        if len(matches) > 1:
+            raise CnnDepthError(f"--compare {name}: {value} is a value of {' and '.join(matches)}; say which, e.g. "
+                                f"{next(iter(matches))}={value}")
+        (n, text), = matches.items()
+        left = [i for i in left if texts[i][n] == text]
+    if not left:
+        raise CnnDepthError(f"--compare {name}: no combination of the grid has all of {spec}; name a cell of the "
+                            f"grid, e.g. {example}")
+    if len(left) > 1:
+        differ = [n for n in texts[left[0]] if len({texts[i][n] for i in left}) > 1]
+        raise CnnDepthError(f"--compare {name} names {len(left)} combinations of the grid; add the value of "
+                            f"{' and '.join(differ)}, e.g. --compare {combination_name(texts[left[0]])}:{depth}")
+    if int(depth) not in depths:
+        raise CnnDepthError(f"--compare {name}: depth {int(depth)} is not in this sweep (--depths "
+                            f"{' '.join(map(str, depths))}); name two of its depths")
+    return f"{combination_name(texts[left[0]])}:{int(depth)}"
 
 
 def _no_auto_options(cfg: "SweepConfig") -> None:

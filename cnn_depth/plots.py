@@ -105,8 +105,10 @@ def interval_words(summary: pd.DataFrame) -> str:
     wilson = any(m.startswith("Wilson") for m in methods)
     none = any(m.startswith("n=1") for m in methods)
     anytime = any(m.startswith("anytime") for m in methods)
+    gs = any(m.startswith("group-sequential") for m in methods)
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
-    parts = ([f"{pct} anytime-valid confidence sequence over seeds (--seeds auto)"] if anytime else []) + \
+    parts = ([f"{pct} repeated confidence interval over seeds (group-sequential, --seeds auto)"] if gs else []) + \
+        ([f"{pct} anytime-valid confidence sequence over seeds (--seeds auto)"] if anytime else []) + \
         ([f"{pct} t interval over seeds"] if t else []) + \
         ([f"{pct} Wilson interval over the validation images (1 seed: not training noise)"] if wilson else []) + \
         (["no interval (1 seed, image count unknown)"] if none else [])

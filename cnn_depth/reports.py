@@ -240,10 +240,12 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
         results: rows of one or several results.csv files (as :func:`load_results` or ``pd.read_csv`` reads them).
         confidence: of every accuracy interval, and family-wise of each group's verdicts together.
         plan: a :class:`cnn_depth.sequential.Plan` when the number of seeds depended on the results (a sweep
-            run in rounds): accuracy intervals and comparisons then use its anytime-valid confidence
-            sequences (``interval``: ``anytime t, n=5``), which stay valid at whatever round it stopped;
-            ``stopped`` says per depth why the rule gave it no more seeds, ``seeds_rule`` the rule in words
-            (both empty without a plan).
+            run in rounds): accuracy intervals and comparisons then use its method's intervals (the
+            group-sequential repeated confidence intervals, ``interval``: ``group-sequential t, n=5``; or the
+            anytime confidence sequences, ``anytime t, n=5``), which stay valid at whatever round it
+            stopped; ``stopped`` says per depth why the rule gave it no more seeds (in a grid plan, the rule
+            over every group at once, each named by its values of ``plan.grid``), ``seeds_rule`` the rule in
+            words (both empty without a plan).
 
     Returns:
         one row per group and depth (``SUMMARY_COLUMNS``), groups in the order they first appear, depths
@@ -265,6 +267,7 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
     df = drop_repeated_runs(_prepare(results))
     groups = list(dict.fromkeys(df["_group"]))
     labels, context = group_labels(groups)
+    reasons = _stopped_grid(df, plan) if plan is not None and plan.grid else {}
     out = []
     for gid, label in enumerate(labels):
         g = df[df["_gid"] == gid]
@@ -274,10 +277,10 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
         test = None
         if plan is not None:
             from . import sequential
-            test = sequential.anytime_test(plan)
+            test = sequential.sequential_test(plan)
         verdicts = stats.compare_to_best(runs, confidence, test)
         note = stats.best_note(verdicts)
-        stopped = _stopped(g, plan) if plan is not None else {}
+        stopped = (_stopped(g, plan) if not plan.grid else reasons.get(gid, {})) if plan is not None else {}
         claim = len(verdicts) > 1 and all(v.verdict in (stats.BEST, stats.BELOW) for v in verdicts.values())
         for depth, d in g.groupby("depth", sort=True):
             depth = int(depth)
@@ -318,22 +321,51 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95, plan=None) -> pd.
     return summary
 
 
+def _stopped_grid(df: pd.DataFrame, plan) -> dict:
+    """``{group id: {depth: why}}`` for a ``--seeds auto`` grid: the rule run on every group's rows at once,
+    each group named by its values of the settings the plan's grid varies (as the sweep named its cells,
+    ``residual,lr=0.001``), its depths compared with its own top."""
+    from .config import combination_name, key_column
+
+    names = {}
+    for gid, g in df.groupby("_gid", sort=False):
+        first = g.iloc[0]
+        names[gid] = combination_name({n: _canon(key_column(n), first[key_column(n)])
+                                       for n in ["arch", *[v for v in plan.grid if v != "arch"]]})
+    res: dict = {}
+    for gid, g in df.groupby("_gid", sort=False):
+        for d, o in g.groupby("depth"):
+            cell = res.setdefault((names[gid], int(d)), {})
+            cell.update({int(s): float(a) if st == "ok" and pd.notna(a) else math.nan
+                         for s, a, st in zip(o["seed"], o["accuracy"], o["status"])})
+    if plan.pairs is not None and not all(c in res for p in plan.pairs for c in p):
+        return {}  # the named pair is not among these rows
+    why = _reasons(res, plan, lambda c: c[0])
+    return {gid: {int(d): why[(names[gid], int(d))] for d in g["depth"]} for gid, g in df.groupby("_gid", sort=False)}
+
+
+def _reasons(res: dict, plan, group=None) -> dict:
+    """Per cell of the rule, why it gets no more seeds, or which seed it would run next."""
+    from . import sequential
+
+    r = sequential.next_round(res, plan, group, sequential.cell_name)
+    first = {"has its first seeds": f"waits for the other cells' first {plan.min_seeds} seeds" if plan.grid else
+             f"waits for the other depths' first {plan.min_seeds} seeds",
+             "in no comparison": "not in the compared pair: its first seeds only" if plan.pairs else
+             "no finished run to compare"}
+    return {c: f"not resolved: seed {r.next_seeds[c]} next (rerun the sweep to continue)" if c in r.next_seeds
+            else first.get(r.stopped[c], r.stopped[c]) for c in res}
+
+
 def _stopped(g: pd.DataFrame, plan) -> dict:
     """Per depth of one group, why ``--seeds auto``'s rule (:func:`cnn_depth.sequential.next_round` on the
     group's rows: a run not ``ok`` counts as run, with no accuracy) gives it no more seeds, or which seed it
     would run next (a sweep interrupted, or these rows not from a finished ``--seeds auto`` sweep)."""
-    from . import sequential
-
     res = {int(d): {int(s): float(a) if st == "ok" and pd.notna(a) else math.nan
                     for s, a, st in zip(o["seed"], o["accuracy"], o["status"])} for d, o in g.groupby("depth")}
     if plan.pairs is not None and not all(c in res for p in plan.pairs for c in p):
         return {}  # the named pair is not in this group: the rule says nothing about it
-    r = sequential.next_round(res, plan)
-    first = {"has its first seeds": f"waits for the other depths' first {plan.min_seeds} seeds",
-             "in no comparison": "not in the compared pair: its first seeds only" if plan.pairs else
-             "no finished run to compare"}
-    return {d: f"not resolved: seed {r.next_seeds[d]} next (rerun the sweep to continue)" if d in r.next_seeds
-            else first.get(r.stopped[d], r.stopped[d]) for d in res}
+    return _reasons(res, plan)
 
 
 def factors_of(summary: pd.DataFrame) -> pd.DataFrame:
@@ -459,8 +491,9 @@ def vs_best_words(g: pd.DataFrame) -> str:
     confidence, and the range of the per-comparison confidences of Holm's step-down."""
     pct = f"{float(g['confidence'].iloc[0]) * 100:g}%"
     levels = pd.to_numeric(g["diff_confidence"], errors="coerce").dropna()
-    anytime = g["interval"].astype(str).str.startswith("anytime").any()
-    test = "anytime-valid t (confidence sequence)" if anytime else "t"
+    methods = g["interval"].astype(str)
+    test = ("group-sequential t (repeated confidence interval)" if methods.str.startswith("group-sequential").any()
+            else "anytime-valid t (confidence sequence)" if methods.str.startswith("anytime").any() else "t")
     each = (f", each at {levels.min() * 100:.4g}%" if levels.min() == levels.max() else
             f", each at {levels.min() * 100:.4g}-{levels.max() * 100:.4g}%") if len(levels) else ""
     return (f"{test} over the shared seeds, Holm step-down over the comparisons with the top depth: {pct} "
@@ -498,56 +531,69 @@ def format_summary(summary: pd.DataFrame) -> str:
         lines += _seeds_lines(g)
     compared = comparison_note(summary)
     factors = format_factors(factors_of(summary))  # before the line saying what differs, which ends the table
-    return "\n".join(lines + ([factors] if factors else []) + ([compared] if compared else []))
-
-
-ANYTIME_WORDS = ("anytime-valid: the sequential t-test's Bayes factor (a normal mixture over the standardised "
-                 "difference, prior 1/sigma on the spread) stays below 1/alpha at every round with probability "
-                 "1 - alpha (Ville), so these intervals hold at whatever round the sweep stopped, and are wider than "
-                 "fixed-n t intervals; they assume independent seeds, normal accuracies and paired differences with "
-                 "an unknown spread, and seeds run in the same order at every depth")
+    method = method_line(summary)
+    return "\n".join(lines + ([method] if method else []) + ([factors] if factors else []) +
+                     ([compared] if compared else []))
 
 
 def _seeds_lines(g: pd.DataFrame) -> list[str]:
     """Under a group of a ``--seeds auto`` sweep (its ``seeds_rule`` and ``stopped`` columns): the rule, how
-    many seeds each depth got and why it stopped, and what the anytime intervals assume."""
-    rule = g["seeds_rule"].fillna("").astype(str) if "seeds_rule" in g.columns else pd.Series(dtype=str)
-    if not (rule != "").any():
+    many seeds each depth got and why it stopped."""
+    rule = _rule(g)
+    if not rule:
         return []
-    lines = [f"  {rule[rule != ''].iloc[0]}; per depth, seeds run and why it stopped:"]
+    lines = [f"  {rule}; per depth, seeds run and why it stopped:"]
     for r in g.itertuples():
         n = int(r.runs) + int(r.not_ok)
         lines.append(f"    depth {r.depth}: {n} seed{'s' if n != 1 else ''}"
                      + (f" ({r.seeds})" if isinstance(r.seeds, str) and r.seeds else "")
                      + (f", {r.stopped}" if isinstance(r.stopped, str) and r.stopped else ""))
-    lines.append(f"  method: {ANYTIME_WORDS}")
     return lines
+
+
+def _rule(summary: pd.DataFrame) -> str:
+    """The ``seeds_rule`` of a ``--seeds auto`` summary (empty for fixed seeds)."""
+    rule = summary["seeds_rule"].fillna("").astype(str) if "seeds_rule" in summary.columns else pd.Series(dtype=str)
+    return rule[rule != ""].iloc[0] if (rule != "").any() else ""
+
+
+def method_line(summary: pd.DataFrame) -> str:
+    """After a ``--seeds auto`` summary, once: the sequential method and what it assumes (empty otherwise)."""
+    from .sequential import method_words
+
+    rule = _rule(summary)
+    return f"method: {method_words(rule)}" if rule else ""
 
 
 def format_markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table (for a paper's notes or a study's page): per group and depth the
     runs, mean accuracy with its interval, the paired difference to the group's best depth with its interval,
-    P(> best), the verdict, the final training loss (mean and t interval over seeds), params, MACs and mean
-    training seconds. Every number is a column of ``summary`` (summary.csv), rounded; the groups' notes
+    P(> best), the verdict, after ``--seeds auto`` why the rule stopped adding seeds (``stopped``), the final
+    training loss (mean and t interval over seeds), params, MACs and mean training seconds. Every number is a
+    column of ``summary`` (summary.csv), rounded; the groups' notes (and the seeds rule with its method)
     follow the table."""
     if summary.empty:
         return "no runs to summarise"
     pct = f"{float(summary['confidence'].iloc[0]) * 100:g}%"
+    rule = _rule(summary)
     rows = [f"| group | depth | runs | accuracy | {pct} interval | vs best | interval (paired, Holm) | P(>best) "
-            f"| verdict | train loss | {pct} interval | params | MACs | train s |",
-            "|---|--:|--:|--:|---|--:|---|--:|---|--:|---|--:|--:|--:|"]
+            f"| verdict |{' stopped |' if rule else ''} train loss | {pct} interval | params | MACs | train s |",
+            f"|---|--:|--:|--:|---|--:|---|--:|---|{'---|' if rule else ''}--:|---|--:|--:|--:|"]
 
     for r in summary.itertuples():
         c = _cells(r)
+        stopped = [str(r.stopped) if isinstance(r.stopped, str) else ""] if rule else []
         rows.append(" | ".join([
             f"| {r.group}", str(r.depth), str(r.runs), c["acc"], c["iv"], c["diff"], c["div"], c["p"],
-            r.verdict + (f" ({r.not_ok} not ok)" if r.not_ok else ""), _num(r.train_loss_mean, ".3f"),
+            r.verdict + (f" ({r.not_ok} not ok)" if r.not_ok else ""), *stopped, _num(r.train_loss_mean, ".3f"),
             _interval(r.train_loss_low, r.train_loss_high, ".3f"), c["params"], _si(r.macs),
             _num(r.train_seconds_mean, ".1f") + " |"]))
     notes = [f"- {label}: {g['note'].iloc[0]}" for label, g in summary.groupby("group", sort=False)]
     compared = [g for _, g in summary.groupby("group", sort=False) if g["diff_confidence"].notna().any()]
     if compared:
         notes.append(f"- vs best: paired by seed, {vs_best_words(pd.concat(compared))}.")
+    if rule:
+        notes += [f"- seeds: {rule}.", f"- {method_line(summary)}."]
     context = summary.attrs.get("context", "")
     return "\n".join(rows + [""] + ([f"All groups: {context}.", ""] if context else []) + notes)
 

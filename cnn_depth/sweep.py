@@ -144,13 +144,13 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         done = read_results(out)
         ok = done[done["status"] == "ok"]
         finished = finished_runs(done, cfg, out)
-        if cfg.seeds == "auto":  # --seeds auto (no grid): one lr per depth
-            found_lrs = {(0, int(d)): float(lr) for d, lr in zip(ok["depth"], ok["lr"])}
-        else:  # --lr find: one lr per combination and depth
-            runs = {run_id(c.arch, d, s, c.run_tag(varying)): (i, d) for i, c in enumerate(combos)
-                    for d in cfg.depths for s in cfg.seeds}
-            found_lrs = {runs[rid]: float(lr) for rid, lr in zip(ok["run_id"], ok["lr"]) if rid in runs}
-        rounds = Rounds(cfg, done, finished) if cfg.seeds == "auto" else None  # --seeds auto: the rounds loop below
+        # --lr find: one lr per combination and depth (--seeds auto: any seed the rule may run)
+        seeds = cfg.plan().order if cfg.seeds == "auto" else cfg.seeds
+        runs = {run_id(c.arch, d, s, c.run_tag(varying)): (i, d) for i, c in enumerate(combos)
+                for d in cfg.depths for s in seeds}
+        found_lrs = {runs[rid]: float(lr) for rid, lr in zip(ok["run_id"], ok["lr"]) if rid in runs}
+        # --seeds auto: the rounds loop below
+        rounds = Rounds(cfg, done, finished, varying, out) if cfg.seeds == "auto" else None
         jobs = rounds.next_jobs(found_lrs) if rounds else _jobs(cfg, finished, found_lrs, varying)
         todo = sum(job.kind == "run" for job in jobs)
         threads_used = set(pd.to_numeric(ok.get("threads", pd.Series(dtype=float)), errors="coerce").dropna())
@@ -439,25 +439,51 @@ class Rounds:
     on where the rows leave off, adds nothing once every comparison is resolved or at ``max_seeds``, and
     continues with a higher ``--max-seeds``. Each round's runs go through :func:`_drive`, the path of a
     fixed sweep, on one executor kept open across rounds: rows are written as runs end, and Ctrl-C keeps
-    them."""
+    them.
 
-    def __init__(self, cfg: SweepConfig, done: pd.DataFrame, finished: set):
+    The rule's cells: the depths, or in a grid each (combination, depth), named ``residual,lr=0.001:20``
+    (``SweepConfig.cell_names``); in a grid each combination's depths are compared with its own top (Holm
+    within the combination), and a round runs the next seed of every cell whose comparison is unresolved."""
+
+    def __init__(self, cfg: SweepConfig, done: pd.DataFrame, finished: set, varying: Sequence[str], out: Path):
+        from .sequential import cell_name
+
         self.cfg, self.plan, self.finished = cfg, cfg.plan(), set(finished)
+        self.combos, names = cfg.combinations(), cfg.cell_names()
+        self.grid = bool(names)
+        # (combination, depth) <-> the rule's cell: the depth alone without a grid, else (name, depth)
+        self.key = {(i, d): (names[i], d) if names else d for i in range(len(self.combos)) for d in cfg.depths}
+        self.where = {k: ic for ic, k in self.key.items()}
+        self.name = cell_name
+        self.tags = [c.run_tag(varying) for c in self.combos]  # each combination's run id part
+        recorded = [int(s) for s in done["seed"]]
+        self.rid = {run_id(c.arch, d, s, self.tags[i]): (self.key[(i, d)], s) for i, c in enumerate(self.combos)
+                    for d in cfg.depths for s in dict.fromkeys([*self.plan.order, *recorded])}
         self.tried: set = set()  # run_ids this call ran, any status
         self.rounds, self.counter, self.last = 0, 0, None
-        self.redo = [(int(d), int(s)) for rid, d, s, st in zip(done["run_id"], done["depth"], done["seed"],
-                                                                  done["status"])
-                     if st == "ok" and rid not in self.finished and int(d) in cfg.depths]  # --save-models
+        self.redo = [self.rid[rid] for rid, st in zip(done["run_id"], done["status"])
+                     if st == "ok" and rid not in self.finished and rid in self.rid]  # --save-models
         self._read(done)
+        most = max(self.results, key=lambda k: len(self.results[k]))
+        if len(self.results[most]) > self.plan.max_seeds:  # its boundaries are planned up to max_seeds
+            raise CnnDepthError(f"--max-seeds {self.plan.max_seeds} is below the {len(self.results[most])} seeds "
+                                f"{self._cell(most)} already has in {out}; give --max-seeds "
+                                f"{len(self.results[most])} or more (the rule's boundaries are planned from "
+                                f"--min-seeds to --max-seeds)")
 
     def _read(self, done: pd.DataFrame) -> None:
-        self.results = {d: {} for d in self.cfg.depths}
-        for rid, d, s, st, acc in zip(done["run_id"], done["depth"], done["seed"], done["status"], done["accuracy"]):
-            if int(d) in self.results and (st == "ok" or rid in self.tried):
-                self.results[int(d)][int(s)] = float(acc) if st == "ok" else float("nan")
+        self.results = {k: {} for k in self.where}
+        for rid, st, acc in zip(done["run_id"], done["status"], done["accuracy"]):
+            if rid in self.rid and (st == "ok" or rid in self.tried):
+                key, seed = self.rid[rid]
+                self.results[key][seed] = float(acc) if st == "ok" else float("nan")
+
+    def _cell(self, key) -> str:
+        """A cell in the progress lines: ``depth 4``, or in a grid ``residual:20``."""
+        return self.name(key) if self.grid else f"depth {key}"
 
     def ran(self) -> int:
-        """Runs of this sweep's depths recorded so far (as the rule counts them)."""
+        """Runs of this sweep's cells recorded so far (as the rule counts them)."""
         return sum(len(r) for r in self.results.values())
 
     def config(self) -> dict:
@@ -469,27 +495,40 @@ class Rounds:
 
         return dict(plan=plan_record(self.plan))
 
+    def seeds_so_far(self) -> str:
+        """How many seeds each cell has: ``seeds per depth so far 1: 3, 2: 5``; in a grid per combination, or
+        one number where every cell has the same."""
+        if not self.grid:
+            return "seeds per depth so far " + ", ".join(f"{d}: {len(r)}" for d, r in self.results.items())
+        counts = {len(r) for r in self.results.values()}
+        if len(counts) == 1:
+            return f"seeds so far {counts.pop()} in each of the {len(self.results)} cells (combination:depth)"
+        by_combo: dict = {}
+        for (name, d), r in self.results.items():
+            by_combo.setdefault(name, []).append(f"{d}: {len(r)}")
+        return "seeds so far per combination:depth " + "; ".join(f"{n} {', '.join(v)}" for n, v in by_combo.items())
+
     def headline(self, todo: int) -> str:
-        """The ``sweep:`` line's start: the rule, the seeds each depth has, what this round runs."""
+        """The ``sweep:`` line's start: the rule, the seeds each cell has, what this round runs."""
         from .sequential import describe
 
-        have = ", ".join(f"{d}: {len(r)}" for d, r in self.results.items())
         now = (f"round 1: {todo} run{'s' if todo != 1 else ''}" if todo else
                "nothing to add (every comparison separated, equivalent or at --max-seeds)")
-        return f"seeds auto ({describe(self.plan)}); seeds per depth so far {have}; {now}"
+        return f"seeds auto ({describe(self.plan)}); {self.seeds_so_far()}; {now}"
 
     def next_jobs(self, lrs: dict) -> list[Job]:
-        """The next round's jobs: each depth's next seed where the rule asks for one (its lr_find first with
+        """The next round's jobs: each cell's next seed where the rule asks for one (its lr_find first with
         ``--lr find``); the first seeds all at once; in a pair the rule stopped at ``max_seeds`` with fewer
         shared seeds (a round cut short), the other side's seeds the lagging one lacks; in the first round
         also ``--save-models`` runs whose model file is missing."""
         from .sequential import MAX_SEEDS, next_round
 
-        self.last = next_round(self.results, self.plan)
+        self.last = next_round(self.results, self.plan, (lambda k: k[0]) if self.grid else None, self.name)
         self.rounds += 1
-        runs = sorted(self.last.next_seeds.items())
+        order = list(self.where)
+        runs = sorted(self.last.next_seeds.items(), key=lambda r: order.index(r[0]))
         if runs and not self.last.comparisons:  # the first seeds, which the rule gives one a round: all at once
-            runs = [(d, s) for d, r in self.results.items()
+            runs = [(k, s) for k, r in self.results.items()
                     for s in [s for s in self.plan.order if s not in r][:max(0, self.plan.min_seeds - len(r))]]
         for x in self.last.comparisons:  # the rule calls a pair "max seeds" once one side is at the maximum;
             if x.status == MAX_SEEDS and x.n < self.plan.max_seeds:  # the other side (a round cut short) catches up
@@ -497,14 +536,16 @@ class Rounds:
                     have = self.results[lag]
                     missing = [s for s in self.plan.order if s in self.results[lead] and s not in have]
                     runs += [(lag, s) for s in missing[:self.plan.max_seeds - len(have)] if (lag, s) not in runs]
-        runs += self.redo if self.rounds == 1 else []
+        runs += [r for r in self.redo if r not in runs] if self.rounds == 1 else []
         jobs, finding = [], set()
-        for depth, seed in runs:
-            if self.cfg.lr == "find" and (0, depth) not in lrs and depth not in finding:
-                jobs.append(Job("find", depth, self.plan.order[0]))
-                finding.add(depth)
+        for key, seed in runs:
+            combo, depth = self.where[key]
+            c, tag = self.combos[combo], self.tags[combo]
+            if c.lr == "find" and (combo, depth) not in lrs and (combo, depth) not in finding:
+                jobs.append(Job("find", depth, self.plan.order[0], combo=combo, tag=tag))
+                finding.add((combo, depth))
             self.counter += 1
-            jobs.append(Job("run", depth, seed, self.counter))
+            jobs.append(Job("run", depth, seed, self.counter, combo, tag))
         return jobs
 
     def drive(self, engine: Engine, starting: cf.Future, jobs: list[Job], lrs: dict, out: Path, cbs,
@@ -512,7 +553,7 @@ class Rounds:
               trackers: Optional[Trackers], seconds: Optional[dict]) -> None:
         """Run round after round until the rule stops (or Ctrl-C: the rows recorded stay)."""
         cfg = self.cfg
-        per_depth = {j.depth: s for j, s in (seconds or {}).items() if j.kind == "run" and s}
+        per_cell = {j.key: s for j, s in (seconds or {}).items() if j.kind == "run" and s}
         try:
             with _Interrupts(), starting.result() as ex:  # one executor, shut down after the last round
                 kept = cf.Future()
@@ -521,14 +562,16 @@ class Rounds:
                     if self.rounds > 1:
                         self._say_round(jobs, say)
                     _drive(cfg, engine, kept, jobs, lrs, out, cbs, progress, say, packing, trackers)
-                    self.tried |= {run_id(cfg.arch, j.depth, j.seed) for j in jobs if j.kind == "run"}
+                    self.tried |= {run_id(self.combos[j.combo].arch, j.depth, j.seed, j.tag) for j in jobs
+                                   if j.kind == "run"}
                     self._read(read_results(out))
                     jobs = self.next_jobs(lrs)
                     added = sum(j.kind == "run" for j in jobs)
                     progress.n, progress.todo = progress.n + added, progress.todo + added
+                    progress.names.update(_names(cfg, jobs))
                     if engine.kind != "inline" and jobs:
-                        jobs = longest_first(jobs, lambda j: per_depth.get(j.depth, 0.0) if len(per_depth) ==
-                                             len(cfg.depths) else float(j.depth))
+                        jobs = longest_first(jobs, lambda j: per_cell.get(j.key, 0.0) if len(per_cell) ==
+                                             len(self.where) else float(j.depth))
         except SweepInterrupted:
             raise
         except KeyboardInterrupt as e:  # between two rounds
@@ -538,14 +581,15 @@ class Rounds:
                                    f"finished run(s) are saved in {out}; rerun the same command to resume") from e
         if self.rounds > 1:
             say(f"rounds: done after {self.rounds - 1} round{'s' if self.rounds > 2 else ''}: "
-                + "; ".join(f"depth {d} {len(r)} seeds" for d, r in self.results.items()))
+                + "; ".join(f"{self._cell(k)} {len(r)} seeds" for k, r in self.results.items()))
 
     def _say_round(self, jobs: list[Job], say: Callable[[str], None]) -> None:
         runs = [j for j in jobs if j.kind == "run"]
         going = [x for x in self.last.comparisons if x.status == "continue"]
         say(f"round {self.rounds}: {len(runs)} run{'s' if len(runs) != 1 else ''} ("
-            + ", ".join(f"depth {j.depth} seed {j.seed}" for j in runs) + "): "
-            + ("; ".join(f"{x.a} vs {x.b}: {x.reason}" for x in going) or "the seeds a round cut short"))
+            + ", ".join(f"{self._cell(self.key[j.key])} seed {j.seed}" for j in runs) + "): "
+            + ("; ".join(f"{self.name(x.a)} vs {self.name(x.b)}: {x.reason}" for x in going)
+               or "the seeds a round cut short"))
 
 
 def _out_of_memory(packing: Packing, key, others: int) -> str:

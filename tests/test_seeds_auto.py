@@ -51,21 +51,23 @@ def test_an_adaptive_sweep_runs_min_seeds_then_rounds_until_the_rule_stops(auto)
     # the rule, run again on the recorded rows, asks for nothing more: the sweep stopped where it says
     assert next_round(rule_results(out), Plan(min_seeds=3, max_seeds=5)).done
     assert summary["depth"].tolist() == [1, 4]
-    assert summary["interval"].str.startswith("anytime t, n=").all()
+    assert summary["interval"].str.startswith("group-sequential t, n=").all()
     for row in summary.itertuples():
         assert row.stopped.startswith(REASONS), row.stopped
         assert row.runs == len(seeds[row.depth])
         if "max seeds" in row.stopped:
             assert row.runs == 5
     assert summary["seeds_rule"].eq("seeds until the answer is clear: 3-5 per depth, each depth with the best, no "
-                                    "equivalence margin, 95% family-wise").all()
+                                    "equivalence margin, 95% family-wise; group-sequential t, Wang-Tsiatis Δ=0.25 "
+                                    "boundaries at seeds 3-5").all()
     # the printed table says how many seeds each depth got, why it stopped, and the method with its assumptions
     for depth, ran in seeds.items():
         assert f"    depth {depth}: {len(ran)} seeds (0-{len(ran) - 1}), " in r.output
-    assert "95% anytime-valid confidence sequence over seeds (--seeds auto)" in r.output
-    assert "method: anytime-valid" in r.output and "assume independent seeds" in r.output
+    assert "95% repeated confidence interval over seeds (group-sequential, --seeds auto)" in r.output
+    assert "method: group-sequential t" in r.output and "assume independent seeds" in r.output
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["invocations"][-1]["plan"]["max_seeds"] == 5 and meta["invocations"][-1]["seeds"] == "auto"
+    assert meta["invocations"][-1]["plan"]["method"] == "group-sequential t"
     assert meta["config"]["seeds"] == [0, 1, 2, 3, 4] and meta["config"]["min_seeds"] == 3
 
 
@@ -95,22 +97,22 @@ def test_report_on_the_folder_uses_the_sequential_intervals(auto, tmp_path):
     assert r.exit_code == 0, r.output
     summary = pd.read_csv(tmp_path / "rep" / "summary.csv", keep_default_na=False)
     mine = pd.read_csv(out / "summary.csv", keep_default_na=False)
-    assert summary["interval"].str.startswith("anytime t").all()
+    assert summary["interval"].str.startswith("group-sequential t").all()
     cols = ["accuracy_low", "accuracy_high", "diff_low", "diff_high", "stopped", "seeds_rule", "verdict"]
     assert summary[cols].astype(str).equals(mine[cols].astype(str))
-    assert "seeds until the answer is clear" in r.output and "method: anytime-valid" in r.output
+    assert "seeds until the answer is clear" in r.output and "method: group-sequential t" in r.output
 
 
 @pytest.mark.slow
 def test_a_named_pair_with_a_margin_stops_as_equivalent(tmp_path):
-    # at chance (8 images a class, 1 epoch) depths 1 and 4 differ by a few points: within ±50 they are
-    # equivalent as soon as the interval can say so (4 seeds: 3 cannot reach 95%)
-    r = sweep(tmp_path / "pair", "--max-seeds", "6", "--compare", "bn:4", "1", "--margin", "50")
+    # at chance (8 images a class, 1 epoch) depths 1 and 4 differ by a few points: within ±10 they are
+    # equivalent as soon as the interval can say so (3 seeds: [-15, +17] points; 4 seeds: [-5, +7])
+    r = sweep(tmp_path / "pair", "--max-seeds", "6", "--compare", "bn:4", "1", "--margin", "10")
     assert r.exit_code == 0, r.output
     assert seeds_of(tmp_path / "pair") == {1: [0, 1, 2, 3], 4: [0, 1, 2, 3]}
     stopped = pd.read_csv(tmp_path / "pair" / "summary.csv").set_index("depth")["stopped"]
-    assert stopped[4].startswith("equivalent: 4 − 1 within ±50 points") and stopped[1].startswith("vs 4: equivalent")
-    assert "depth 4 vs depth 1, equivalent within ±50 points" in r.output
+    assert stopped[4].startswith("equivalent: 4 − 1 within ±10 points") and stopped[1].startswith("vs 4: equivalent")
+    assert "depth 4 vs depth 1, equivalent within ±10 points" in r.output
 
 
 @pytest.mark.slow
@@ -130,7 +132,7 @@ def test_ctrl_c_in_a_later_round_keeps_the_rows_and_a_rerun_continues(tmp_path):
     assert seeds_of(tmp_path / "x") == {1: [0, 1, 2, 3], 4: [0, 1, 2]}
     df = run_sweep(**kw)
     assert sorted(df.loc[df["depth"] == 4, "seed"]) == [0, 1, 2, 3]  # the cut-short run, and nothing else
-    assert len(df) == 8 and df.attrs["summary"]["interval"].str.startswith("anytime t").all()
+    assert len(df) == 8 and df.attrs["summary"]["interval"].str.startswith("group-sequential t").all()
 
 
 def test_toml_seeds_auto_and_its_options(tmp_path):
