@@ -117,11 +117,15 @@ def read_array(path: PathLike) -> np.ndarray:
         if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
             raise CnnDepthError(f"{_shown(path)} holds an object array, which is not loaded (allow_pickle=False: "
                                 f"a pickle can run code); save a numeric array with np.save(path, array)") from e
-        raise CnnDepthError(f"cannot read {_shown(path)} as a NumPy array ({str(e)[:100]}); save it again with "
-                            f"np.save(path, array)") from e
+        raise _damaged(path, e) from e
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:  # truncated or damaged
-        raise CnnDepthError(f"cannot read {_shown(path)} ({type(e).__name__}: {str(e)[:100]}); it may be truncated "
-                            f"or damaged: save it again with np.save(path, array)") from e
+        raise _damaged(path, e) from e
+
+
+def _damaged(path: Path, e: Exception) -> CnnDepthError:
+    reason = " ".join(str(e).split())[:100].rstrip(" .")
+    return CnnDepthError(f"cannot read {_shown(path)} ({type(e).__name__}: {reason}); it may be truncated or damaged: "
+                         f"save it again with np.save(path, array)")
 
 
 def infer_dims(ndim: int, where: str) -> int:
