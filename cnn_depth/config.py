@@ -761,6 +761,15 @@ def _texts(combo: "SweepConfig", varying: Sequence[str]) -> dict:
     return {n: setting_text(n, getattr(combo, n)) for n in ["arch", *[v for v in varying if v != "arch"]]}
 
 
+def _parse_word(name: str, word: str):
+    """A setting's value as --compare names it: on/off (or true/false) for a switch, else as the option takes it."""
+    if setting(name).kind == "bool":
+        if word.strip().lower() not in _SWITCH:
+            raise CnnDepthError(f"{name} is on or off, got {word!r}")
+        return _SWITCH[word.strip().lower()]
+    return coerce_options({name: word})[name]
+
+
 def _compare_cell(name: str, combos: list, varying: Sequence[str], depths: list, example: str) -> str:
     """One --compare cell as :func:`combination_name` ``:DEPTH``; a one-line error for a cell not in the sweep."""
     spec, _, depth = name.rpartition(":")
@@ -779,7 +788,7 @@ def _compare_cell(name: str, combos: list, varying: Sequence[str], depths: list,
         matches = {}
         for n in candidates:
             try:
-                text = setting_text(n, coerce_options({n: word if eq else value})[n])
+                text = setting_text(n, _parse_word(n, word if eq else value))
             except CnnDepthError:
                 continue
             if isinstance(text, str) and any(t.get(n) == text for t in texts):

@@ -147,6 +147,118 @@ def test_toml_seeds_auto_and_its_options(tmp_path):
     assert SweepConfig(seeds=[0, 1]).plan() is None
 
 
+GRID = ["--arch", "bn", "residual", "--depths", "1", "4", "--seeds", "auto", "--min-seeds", "3"]
+
+
+def grid_sweep(out, *args, quiet=True):
+    tiny = TINY if quiet else [a for a in TINY if a != "--quiet"]
+    return runner.invoke(app, ["sweep", *GRID, *args, *tiny, "--out", str(out)])
+
+
+def cells_of(out) -> dict:
+    """{(arch, depth): {seed: accuracy}}: a grid over arch, as the rule keys its cells."""
+    df = pd.read_csv(out / "results.csv")
+    return {(a, int(d)): dict(zip(g["seed"].astype(int), g["accuracy"].astype(float)))
+            for (a, d), g in df.groupby(["arch", "depth"])}
+
+
+@pytest.fixture(scope="module")
+def grid_auto(tmp_path_factory):
+    """`--arch bn residual --depths 1 4 --seeds auto --min-seeds 3 --max-seeds 4`, once (about 10 s)."""
+    out = tmp_path_factory.mktemp("grid") / "sweep"
+    r = grid_sweep(out, "--max-seeds", "4", quiet=False)  # with its sweep:, round and rounds lines
+    return out, r
+
+
+@pytest.mark.slow
+def test_a_grid_adds_seeds_in_shared_rounds_to_the_cells_each_combination_needs(grid_auto, tmp_path):
+    out, r = grid_auto
+    assert r.exit_code == 0, r.output
+    cells = cells_of(out)
+    assert set(cells) == {("bn", 1), ("bn", 4), ("residual", 1), ("residual", 4)}
+    for cell, runs in cells.items():
+        assert 3 <= len(runs) <= 4 and sorted(runs) == list(range(len(runs))), cell
+    plan = Plan(min_seeds=3, max_seeds=4, grid=("arch",))
+    assert next_round(cells, plan, lambda c: c[0]).done  # each combination's depths with its own top
+    assert "seeds so far 0 in each of the 4 cells (combination:depth); round 1: 12 runs" in r.output
+    assert "3-4 per combination and depth, each depth with the best of its combination" in r.output
+    assert "rounds: done after" not in r.output or all(f"{a}:{d} {len(cells[(a, d)])} seeds" in r.output
+                                                     for a, d in cells)
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["invocations"][-1]["plan"]["grid"] == ["arch"] and meta["config"]["arch"] == ["bn", "residual"]
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    assert summary[["group", "depth"]].values.tolist() == [["bn", 1], ["bn", 4], ["residual", 1], ["residual", 4]]
+    reasons = ("separated", "equivalent", "max seeds", "vs bn:1: ", "vs bn:4: ", "vs residual:1: ", "vs residual:4: ")
+    for row in summary.itertuples():
+        assert row.stopped.startswith(reasons) and row.runs == len(cells[(row.group, row.depth)]), row
+        assert "residual" not in row.stopped if row.group == "bn" else "bn:" not in row.stopped  # within its own
+    assert summary["seeds_rule"].str.contains("95% family-wise per combination").all()
+    # the same on a rerun (nothing to add), and `report` on the folder says the same
+    again = grid_sweep(out, "--max-seeds", "4")
+    assert again.exit_code == 0 and cells_of(out) == cells
+    rep = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    mine = pd.read_csv(tmp_path / "rep" / "summary.csv", keep_default_na=False)
+    assert mine["stopped"].tolist() == summary["stopped"].tolist()
+    # a lower --max-seeds than a cell already has: one line, nothing changed
+    low = grid_sweep(out, "--max-seeds", "3")
+    if max(len(v) for v in cells.values()) == 4:
+        assert low.exit_code == 2 and "--max-seeds 3 is below the 4 seeds" in low.stderr, low.output
+        assert len(low.stderr.strip().splitlines()) == 1 and cells_of(out) == cells
+
+
+@pytest.mark.slow
+def test_a_grid_extended_with_a_higher_max_seeds_continues_what_stopped_at_the_maximum(grid_auto):
+    out, _ = grid_auto
+    before = cells_of(out)
+    more = grid_sweep(out, "--max-seeds", "5")
+    assert more.exit_code == 0, more.output
+    after = cells_of(out)
+    stopped = pd.read_csv(out / "summary.csv").set_index(["group", "depth"])["stopped"]
+    assert next_round(after, Plan(min_seeds=3, max_seeds=5, grid=("arch",)), lambda c: c[0]).done
+    for cell, runs in after.items():
+        assert list(runs)[:len(before[cell])] == list(before[cell]) and len(runs) <= 5
+    grew = [c for c in after if len(after[c]) > len(before[c])]
+    assert grew, "a cell at the old maximum unresolved goes on"
+    if len(grew) < 4:  # only the cells whose comparison was open
+        assert any(len(after[c]) == len(before[c]) for c in after)
+    assert stopped.index.tolist() == [("bn", 1), ("bn", 4), ("residual", 1), ("residual", 4)]
+
+
+@pytest.mark.slow
+def test_compare_names_cells_of_two_combinations(tmp_path):
+    out = tmp_path / "pair"
+    r = grid_sweep(out, "--max-seeds", "5", "--compare", "residual:4", "bn:4", "--margin", "10")
+    assert r.exit_code == 0, r.output
+    cells = cells_of(out)
+    assert len(cells[("bn", 1)]) == len(cells[("residual", 1)]) == 3  # not in the pair: their first seeds only
+    plan = Plan(min_seeds=3, max_seeds=5, margin=10.0, pairs=((("residual", 4), ("bn", 4)),), grid=("arch",))
+    assert next_round(cells, plan).done
+    stopped = pd.read_csv(out / "summary.csv").set_index(["group", "depth"])["stopped"]
+    assert stopped[("bn", 1)] == "not in the compared pair: its first seeds only"
+    assert stopped[("residual", 4)].startswith(("separated: residual:4", "equivalent: residual:4 − bn:4",
+                                                "max seeds"))
+    assert stopped[("bn", 4)].startswith("vs residual:4: ")
+    assert "residual:4 vs bn:4, equivalent within ±10 points" in r.output
+
+
+def test_toml_and_the_command_line_name_grid_cells(tmp_path):
+    toml = tmp_path / "grid.toml"
+    toml.write_text('arch = ["bn", "residual"]\nlr = [1e-3, 3e-3]\ndepths = [4, 8]\nseeds = "auto"\n'
+                    'compare = ["residual,lr=0.001:8", "bn,lr=1e-3:8"]\n')
+    cfg = SweepConfig.from_toml(toml)
+    assert cfg.compare == ["bn,lr=0.001:8", "residual,lr=0.001:8"][::-1]
+    assert cfg.plan() == Plan(pairs=((("residual,lr=0.001", 8), ("bn,lr=0.001", 8)),), grid=("lr", "arch"))
+    assert cfg.cell_names() == ["bn,lr=0.001", "residual,lr=0.001", "bn,lr=0.003", "residual,lr=0.003"]
+    assert cfg.default_out_name() == "cifar10-sample-bn_residual-d4_8-sauto-e5-lr0.001_0.003"
+    # the command line gathers the values of --compare with commas: a cell ends at its :DEPTH
+    from cnn_depth.config import parse_compare
+    assert parse_compare("residual,lr=0.001:8,bn,lr=0.001:8") == ["residual,lr=0.001:8", "bn,lr=0.001:8"]
+    assert parse_compare("20,8") == ["20", "8"] and parse_compare("bn:20,bn:8") == ["bn:20", "bn:8"]
+    aug = SweepConfig(augment=[True, False], depths=[2], seeds="auto", compare=["augment=on:2", "off:2"])
+    assert aug.compare == ["bn,augment=on:2", "bn,augment=off:2"]
+
+
 def bad_cases(tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text('seeds = "auto"\nmin_seeds = 5\nmax_seeds = 4\n')
@@ -165,6 +277,19 @@ def bad_cases(tmp_path):
         (["--seeds", "0-2", "--max-seeds", "5"], "--max-seeds works with --seeds auto only"),
         (["--seeds", "autoo"], "seeds: 'autoo' is not a whole number or a range"),
         (["--config", str(toml)], "--max-seeds 4 is below --min-seeds 5"),
+        ([*GRID, "--compare", "plain:4", "bn:4"], "--compare plain:4: arch plain is not in this sweep (--arch bn "
+                                                  "residual)"),
+        ([*GRID, "--compare", "4", "1"], "--compare 4 names 2 combinations of the grid; add the value of arch, e.g. "
+                                         "--compare bn:4"),
+        ([*GRID, "--lr", "1e-3", "3e-3", "--compare", "residual:4", "bn,lr=0.001:4"],
+         "--compare residual:4 names 2 combinations of the grid; add the value of lr"),
+        ([*GRID, "--lr", "1e-3", "3e-3", "--compare", "bn,lr=0.01:4", "bn,lr=0.001:4"],
+         "--compare bn,lr=0.01:4: lr 0.01 is not in this sweep (--lr 0.001 0.003)"),
+        ([*GRID, "--compare", "residual:4", "bn:9"], "--compare bn:9: depth 9 is not in this sweep (--depths 1 4)"),
+        ([*GRID, "--compare", "residual,epochs=9:4", "bn:4"], "--compare residual,epochs=9:4: epochs 9 is not in "
+                                                              "this sweep (--epochs does not vary here)"),
+        (["--arch", "bn", "residual", "--depths", "1-100", "--seeds", "auto", "--max-seeds", "60"],
+         "2 archs × 100 depths × 60 seeds (--max-seeds) is 12,000 runs, over 10,000"),
     ]
 
 
