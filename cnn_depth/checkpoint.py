@@ -13,8 +13,9 @@ A run folder written by ``cnn-depth sweep --save-models`` keeps one file per tra
     vocab         [class name, ...] in output order, or None
     stats         dict(mean=[...], std=[...]) per channel (images: on the 0-1 scale), or None
     source        dict(name, root, max_per_class, train_name, valid_name): enough to rebuild the
-                  dataset with ``image_folder`` and pick a validation image by index, or None; a source
-                  that is not an image folder adds kind (its ``kind``, e.g. "series" or "volumes")
+                  dataset with ``image_folder`` and pick a validation image by index, or None; an array
+                  source (series, volumes) adds what ``arrays.valid_arrays`` rebuilds it with: kind
+                  ("series", "volume", "image"), format, dims, pad, fill, valid_pct and seed
     meta          anything else the caller passed (run_id, seed, dataset, ...), plain types only
     versions      dict(cnn_depth, torch, fastai)
 
@@ -85,8 +86,11 @@ def _source(dls) -> Optional[dict]:
     out = dict(name=str(src.name), root=str(Path(root).resolve()) if root is not None else None,
                max_per_class=getattr(src, "max_per_class", None), train_name=getattr(src, "train_name", None),
                valid_name=getattr(src, "valid_name", None))
-    if getattr(src, "kind", None) is not None:  # image sources have none: their files stay as they were
-        out["kind"] = str(src.kind)
+    spec = getattr(src, "spec", None)
+    if spec is not None:  # an array source (image sources have no spec: their files stay as they were)
+        out.update(kind=str(src.kind), format=str(getattr(src, "format", "arrays")), dims=int(spec.dims),
+                   pad=bool(spec.pad), fill=None if spec.fill is None else float(spec.fill),
+                   valid_pct=getattr(src, "valid_pct", None), seed=getattr(src, "seed", None))
     return out
 
 
@@ -347,7 +351,8 @@ def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
         refuse("config.ndim", ndim, f"a dimension {config['arch']} takes ({' or '.join(map(str, ndims))})")
     if not (config["depth"] is None or _int_in(config["depth"], 1, MAX_DEPTH)):
         refuse("config.depth", config["depth"], f"a whole number from 1 to {MAX_DEPTH}")
-    if ndim == 2 and (config["n_in"] not in (1, 3) or isinstance(config["n_in"], bool)):
+    arrays = isinstance(ckpt.get("source"), dict) and ckpt["source"].get("dims") is not None  # an array source
+    if ndim == 2 and not arrays and (config["n_in"] not in (1, 3) or isinstance(config["n_in"], bool)):
         refuse("config.n_in", config["n_in"], "1 (grayscale) or 3 (RGB) channels")
     if not _int_in(config["n_in"], 1, MAX_CHANNELS):
         refuse("config.n_in", config["n_in"], f"a whole number of channels from 1 to {MAX_CHANNELS}")
@@ -378,11 +383,22 @@ def check_checkpoint(ckpt: dict, path: PathLike = "checkpoint") -> dict:
             refuse("source", source, "a dict (name, root, max_per_class, train_name, valid_name)")
         if not isinstance(source.get("name"), str) or not source["name"].strip():
             refuse("source.name", source.get("name"), "the dataset's name or path")
-        for key in ("root", "train_name", "valid_name", "kind"):
+        for key in ("root", "train_name", "valid_name", "kind", "format"):
             if source.get(key) is not None and not isinstance(source[key], str):
                 refuse(f"source.{key}", source[key], "a string or None")
         if source.get("max_per_class") is not None and not _int_in(source["max_per_class"], 1):
             refuse("source.max_per_class", source["max_per_class"], "a whole number ≥ 1 or None")
+        if source.get("dims") is not None and not _int_in(source["dims"], 1, 3):
+            refuse("source.dims", source["dims"], "1, 2 or 3 (series, images, volumes) or None")
+        if not isinstance(source.get("pad", False), bool):
+            refuse("source.pad", source["pad"], "true or false")
+        if source.get("fill") is not None and not _numbers([source["fill"]], 1):
+            refuse("source.fill", source["fill"], "a finite number or None")
+        if source.get("valid_pct") is not None and not (_numbers([source["valid_pct"]], 1) and
+                                                        0 < source["valid_pct"] < 1):
+            refuse("source.valid_pct", source["valid_pct"], "a fraction between 0 and 1 or None")
+        if source.get("seed") is not None and not _int_in(source["seed"], -2 ** 63):
+            refuse("source.seed", source["seed"], "a whole number or None")
     for key in ("meta", "versions"):
         if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
             refuse(key, ckpt[key], "a dict")

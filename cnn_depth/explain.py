@@ -29,7 +29,8 @@ Grad-CAM as a coloured band under the series; a volume as slices (the middle sli
 input, the middle depth slice of each channel's map, Grad-CAM over a few slices along depth). Their inputs are
 arrays: ``image=`` a ``.npy``/``.npz`` file read by ``cnn_depth.arrays.load_array``, ``array=`` one already
 in memory, or ``index=`` the run's K-th validation item from ``cnn_depth.arrays.valid_arrays(source)``;
-normalised per channel with the run's saved stats, as the DataLoaders did.
+shaped as the run's data was (``arrays.channels_first``, its fill and padding) and normalised per channel with
+the run's saved stats, as the DataLoaders did.
 
 Figures are drawn on matplotlib ``Figure`` objects (``plots._figure``) and saved atomically by
 ``files.save_figure`` (a full disk is one line), never through pyplot, so nothing
@@ -556,46 +557,43 @@ def _shape(config: dict) -> tuple[int, ...]:
     return (config["n_in"], *((size,) * ndim if isinstance(size, int) else size))
 
 
-def check_array(a, config: dict, what: str) -> np.ndarray:
-    """An array input for a saved 1D/3D model as float32 (C, *sides): it must have the model's shape (a series
-    of one channel may leave out its channel axis) and finite values, else one line naming ``what``."""
-    try:
-        a = np.asarray(a, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise CnnDepthError(f"{what} is not an array of numbers ({type(e).__name__})") from e
+def check_array(a, config: dict, what: str, source: Optional[dict] = None) -> np.ndarray:
+    """An array input for a saved model trained on arrays, as float32 (C, *sides) the way its data was made
+    (``arrays.channels_first``: one channel may leave out its axis; NaN becomes the source's ``fill`` or is
+    refused; a short series is zero-padded where the source was ``pad``), and of the model's shape, else one
+    line naming ``what``."""
+    from .arrays import channels_first
+
+    source = source or {}
     want = _shape(config)
-    if a.shape == want[1:] and want[0] == 1:
-        a = a[None]
+    ndim = len(want) - 1
+    a = channels_first(np.asarray(a), ndim, what, source.get("fill"))
+    if ndim == 1 and source.get("pad") and a.shape[0] == want[0] and a.shape[-1] < want[-1]:
+        a = np.pad(a, ((0, 0), (0, want[-1] - a.shape[-1])))  # as the data's series were
     if a.shape != want:
-        ndim = len(want) - 1
+        kind = {1: "series", 2: "array", 3: "volume"}[ndim]
         raise CnnDepthError(f"{what} has shape {a.shape}; the model takes {want} (channels, {AXES[ndim]}) as it "
-                            f"was trained: give a {'series' if ndim == 1 else 'volume'} of that shape")
-    if not np.isfinite(a).all():
-        raise CnnDepthError(f"{what} holds NaN or infinite values; fill or drop them as the training data was")
+                            f"was trained: give a {kind} of that shape")
     return a
 
 
-def _read_array(path: PathLike, config: dict) -> np.ndarray:
-    """A .npy/.npz input read by the data side's ``cnn_depth.arrays.load_array`` (no pickles), checked."""
+def _read_array(path: PathLike, info: dict) -> np.ndarray:
+    """A .npy/.npz input read by ``arrays.load_array`` (never a pickle) as the run's data was, then checked."""
+    from .arrays import load_array
+
+    config, source = info["config"], info.get("source") or {}
     path = Path(path).expanduser()
-    try:
-        from .arrays import load_array
-    except ImportError as e:  # the array loaders are not installed with this version
-        raise CnnDepthError(f"cannot read {path}: reading arrays needs cnn_depth.arrays, which this install "
-                            f"lacks; pass the input as explain_run(..., array=...) from Python") from e
-    return check_array(load_array(path), config, str(path))
+    a = load_array(path, dims=config.get("ndim", 2), fill=source.get("fill"))
+    return check_array(a, config, str(path), source)
 
 
 def valid_arrays(source: Optional[dict]) -> list:
     """The validation inputs of a saved run over arrays (series, volumes), in the DataLoaders' order, as
-    (array (C, *sides), class name) pairs, from the data side's ``cnn_depth.arrays.valid_arrays(source)``."""
+    (array (C, *sides), class name) pairs, rebuilt by ``arrays.valid_arrays`` from the recorded source."""
+    from .arrays import valid_arrays as rebuild
+
     if not source:
         raise CnnDepthError("this saved model records no data source to pick --index from; pass --image FILE.npy")
-    try:
-        from .arrays import valid_arrays as rebuild
-    except ImportError as e:
-        raise CnnDepthError("picking --index from a run over arrays needs cnn_depth.arrays.valid_arrays, which this "
-                            "install lacks; pass --image FILE.npy (an array of the run's shape) instead") from e
     try:
         return list(rebuild(source))
     except CnnDepthError as e:
@@ -612,41 +610,59 @@ def normalise_array(a: np.ndarray, stats: Optional[dict]) -> torch.Tensor:
     return x
 
 
-def model_input(a: np.ndarray, stats: Optional[dict], ndim: int) -> torch.Tensor:
+def takes_arrays(info: dict) -> bool:
+    """Whether a saved model's inputs are arrays rather than image files: a 1D/3D model, or a 2D one trained on
+    an array folder (its source records ``dims``)."""
+    return info["config"].get("ndim", 2) != 2 or (info.get("source") or {}).get("dims") is not None
+
+
+def model_input(a: np.ndarray, stats: Optional[dict], arrays: bool) -> torch.Tensor:
     """What the model sees for a loaded input ``a``: an image normalised as fastai did, an array per channel."""
-    return normalise(a, stats) if ndim == 2 else normalise_array(a, stats)
+    return normalise_array(a, stats) if arrays else normalise(a, stats)
+
+
+def _displayed(a: np.ndarray, ndim: int, arrays: bool) -> np.ndarray:
+    """The input as the figures draw it: a 2D array (C, H, W) as a (H, W, 1 or 3) uint8 image stretched to its
+    range (several channels other than 3: their mean); anything else as it is."""
+    if not (arrays and ndim == 2):
+        return a
+    v = a if a.shape[0] in (1, 3) else a.mean(axis=0, keepdims=True)
+    lo, hi = float(v.min()), float(v.max())
+    return np.round((v - lo) / (hi - lo if hi > lo else 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def _input_image(info: dict, image: Optional[PathLike], index: Optional[int], items: Optional[list] = None,
                  array=None, label: Optional[str] = None) -> tuple[np.ndarray, Optional[str], str]:
     """The input to explain for a loaded model: (its array, true label or None, a phrase saying which).
 
-    An image model's is a (h, w, c) uint8 image; a 1D/3D model's a (C, *sides) float32 array: ``array`` as
-    given, ``image`` a .npy/.npz file, or the ``index``-th of the run's validation arrays."""
+    An image model's is a (h, w, c) uint8 image; a model trained on arrays (:func:`takes_arrays`) a
+    (C, *sides) float32 array: ``array`` as given, ``image`` a .npy/.npz file, or the ``index``-th of the run's
+    validation arrays."""
     config = info["config"]
-    ndim = config.get("ndim", 2)
+    ndim, arrays = config.get("ndim", 2), takes_arrays(info)
     if array is not None:
-        if ndim == 2:
-            raise CnnDepthError("array= is for 1D and 3D models (series, volumes); give an image model image= a file")
+        if not arrays:
+            raise CnnDepthError("array= is for 1D and 3D models (series, volumes) and models trained on arrays; give "
+                                "an image model image= a file")
         what = "the given array" + (f" (true: {label})" if label else "")
-        return check_array(array, config, "the array"), label, what
+        return check_array(array, config, "the array", info.get("source")), label, what
     if image is not None:
-        if ndim != 2:
-            return _read_array(image, config), None, f"array {Path(image).name}"
+        if arrays:
+            return _read_array(image, info), None, f"array {Path(image).name}"
         return _read_image(image, config["n_in"], config["img_size"]), None, f"image {Path(image).name}"
     index = 0 if index is None else index
-    if ndim != 2:
+    if arrays:
         items = items if items is not None else valid_arrays(info["source"])
     else:
         items = items if items is not None else valid_items(info["source"])
-    what = "images" if ndim == 2 else DIM_NAMES[ndim]
+    what = DIM_NAMES[ndim] if arrays and ndim != 2 else "arrays" if arrays else "images"
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(items):
         raise CnnDepthError(f"--index {index} is out of range: the run's validation split has {len(items)} "
                             f"{what} (0-{len(items) - 1})")
-    if ndim != 2:
+    if arrays:
         a, label = items[index]
-        name = "series" if ndim == 1 else "volume"
-        return (check_array(a, config, f"validation {name} {index}"), str(label),
+        name = {1: "series", 2: "array", 3: "volume"}[ndim]
+        return (check_array(a, config, f"validation {name} {index}", info.get("source")), str(label),
                 f"validation {name} {index} (true: {label})")
     label = items[index].parent.name
     return _read_image(items[index], config["n_in"], config["img_size"]), label, \
@@ -697,7 +713,8 @@ def explain_run(run_dir: PathLike, depth: Optional[int] = None, seed: Optional[i
     out = output_folder(out if out is not None else Path(run_dir) / "explain" / info["run_id"])
     if info["note"]:  # after every check, so that bad input prints its error line only
         log(info["note"])
-    x = model_input(a, info["stats"], ndim)
+    x = model_input(a, info["stats"], takes_arrays(info))
+    a = _displayed(a, ndim, takes_arrays(info))
     probs = _probs(model, x)
     pred = int(probs.argmax())
     log(f"{info['run_id']}: {what}: predicted {vocab[pred]} ({probs[pred]:.2f})")
@@ -775,13 +792,14 @@ def explain_depths(run_dir: PathLike, depths: Optional[Sequence[int]] = None, se
     for depth in depths:
         model, info = load_run_model(run_dir, depth, seed, arch)
         t = None if target is None else class_index(target, model.vocab, info["config"]["n_out"])
-        ndim = model_ndim(model)
+        ndim, arrays = model_ndim(model), takes_arrays(info)
         if image is None and array is None and items is None:  # rebuilt once: every depth has the same dataset
-            items = valid_items(info["source"]) if ndim == 2 else valid_arrays(info["source"])
+            items = valid_arrays(info["source"]) if arrays else valid_items(info["source"])
         a, true, what = _input_image(info, image, index, items, array=array, label=label)
         if info["note"]:
             notes.append(f"depth {depth}: seed {info['seed']} of {', '.join(map(str, info['seeds']))}")
-        x = model_input(a, info["stats"], ndim)
+        x = model_input(a, info["stats"], arrays)
+        a = _displayed(a, ndim, arrays)
         probs = _probs(model, x)
         row = dict(depth=depth, info=info, a=a, label=true, what=what, probs=probs, vocab=model.vocab,
                    params=count_params(model), ndim=ndim)

@@ -288,7 +288,8 @@ def test_cli_models_by_dimension():
     assert re.search(r"^simplecnn\s+2D\s+3\s+33,834\s", r.output, re.M)
     for args, message in ((["--dims", "4"], "--dims must be at most 3"),
                           (["--size", "3x"], "--size '3x' is not a size"),
-                          (["--dims", "3", "--size", "16x32"], "--size 16x32 has 2 sides; --dims 3 takes one number or 3")):
+                          (["--dims", "3", "--size", "16x32"],
+                           "--size 16x32 has 2 sides; --dims 3 takes one number or 3")):
         r = runner.invoke(app, ["models", *args])
         assert r.exit_code == 2 and r.output.startswith("error: ") and message in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
