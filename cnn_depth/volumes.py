@@ -16,6 +16,8 @@ is ``test``, as for CIFAR-10 (``valid_name="val"`` picks MedMNIST's validation s
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,11 +137,13 @@ def synthetic_volumes(n_per_class: int = 64, size: int = 16, seed: int = 0, dest
 def _medmnist_arrays(path: Path) -> dict:
     """The images and labels of each split in a MedMNIST ``.npz``, checked (one line per problem)."""
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip
+                raise CnnDepthError(f"{path} is not a .npz file (not a zip); download the MedMNIST file again")
         z = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise CnnDepthError(f"{path} holds pickled data, which is not loaded (allow_pickle=False); download the "
-                            f"original MedMNIST file again") from e
-    except Exception as e:  # not a zip, truncated
+    except CnnDepthError:
+        raise
+    except Exception as e:  # truncated, damaged
         raise CnnDepthError(f"cannot read {path} as a MedMNIST .npz ({type(e).__name__}: {str(e)[:80]}); download it "
                             f"again") from e
     with z:
@@ -172,7 +176,8 @@ def medmnist_folder(npz: PathLike, labels: Optional[Sequence[str]] = None, name:
     known = MEDMNIST_3D.get(npz.name.split(".")[0].lower())
     if labels is None and known is not None:
         labels = known.labels
-    dest = cache_dir() / "datasets" / "medmnist" / f"{stem}-{archive_key(npz)}"
+    names = hashlib.sha256(json.dumps(list(labels) if labels is not None else None).encode()).hexdigest()[:6]
+    dest = cache_dir() / "datasets" / "medmnist" / f"{stem}-{archive_key(npz)}-{names}"
 
     loaded: dict = {}
 
