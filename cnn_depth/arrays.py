@@ -469,10 +469,15 @@ def _is_array_file(name: str) -> bool:
 
 
 def _first_file(folder: str) -> Optional[str]:
-    """The first non-hidden file name ``os.scandir`` gives in ``folder`` (None when it has none)."""
-    for e in _entries(folder):
-        if not e.name.startswith(".") and not _is(e, "dir"):
-            return e.name
+    """The first non-hidden file name ``os.scandir`` gives in ``folder`` (None when it has none or cannot be
+    read): one entry read, not the folder's thousands."""
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if not e.name.startswith(".") and not _is(e, "dir"):
+                    return e.name
+    except OSError:
+        return None
     return None
 
 
