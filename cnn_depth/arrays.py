@@ -5,18 +5,14 @@ The layout is the image folders' (:mod:`cnn_depth.data`): ``<root>/<train>/<clas
 ``<root>/<class>/<file>`` split at random per class (``valid_pct``, ``seed``). A sample is one array, channels
 first:
 
-=====  ====================  ===========================================
-dims   file holds            read as
-=====  ====================  ===========================================
-1      ``(L,)``, ``(C, L)``  a series of L time steps, 1 or C channels
-2      ``(H, W)``, ``(C, H, W)``  an image (only when forced: ``dims=2``)
-3      ``(D, H, W)``, ``(C, D, H, W)``  a volume, 1 or C channels
-=====  ====================  ===========================================
+- dims 1, a series of L time steps: ``(L,)`` (one channel) or ``(C, L)``;
+- dims 3, a volume: ``(D, H, W)`` (one channel) or ``(C, D, H, W)``;
+- dims 2, an image, only when forced with ``dims=2``: ``(H, W)`` or ``(C, H, W)``.
 
 ``dims`` is inferred from the first file's number of dimensions (1 or 2: a series; 3 or 4: a volume), or read
 from the ``origin.json`` of a folder this package converted (UCR files, MedMNIST), or forced with ``dims=``.
 Every file is loaded once (``np.load(..., allow_pickle=False)``: a pickle is refused), checked, and the whole
-dataset is held as one float32 tensor whose batches are sliced in memory (:class:`cnn_depth.fastpath.TensorDL`),
+dataset is held as one float32 tensor whose batches are sliced in memory (:class:`ArrayDL`, the fast path's loader),
 normalised per channel with the training split's mean and std and, with ``augment``, shifted in time (1D) or
 flipped (3D) on the DataLoaders' device. A single item (``learn.predict(path_or_array)``, ``test_dl``) takes
 the same :class:`LoadArray` transform the dataset was built with, so it is checked and shaped the same way.

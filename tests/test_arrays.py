@@ -88,6 +88,16 @@ def test_dims_can_be_forced_and_a_wrong_force_is_one_line(tmp_path):
     dls = dataloaders(root, bs=4, device="cpu", dims=2)  # an 8×9 image
     assert (dls.data_info.ndim, dls.data_info.input_shape, dls.data_info.kind) == (2, (1, 8, 9), "image")
     assert dls.one_batch()[0].shape == (4, 1, 8, 9)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dls.show_batch(max_n=3)
+    assert sum(bool(ax.images) for ax in plt.gcf().axes) == 3
+    plt.close("all")
+    aug = dataloaders(root, bs=4, device="cpu", dims=2, augment=True)  # the images' flip and pad-4 crop
+    torch.manual_seed(0)
+    xa, xb = first(dls.train.new(shuffle=False))[0], first(aug.train.new(shuffle=False))[0]
+    assert xa.shape == xb.shape and not torch.equal(xa, xb)
     with pytest.raises(CnnDepthError, match=r"is a 2-dim array \(8, 9\), not a volume.*\(D, H, W\)"):
         dataloaders(root, bs=4, device="cpu", dims=3)
     with pytest.raises(CnnDepthError, match="dims must be 1"):
