@@ -259,6 +259,35 @@ def test_toml_and_the_command_line_name_grid_cells(tmp_path):
     assert aug.compare == ["bn,augment=on:2", "bn,augment=off:2"]
 
 
+def test_the_reports_name_a_grids_cells_as_the_sweep_does(tmp_path):
+    """summary.csv's stopped column for a grid over lr, bs, augment and compile: the rule run on rows read
+    back from results.csv, each group named by its values as SweepConfig.cell_names names the combination."""
+    from cnn_depth.records import RESULT_COLUMNS, read_results, write_rows
+    from cnn_depth.reports import summarize
+    from cnn_depth.run import new_row
+
+    cfg = SweepConfig(lr=[1e-3, 3e-3], bs=[16, 32], augment=[True, False], compile=[True, False], depths=[1, 2],
+                      seeds="auto", max_seeds=4)
+    rows = []
+    for i, c in enumerate(cfg.combinations()):
+        for depth in (1, 2):
+            for seed in range(3):
+                correct = 10 + 5 * depth + (i + seed) % 3  # depth 2 a little higher; cells differ
+                r = new_row(c, depth, seed, 1, "cpu", "fp32", c.run_tag(cfg.varying()))
+                r.update(status="ok", correct=correct, valid_images=100, accuracy=correct / 100,
+                         error_rate=1 - correct / 100, lr=c.lr, epochs_done=c.epochs, train_loss=1.0, valid_loss=1.0,
+                         params=634 * depth, macs=1000 * depth, classes=10)
+                rows.append(r)
+    write_rows(tmp_path / "results.csv", RESULT_COLUMNS, rows)
+    summary = summarize(read_results(tmp_path / "results.csv"), plan=cfg.plan())
+    names = cfg.cell_names()
+    assert len(names) == 16 and names[0] == "bn,lr=0.001,bs=16,augment=on,compile=on"
+    stopped = summary.set_index(["group", "depth"])["stopped"]
+    for group, name in zip(dict.fromkeys(summary["group"]), names):  # depth 2 is 5 points above in every seed
+        assert stopped[(group, 1)].startswith(f"separated: {name}:1 below {name}:2 "), (group, name)
+        assert stopped[(group, 2)].startswith(f"vs {name}:1: separated"), (group, name)
+
+
 def bad_cases(tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text('seeds = "auto"\nmin_seeds = 5\nmax_seeds = 4\n')
