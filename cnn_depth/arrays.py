@@ -223,8 +223,8 @@ class ArraySpec:
         """``a`` (as stored, or as given to ``predict``) as a float32 ``(n_in, *shape)`` array, or a one-line error."""
         a = channels_first(np.asarray(a), self.dims, where, self.fill)
         if a.shape[0] != self.n_in:
-            raise CnnDepthError(f"{where} has {a.shape[0]} channel(s) {tuple(a.shape)}, the data {self.n_in} "
-                                f"{(self.n_in, *self.shape)}; every sample needs the same channels, first")
+            raise CnnDepthError(f"{where} has {a.shape[0]} channel(s) {tuple(a.shape)}, the data {self.n_in}: give "
+                                f"{(self.n_in, *self.shape)}, channels first")
         if a.shape[1:] == tuple(self.shape):
             return a
         if self.dims == 1 and self.pad and a.shape[-1] <= self.shape[-1]:
@@ -232,9 +232,9 @@ class ArraySpec:
         if self.dims == 1:
             fix = (f"pad=True pads up to {self.shape[-1]}" if self.pad else
                    "pad them with zeros to the longest with dataloaders(pad=True) (--pad), or trim them to one length")
-            raise CnnDepthError(f"{where} has {a.shape[-1]} time steps, the data {self.shape[-1]}; {fix}")
-        raise CnnDepthError(f"{where} has shape {tuple(a.shape[1:])}, the data {tuple(self.shape)}; every sample "
-                            f"needs one shape: resample them to one")
+            raise CnnDepthError(f"{where} has {a.shape[-1]} time steps, the data's series {self.shape[-1]}; {fix}")
+        raise CnnDepthError(f"{where} has shape {tuple(a.shape[1:])}, the data's samples {tuple(self.shape)}; "
+                            f"resample it to that shape")
 
 
 class LoadArray(DisplayedTransform):

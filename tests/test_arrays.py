@@ -389,9 +389,10 @@ def test_predict_on_a_path_a_str_an_array_and_a_tensor(pair, kind):
 
 def test_predict_refuses_an_array_of_another_shape_in_one_line(pair):
     learn, _ = pair("series")
-    with pytest.raises(CnnDepthError, match=r"the array given has 1 channel\(s\) .* the data 2"):
+    with pytest.raises(CnnDepthError, match=r"the array given has 1 channel\(s\) \(1, 40\), the data 2: give "
+                                            r"\(2, 40\), channels first"):
         _predict(learn, np.zeros(40, dtype=np.float32))
-    with pytest.raises(CnnDepthError, match=r"the array given has 30 time steps, the data 40; pad them"):
+    with pytest.raises(CnnDepthError, match=r"the array given has 30 time steps, the data's series 40; pad them"):
         _predict(learn, np.zeros((2, 30), dtype=np.float32))
 
 
