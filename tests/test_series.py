@@ -121,7 +121,8 @@ def test_a_problem_is_converted_once_and_again_when_a_file_changes(tmp_path):
     a = ucr_folder(*find_ucr(folder))
     stamp = (a / "train" / "up" / "00000.npy").stat().st_mtime_ns
     assert ucr_folder(*find_ucr(folder)) == a and (a / "train" / "up" / "00000.npy").stat().st_mtime_ns == stamp
-    ts(folder / "Toy_TRAIN.ts", [f"{up_down(k, i + 50)}:{lab}" for i in range(3) for k, lab in enumerate(("up", "down"))])
+    ts(folder / "Toy_TRAIN.ts", [f"{up_down(k, i + 50)}:{lab}" for i in range(3)
+                                 for k, lab in enumerate(("up", "down"))])
     b = ucr_folder(*find_ucr(folder))
     assert b != a and dataloaders(folder, bs=2, device="cpu").data_info.source.counts["train"] == 6
 

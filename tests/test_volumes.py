@@ -13,7 +13,8 @@ from cnn_depth.volumes import MEDMNIST_3D, MEDMNIST_URL, SHAPES, medmnist_folder
 
 
 def digest(folder) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.npy"))}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*.npy"))}
 
 
 def test_synthetic_volumes_are_deterministic(tmp_path):
@@ -90,7 +91,8 @@ def test_a_medmnist_file_converts_to_its_three_splits(tmp_path):
         assert len(files) == len(z[f"{split}_labels"])
         for f in files:  # file NNNNN is volume NNNNN of its split, in its label's folder
             i = int(f.stem)
-            assert np.array_equal(np.load(f), z[f"{split}_images"][i]) and int(f.parent.name) == z[f"{split}_labels"][i, 0]
+            assert np.array_equal(np.load(f), z[f"{split}_images"][i])
+            assert int(f.parent.name) == z[f"{split}_labels"][i, 0]
     dls = dataloaders(npz, bs=2, device="cpu")
     info = dls.data_info
     assert info.source.valid_name == "test" and (len(dls.train_ds), len(dls.valid_ds)) == (6, 4)
