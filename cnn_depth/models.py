@@ -458,8 +458,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     layers only (biases, batch norm, ReLU, pooling and residual adds are a few per cent at most)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    device = next(model.parameters()).device
     with eval_mode(model), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, *input_shape))
+        model(torch.zeros(1, *input_shape, device=device))
     return counter.get_total_flops() // 2
 
 
