@@ -87,13 +87,16 @@ class SweepConfig:
                                                 "the answer is clear (--min-seeds, --max-seeds, --margin, --compare).",
                                           shown="0", factory=lambda: [0])
     # --seeds auto (cnn_depth.sequential): which seeds run, not what a run's numbers are (see RESULT_FIELDS)
-    min_seeds: int = _field(3, "With --seeds auto: seeds every depth runs before any stops (2 at least).")
-    max_seeds: int = _field(10, "With --seeds auto: no depth runs more seeds than this.")
+    min_seeds: int = _field(3, "With --seeds auto: seeds every depth (of every combination) runs before any stops "
+                               "(2 at least).")
+    max_seeds: int = _field(10, "With --seeds auto: no depth runs more seeds than this (the rule's last planned look).")
     margin: Optional[float] = _field(None, "With --seeds auto: accuracy points within which two depths count as "
                                            "equivalent (stop adding seeds), e.g. 0.5; off: only separation or "
                                            "--max-seeds stops.", shown="off")
     compare: Optional[list[str]] = _field(None, "With --seeds auto: the pair to settle, ARCH:DEPTH ARCH:DEPTH or "
-                                                "DEPTH DEPTH (e.g. 20 8), instead of each depth with the best.",
+                                                "DEPTH DEPTH (e.g. 20 8); in a grid two cells VALUES:DEPTH (e.g. "
+                                                "residual:20 bn:20, residual,lr=0.001:20 ...), instead of each depth "
+                                                "with the best.",
                                           shown="each depth with the best")
     # ≈ 13 s per depth (2-4) on 2 CPU cores, sample
     epochs: int = _field(5, "Epochs per run (fit_one_cycle; --transfer modes count every epoch).",
@@ -796,8 +799,9 @@ def _compare_cell(name: str, combos: list, varying: Sequence[str], depths: list,
         if not matches:
             if eq:
                 have = " ".join(dict.fromkeys(setting_word(key, t[key]) for t in texts if key in t))
-                raise CnnDepthError(f"--compare {name}: {key} {word} is not in this sweep ({'--' + key.replace('_', '-')}"
-                                    f" {have or 'does not vary here'}); name a cell of the grid, e.g. {example}")
+                flag = "--" + key.replace("_", "-")
+                raise CnnDepthError(f"--compare {name}: {key} {word} is not in this sweep ({flag} "
+                                    f"{have or 'does not vary here'}); name a cell of the grid, e.g. {example}")
             archs = " ".join(dict.fromkeys(t["arch"] for t in texts))
             raise CnnDepthError(f"--compare {name}: arch {value} is not in this sweep (--arch {archs}); name "
                                 f"{example.rpartition(':')[0]}:DEPTH" + ("" if varying else " or just DEPTH"))

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import integrate
 from scipy import stats as st
 
-from cnn_depth.sequential import (ANYTIME, GROUP_SEQUENTIAL, Plan, critical_t, gs_critical_t, sweep_rounds)
+from cnn_depth.sequential import ANYTIME, Plan, critical_t, gs_critical_t, sweep_rounds
 from cnn_depth.stats import compare_to_best
 
 DESIGNS = {"Pocock": Plan(shape=0.5), "Wang-Tsiatis 0.25 (the rule)": Plan(), "O'Brien-Fleming": Plan(shape=0.0),
