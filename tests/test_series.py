@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +228,27 @@ def test_without_aeon_a_registered_problem_says_how_to_install_it(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("ERROR ") and "pip install 'cnn-depth[series]'" in line and "GunPoint" in line
+
+
+CONVERT = textwrap.dedent("""
+    import sys
+    from cnn_depth.series import find_ucr, ucr_folder
+    print(ucr_folder(*find_ucr(sys.argv[1])))
+""")
+
+
+@pytest.mark.slow
+def test_processes_converting_one_problem_at_once_share_one_folder(tmp_path):
+    """The cache protocol (cnn_depth.cache): one process converts, the others wait and use its folder."""
+    folder = problem(tmp_path / "Toy", n=40)
+    env = dict(os.environ, CNN_DEPTH_CACHE=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", CONVERT, str(folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-1000:] for _, e in outs]
+    paths = {o.strip().splitlines()[-1] for o, _ in outs}
+    assert len(paths) == 1
+    converted = paths.pop()
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 160  # 80 + 80 series, written once
+    assert not [p for p in (tmp_path / "cache" / "datasets" / "series").iterdir() if p.name.endswith(".tmp")]
+    assert (Path(converted) / ".complete").is_file() and (Path(converted) / "origin.json").is_file()
