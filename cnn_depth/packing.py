@@ -240,10 +240,11 @@ def sweep_peak_estimates(cfg, dls, depths) -> dict:
     if info is None:
         return {}
     images = len(dls.train_ds) + len(dls.valid_ds)
-    h, w = info.img_size
-    dataset = images * (info.n_in * h * w + 16) if info.pipeline == "fast" else 0  # uint8 images, targets, index
+    sides = tuple(info.img_size)  # (h, w), (length,) or (d, h, w)
+    per_value = 4 if getattr(info.source, "spec", None) is not None else 1  # arrays float32, images uint8
+    dataset = images * (info.n_in * math.prod(sides) * per_value + 16) if info.pipeline == "fast" else 0  # + targets
     try:  # a grid: the largest of its combinations at each depth
-        return {d: max(estimate_peak_bytes(c.arch, d, info.n_in, len(dls.vocab), (h, w), c.bs, dataset)
+        return {d: max(estimate_peak_bytes(c.arch, d, info.n_in, len(dls.vocab), sides, c.bs, dataset)
                        for c in cfg.combinations()) for d in sorted(set(depths))}
     except Exception:
         return {}
