@@ -87,7 +87,8 @@ class Engine:
         where = "on Ray" + ("" if self.ray == "local" else f" at {self.ray}") if self.kind == "ray" else "at once"
         gpus = (f", {self.runs_per_gpu} per GPU on {len(self.gpus)} GPU{'s' if len(self.gpus) != 1 else ''}"
                 if self.gpus else "")
-        return f"{self.workers} runs {where}{gpus}, {threads} each{why}"
+        runs = "1 run" if self.workers == 1 else f"{self.workers} runs"
+        return f"{runs} {where}{gpus}, {threads} each{why}"
 
     def executor(self):
         from .executors import InlineExecutor, LocalExecutor, RayExecutor
