@@ -343,11 +343,16 @@ def sweep_cmd(
     transfer: Optional[str] = option("transfer"),
     dataset: str = option("dataset"),
     data: Optional[str] = typer.Option(None, help="A folder or .tgz/.tar.gz/.zip laid out <train>/<class>/*, "
-                                                  "<valid>/<class>/* (instead of --dataset)."),
+                                                  "<valid>/<class>/* of images or .npy/.npz arrays, a UCR problem's "
+                                                  "folder, a MedMNIST-3D .npz (instead of --dataset)."),
     max_per_class: Optional[int] = option("max_per_class"),
     pipeline: str = option("pipeline"),
     augment: bool = option("augment"),
     compile: bool = option("compile"),
+    dims: Optional[int] = option("dims"),
+    pad: bool = option("pad"),
+    fill: Optional[float] = option("fill"),
+    split_seed: int = option("split_seed"),
     out: Optional[str] = option("out"),
     device: str = option("device"),
     quiet: bool = option("quiet"),
@@ -371,6 +376,7 @@ def sweep_cmd(
       cnn-depth sweep --data ~/mnist_png --depths 2,4,8 --lr find --device cuda
       cnn-depth sweep --depths 2 4 8 --seeds auto --max-seeds 8   # seeds until the answer is clear
       cnn-depth sweep --arch bn residual --lr 1e-3 3e-3 --depths 2 4 8 --seeds 0-2   # a grid
+      cnn-depth sweep --dataset GunPoint --depths 1 2 4 8 --bs 16 --epochs 40   # series: the 1D family
 
     Exit code: 0 when every run is ok, 1 when one diverged or failed (every run failed: one line, no table),
     2 for bad options, 130 when interrupted (rerun the same command to resume).

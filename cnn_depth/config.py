@@ -69,6 +69,8 @@ class Setting:
     after: Optional[str] = None  # results.csv: the column it follows (None: last before status)
     rank: float = math.inf  # its place among SETTING_COLUMNS and reports.GROUP (inf: last)
     empty: str = "?"  # what an empty cell means in a group key (rows from before the column existed)
+    keyword: Optional[str] = None  # data: its dataloaders() keyword, where not the field's name
+    unsaid: tuple = ()  # group-key texts the reports' shared line leaves out (what every run had before it existed)
 
 
 def _onoff(word: str, off: str, on_label: str, off_label: str) -> dict:
@@ -125,8 +127,10 @@ class SweepConfig:
     dataset: str = _field(DEFAULT_SOURCE, "A registered dataset (cnn-depth datasets), or the path of a folder or "
                                           "archive (--data).",
                           setting=Setting("source", "data source", lambda v: dataset_label(v), lambda v: f"from {v}",
-                                          data=True, always=True, identity="dataset", after="seed", rank=0))
-    max_per_class: Optional[int] = _field(None, "Keep the first N images per class and split.", shown="all",
+                                          data=True, always=True, identity="dataset", after="seed", rank=0,
+                                          keyword="source"))
+    max_per_class: Optional[int] = _field(None, "Keep the first N images (series, volumes) per class and split.",
+                                          shown="all",
                                           setting=Setting("max_per_class", "images per class",
                                                           lambda v: "mall" if v is None else f"m{v}",
                                                           lambda v: "all images" if v == "all" else f"{v}/class",
@@ -136,7 +140,8 @@ class SweepConfig:
                                    "(fastai's per-item PIL decode).",
                            setting=Setting("pipeline", "pipeline", str, lambda v: f"{v} pipeline", data=True,
                                            after="max_per_class", rank=5))
-    augment: bool = _field(False, "Random flip + pad-4-and-crop of training batches.",
+    augment: bool = _field(False, "Random flip + pad-4-and-crop of training batches (series: a random shift in "
+                                  "time, up to 1/8 of the length; volumes: random flips along each axis).",
                            setting=Setting("augment", "augmentation", data=True, after="pipeline", rank=6,
                                            **_onoff("aug", "noaug", "augment", "no augment")))
     # Off: on 2 CPU cores a tiny sweep was slower compiled, compile time included (experiments/README.md).
@@ -144,7 +149,34 @@ class SweepConfig:
                                   "compiled trains eagerly, with one line).",
                            setting=Setting("compile", "torch.compile", lambda v: "compile" if v else "eager",
                                            lambda v: {"off": "eager", "on": "compiled"}.get(v, f"compile {v}"),
-                                           lambda v: "on" if v else "off", after="augment", rank=12, empty="off"))
+                                           lambda v: "on" if v else "off", after="augment", rank=12, empty="off",
+                                           unsaid=("off",)))  # eager, as every run before --compile
+    # Arrays (series, volumes: cnn_depth.arrays): how the files are read and split. Each is a dataloaders()
+    # keyword; images refuse dims, pad and fill in one line, and a split of their own makes split_seed moot.
+    dims: Optional[int] = _field(None, "Arrays: read each file as 1 (series), 2 (images) or 3 (volumes) spatial "
+                                       "dimensions; default: the data decides (a file of 1-2 dims is a series, of 3-4 "
+                                       "a volume).", shown="the data's",
+                                 setting=Setting("dims", "dims", lambda v: f"dims{v or 'auto'}",
+                                                 lambda v: "dims auto" if v == "auto" else f"dims {v}",
+                                                 lambda v: "" if v is None else v, data=True, kind="int", low=1,
+                                                 after="kind", rank=14, empty="auto", unsaid=("auto",)))
+    pad: bool = _field(False, "Series: zero-pad series shorter than the longest at the end (off: different lengths "
+                              "are one line naming a file).",
+                       setting=Setting("pad", "padding", data=True, after="dims", rank=15, empty="False",
+                                       unsaid=("False",), **_onoff("pad", "nopad", "padded", "no pad")))
+    fill: Optional[float] = _field(None, "Arrays: the value that replaces missing values (NaN), e.g. 0; off: a "
+                                         "NaN is one line naming the file.", shown="off",
+                                   setting=Setting("fill", "NaN fill", lambda v: "nofill" if v is None else f"fill{v:g}",
+                                                   lambda v: "NaN refused" if v == "none" else f"NaN→{v}",
+                                                   lambda v: "" if v is None else v, data=True, kind="number",
+                                                   after="pad", rank=16, empty="none", unsaid=("none",)))
+    # Not --seeds: every run of a sweep validates on the same split, whatever its seed.
+    split_seed: int = _field(0, "Arrays in one folder of classes (no train/valid folders): the seed of the random "
+                                "validation split (20% of each class), the same for every run and seed of the "
+                                "sweep.",
+                             setting=Setting("split_seed", "validation split seed", lambda v: f"split{v}",
+                                             lambda v: f"split seed {v}", data=True, kind="int", low=0,
+                                             after="fill", rank=17, empty="0", keyword="seed", unsaid=("0",)))
     out: Optional[str] = _field(None, "Folder for the reports; rerun with it to resume.",
                                 shown="runs/<dataset>-<arch>-d<depths>-s<seeds>-e<epochs>[...]")
     device: str = _field("auto", "auto (CUDA when available), cpu or cuda; bf16 mixed precision on CUDA.")
@@ -201,6 +233,10 @@ class SweepConfig:
         if self.max_per_class is not None:
             self.max_per_class = check_int(self.max_per_class, "max_per_class")
         self.lr = self.lr if self.lr == "find" else _positive(self.lr, "lr")
+        from .arrays import check_dims, check_fill
+
+        self.dims, self.fill = check_dims(self.dims), check_fill(self.fill)
+        self.split_seed = check_int(self.split_seed, "split_seed", 0, MAX_SEED)
         self.dataset = str(resolve_source(_typed(self.dataset, (str, os.PathLike), "dataset")))
         for name, choices in (("device", DEVICES), ("pipeline", PIPELINES)):
             if getattr(self, name) not in choices:
@@ -210,7 +246,7 @@ class SweepConfig:
             if not self.out.strip():  # "" would silently mean the default folder
                 raise CnnDepthError("out is empty; give a folder (e.g. --out runs/x), or leave out --out for the "
                                     "default")
-        for name in ("augment", "compile", "quiet", "save_models", "yes"):
+        for name in ("augment", "compile", "pad", "quiet", "save_models", "yes"):
             _typed(getattr(self, name), bool, name)
         for name in ("workers", "threads", "runs_per_gpu"):
             if getattr(self, name) != "auto":
@@ -379,7 +415,7 @@ def ordered_settings() -> list[str]:
 def data_settings(cfg: "SweepConfig") -> dict:
     """The data settings of one combination as ``dataloaders``' keywords (``dataset`` as its ``source``): what
     the DataLoaders depend on, and so the key of the worker's and the calibration's caches."""
-    return {("source" if n == "dataset" else n): getattr(cfg, n) for n, s in settings().items() if s.data}
+    return {(s.keyword or n): getattr(cfg, n) for n, s in settings().items() if s.data}
 
 
 def data_key(cfg: "SweepConfig", device) -> tuple:
@@ -516,11 +552,21 @@ def coerce_options(options: dict, where: str = "") -> dict:
             out[name] = _auto_or_int(value, name, where)
         elif name == "track":
             out[name] = parse_track(value, where)
-        elif name in ("epochs", "bs", "max_per_class", "min_seeds", "max_seeds"):
+        elif name == "dims" and isinstance(value, str) and value.strip().lower() == "auto":
+            out[name] = None
+        elif name == "fill":
+            if not where and isinstance(value, str):  # from the command line (a grid's value), as typed
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            out[name] = _typed(float(value) if isinstance(value, int) and not isinstance(value, bool) else value,
+                               float, name, where)
+        elif name in ("epochs", "bs", "max_per_class", "min_seeds", "max_seeds", "dims", "split_seed"):
             if not where and isinstance(value, str) and value.strip().isdigit():  # a grid's value, as typed
                 value = int(value)
             out[name] = _typed(value, int, name, where)
-        elif name in ("augment", "compile", "quiet", "save_models", "pretrained", "yes"):
+        elif name in ("augment", "compile", "pad", "quiet", "save_models", "pretrained", "yes"):
             out[name] = _typed(value, bool, name, where)
         else:
             out[name] = _typed(value, str, name, where)

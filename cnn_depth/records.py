@@ -44,7 +44,7 @@ from .files import PathLike, atomic_open, atomic_write, is_disk_full, disk_full_
 RUN_FIELDS = ["run_id", "dataset", "arch", "depth", "seed"]
 # What a row records of where it ran, besides the settings (config.Setting): their place among the setting
 # columns (config.Setting.rank). They can change a result's last digits, so reports group by them too.
-RECORDED = {"threads": 7, "device": 8, "precision": 9}
+RECORDED = {"threads": 7, "device": 8, "precision": 9, "kind": 13}
 # results.csv without the settings' columns, which each config.Setting places (``after``): what a run measured.
 _MEASURED = [
     *RUN_FIELDS,
@@ -60,6 +60,7 @@ _MEASURED = [
     "train_loss",         # fastai's smoothed training loss at the end of the last epoch (as printed)
     "valid_loss",         # from the final validate()
     "classes",            # number of classes (chance accuracy is 1/classes)
+    "kind",               # what the data was read as: image, series or volume (empty in older rows: images)
     "valid_images",       # validation images of the final validate()
     "correct",            # of those, predicted right
     "accuracy", "error_rate",  # correct / valid_images and 1 - that
@@ -74,6 +75,9 @@ _MEASURED = [
 #   compile        torch.compile: off, on, or failed→eager (it could not compile; trained eagerly)
 #   pretrained     ImageNet weights at the start (resnet18, resnet50, vgg16); False: from scratch
 #   transfer       with pretrained: feature-extraction or fine-tune; empty from scratch
+#   dims           arrays read as 1, 2 or 3 spatial dims (--dims); empty: as the data decided (kind says what)
+#   pad, fill      series zero-padded to the longest; the value NaN became (empty: NaN refused)
+#   split_seed     the seed of the random validation split of one folder of classes (moot with split folders)
 
 
 def _result_columns() -> list[str]:
@@ -294,7 +298,8 @@ RESULT_SCHEMA = {
     "peak_memory_mb": _SECONDS, "train_loss": Column("float"), "valid_loss": Column("float"),
     "classes": Column("int", 1), "valid_images": Column("int", 1), "correct": Column("int", 0),
     "accuracy": Column("number", 0, 1), "error_rate": Column("number", 0, 1), "epochs_done": Column("int", 0),
-    "device": _TEXT, "precision": _TEXT, "pretrained": Column("bool"), "transfer": _TEXT, "status": _NEEDED,
+    "device": _TEXT, "precision": _TEXT, "pretrained": Column("bool"), "transfer": _TEXT, "kind": _TEXT,
+    "status": _NEEDED,
     "error": _TEXT, "finished": _TEXT,
 }
 for _s in settings().values():  # a setting added to the config reads back as it is marked there
@@ -668,6 +673,11 @@ CONFIG_SCHEMA = {
     "pipeline": ("a pipeline name", _text),
     "augment": ("true or false", lambda v: isinstance(v, bool)),
     "compile": ("true or false", lambda v: isinstance(v, bool)),
+    "dims": ("1, 2, 3 or null", lambda v: v is None or (_whole(1)(v) and v <= 3)),
+    "pad": ("true or false", lambda v: isinstance(v, bool)),
+    "fill": ("a finite number or null", lambda v: v is None or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))),
+    "split_seed": ("a whole number ≥ 0", _whole(0)),
     "out": ("a folder or null", _or_none(lambda v: isinstance(v, str))),
     "device": ("a device name", _text),
     "quiet": ("true or false", lambda v: isinstance(v, bool)),

@@ -29,7 +29,7 @@ from .data import list_datasets
 from .errors import CnnDepthError
 from .lean import lean_learner
 from .learner import depth_learner, fit_learner
-from .loaders import dataloaders
+from .loaders import data_info, dataloaders
 from .models import count_params
 from .probes import activation_stats, fixed_valid_batch
 from .records import RESULT_COLUMNS, run_fields
@@ -300,6 +300,12 @@ def _f32(x: float) -> float:
     return float(f"{x:.7g}") if math.isfinite(x) else x
 
 
+def samples_word(info) -> str:
+    """What the data's samples are called in messages: ``images``, ``series`` or ``volumes`` (a
+    :class:`~cnn_depth.loaders.DataInfo`; None: images)."""
+    return {"series": "series", "volume": "volumes"}.get(getattr(info, "kind", "image"), "images")
+
+
 def new_row(cfg: SweepConfig, depth: int, seed: int, threads, device: str = "", precision: str = "",
             tag: str = "") -> dict:
     """A results.csv row with what is known before a run trains: its identity and settings (``cfg``: one
@@ -337,7 +343,8 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
     """
     ident = run_fields(cfg.dataset_label, cfg.arch, depth, seed, tag)
     row = new_row(cfg, depth, seed, torch.get_num_threads(), device.name, device.precision, tag)
-    row.update(classes=dls.c)
+    info = data_info(dls)
+    row.update(classes=dls.c, kind=info.kind if info is not None else "")
     memory = PeakMemory(device.torch)
     learn = None
     try:
@@ -379,8 +386,9 @@ def train_run(dls, cfg: SweepConfig, depth: int, seed: int, lr: Union[float, Cal
                    error_rate=(stats.valid_images - stats.correct) / stats.valid_images if stats.valid_images else "")
         finite = all(math.isfinite(v) for v in (train_loss, float(valid_loss)))
         if stats.train_images == 0:  # not a diverged loss: nothing was trained (check_loaders refuses this first)
+            what = samples_word(info)
             row.update(status="failed", error=f"no training batch: the training split has {len(dls.train_ds)} "
-                                              f"images, fewer than bs {cfg.bs}; use a smaller bs or more images")
+                                              f"{what}, fewer than bs {cfg.bs}; use a smaller bs or more {what}")
         elif nan.where or not finite:
             row.update(status="diverged", error=nan.where or "loss is not finite after training")
         else:

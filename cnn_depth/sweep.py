@@ -34,7 +34,7 @@ from .plan import (Engine, _jobs, busy_cores, choose_engine, estimated_seconds, 
 from .records import (ACTIVATION_CSV_COLUMNS, HISTORY_COLUMNS, MODELS_DIR, RESULT_COLUMNS, check_folder,
                       claim_folder, environment, folder_grid, read_results, read_sweep_json, run_id, write_rows,
                       write_sweep_json)
-from .run import Job, RunResult, failed_result, resolve_device, run_job
+from .run import Job, RunResult, failed_result, resolve_device, run_job, samples_word
 from .tracking import Trackers
 from .transfer import fetch_weights
 
@@ -197,7 +197,8 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
         grid = (f" ({' × '.join(f'{len(getattr(cfg, v))} {v}s' for v in cfg.varying())} × {len(cfg.depths)} depths × "
                 f"{len(cfg.seeds)} seeds)" if len(combos) > 1 else "")
         say(f"sweep: {rounds.headline(todo) if rounds else f'{n} runs{grid} ({todo} to do)'} on {device.name}, "
-            f"{engine.describe()}; {len(dls.train_ds)} train / {len(dls.valid_ds)} valid images; writing to {out}")
+            f"{engine.describe()}; {len(dls.train_ds)} train / {len(dls.valid_ds)} valid {_samples(dls)}; writing "
+            f"to {out}")
         if engine.kind == "inline" and len(loaders) == 1:  # the driver is the worker: it reuses these DataLoaders
             from .executors import worker_cache
 
@@ -265,24 +266,38 @@ def _names(cfg: SweepConfig, jobs: Sequence[Job]) -> dict:
             for j in jobs if j.kind == "run"}
 
 
+def _samples(dls) -> str:
+    """``images``, ``series`` or ``volumes``: what ``dls`` serves, as the lines name it."""
+    from .loaders import data_info
+
+    return samples_word(data_info(dls))
+
+
 def check_loaders(dls, cfg: SweepConfig) -> None:
     """Refuse, before any run, DataLoaders a sweep cannot train on: a training split smaller than the batch
     size gives no full batch (fastai drops the last partial one), so every run would train on nothing; an
-    empty validation split gives no accuracy; images smaller than a model's pooling needs
-    (:func:`check_input_size`) fail every run. One line naming the fix."""
-    n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
-    if n_train < cfg.bs:
-        more = f"more images (--max-per-class {cfg.max_per_class} keeps {n_train})" if cfg.max_per_class else \
-            "a dataset with more images"
-        raise CnnDepthError(f"the training split has {n_train} images, fewer than --bs {cfg.bs}, so there is no "
-                            f"full batch to train on; use --bs {max(n_train, 1)} or less, or {more}")
-    if n_valid == 0:
-        raise CnnDepthError("the validation split has no images, so there is no accuracy to report; give a "
-                            "dataset with validation images")
+    empty validation split gives no accuracy; inputs smaller than a model's pooling needs, or of a
+    dimension it does not take (a 2D preset on series: :func:`check_input_size`), fail every run; a
+    ``--split-seed`` for data with split folders of its own would change nothing. One line naming the fix."""
     from .loaders import data_info
 
     info = data_info(dls)
+    what = samples_word(info)
+    n_train, n_valid = len(dls.train_ds), len(dls.valid_ds)
+    if n_train < cfg.bs:
+        more = f"more {what} (--max-per-class {cfg.max_per_class} keeps {n_train})" if cfg.max_per_class else \
+            f"a dataset with more {what}"
+        raise CnnDepthError(f"the training split has {n_train} {what}, fewer than --bs {cfg.bs}, so there is no "
+                            f"full batch to train on; use --bs {max(n_train, 1)} or less, or {more}")
+    if n_valid == 0:
+        raise CnnDepthError(f"the validation split has no {what}, so there is no accuracy to report; give a "
+                            f"dataset with validation {what}")
     if info is not None:
+        if cfg.split_seed != 0 and getattr(info.source, "seed", None) is None:
+            src = info.source
+            raise CnnDepthError(f"--split-seed {cfg.split_seed} picks a random validation split of one folder of "
+                                f"classes, but {cfg.dataset_label} has split folders of its own "
+                                f"({src.train_name}/, {src.valid_name}/): leave out --split-seed")
         for depth in cfg.depths:
             check_input_size(cfg.arch, depth, tuple(info.img_size))
 
@@ -652,6 +667,9 @@ def record_run(out: Path, cfg: SweepConfig, result: RunResult) -> None:
     write_rows(out / "results.csv", RESULT_COLUMNS, [row])
 
 
+UNITS = {"series": "series", "volume": "vol"}  # the training rate of a done line: 846 img/s, 2400 series/s
+
+
 class Progress:
     """The sweep's progress lines: one when a run starts and one when it ends, with the sweep's elapsed time
     and an ETA (the mean wall time of the runs finished so far, times the runs left, over the runs at once).
@@ -700,6 +718,6 @@ class Progress:
         else:
             text = (f"{head}  lr={float(row['lr']):.3g}  acc={float(row['accuracy']):.4f}  "
                     f"valid_loss={float(row['valid_loss']):.4f}  {float(row['train_seconds']):.1f} s "
-                    f"({float(row['images_per_second']):.0f} img/s)  "
+                    f"({float(row['images_per_second']):.0f} {UNITS.get(row.get('kind'), 'img')}/s)  "
                     + (f"diverged: {row['error']}" if row["status"] == "diverged" else "ok"))
         self.say(f"{text}  [elapsed {self.clock(elapsed)}{eta}]")

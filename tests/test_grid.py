@@ -21,7 +21,7 @@ runner = CliRunner()
 TINY = dict(epochs=1, max_per_class=8, bs=16, device="cpu", quiet=True, threads=1, workers=1)
 # a value other than the default for each setting, valid together with the others' defaults
 OTHER = dict(dataset="mnist", arch="residual", epochs=2, lr=1e-2, bs=32, max_per_class=50, pipeline="pil", augment=True,
-             compile=True, transfer=None, pretrained=False)
+             compile=True, transfer=None, pretrained=False, dims=1, pad=True, fill=0.0, split_seed=1)
 
 
 @pytest.mark.parametrize("name", list(settings()))
@@ -39,8 +39,7 @@ def test_every_marked_setting_is_in_every_list_of_the_settings(name, tmp_path):
     assert list(row) == RESULT_COLUMNS and row[s.column] == s.cell(getattr(cfg, name))
     assert _shown(s.column, "x")  # a label for any value
     if s.data:
-        assert getattr(cfg, name) in data_key(cfg, "cpu") and ("source" if name == "dataset" else name) in \
-            data_settings(cfg)
+        assert getattr(cfg, name) in data_key(cfg, "cpu") and (s.keyword or name) in data_settings(cfg)
     if name in ("pretrained", "transfer"):
         return  # they need a pretrained net (test_transfer.py checks their folder names and flags)
     changed = SweepConfig(**{name: OTHER[name]})
@@ -63,7 +62,8 @@ def test_the_columns_and_folder_names_are_what_they_were():
                                    "bs", "max_per_class", "pipeline", "augment", "compile", "threads", "params"]
     assert RESULT_COLUMNS[-7:] == ["device", "precision", "pretrained", "transfer", "status", "error", "finished"]
     assert SETTING_COLUMNS == ["source", "epochs", "lr_setting", "bs", "max_per_class", "pipeline", "augment",
-                               "threads", "device", "precision", "pretrained", "transfer", "compile"]
+                               "threads", "device", "precision", "pretrained", "transfer", "compile",
+                               "kind", "dims", "pad", "fill", "split_seed"]  # new ones last: older groups lack them
     assert SweepConfig(lr=0.01, bs=32, max_per_class=50, pipeline="pil", augment=True, compile=True).default_out_name() \
         == "cifar10-sample-bn-d2-4-s0-e5-lr0.01-bs32-m50-pil-aug-compile"
     assert "yes" not in SweepConfig().as_dict()  # sweep.json keeps the keys it had
