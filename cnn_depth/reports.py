@@ -5,8 +5,9 @@ with ``cnn-depth report <out>/results.csv``.
 
 A *group* is one setting of everything that decides a run's numbers except depth and seed (``GROUP``:
 dataset and its source, arch, epochs, the lr setting, bs, max_per_class, pipeline, augment, compile, threads, device
-and precision). Runs are pooled over seeds within a (group, depth) only; two rows are the same run only when
-their group, depth and seed all match. Within a group, depths are compared to the best one paired by seed
+and precision; the kind of data and, for arrays, dims, pad, fill and the validation split's seed). Runs are
+pooled over seeds within a (group, depth) only; two rows are the same run only when their group, depth and seed
+all match. Within a group, depths are compared to the best one paired by seed
 (:mod:`cnn_depth.stats`), and the summary says how sure each comparison is.
 """
 from __future__ import annotations
@@ -63,7 +64,13 @@ def load_results(path: PathLike) -> pd.DataFrame:
 # Each group column's Setting (config.py) by its column: how an empty cell reads and how a value is shown.
 COLUMN_SETTINGS = {s.column: s for s in settings().values()}
 # The columns a row records of where it ran (records.RECORDED), and the run-identity ones, as labels show them.
-SHOWN = {"threads": lambda v: f"{v} threads", "device": str, "precision": str, "dataset": str, "arch": str}
+SHOWN = {"threads": lambda v: f"{v} threads", "device": str, "precision": str, "dataset": str, "arch": str,
+         "kind": lambda v: NOUNS.get(v, v)}
+NOUNS = {"image": "images", "series": "series", "volume": "volumes"}  # what a group's samples are called
+EMPTY = {"kind": "image"}  # a recorded column's empty cell: rows from before series and volumes were images
+# What the shared line leaves out: each setting's unsaid values (compile off, dims auto, ...); the kind always,
+# since the samples' noun says it ("all series"); the pipeline of arrays, which have only the one.
+UNSAID = {s.column: s.unsaid for s in settings().values() if s.unsaid}
 
 
 def _canon(column: str, v) -> str:
@@ -71,7 +78,7 @@ def _canon(column: str, v) -> str:
     ``none`` for no transfer, ``?`` where an old row did not record it (each setting's ``empty``)."""
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == ""):
         # transfer: empty from scratch; compile: rows from before it existed were eager
-        return COLUMN_SETTINGS[column].empty if column in COLUMN_SETTINGS else "?"
+        return COLUMN_SETTINGS[column].empty if column in COLUMN_SETTINGS else EMPTY.get(column, "?")
     if column == "lr_setting" and not isinstance(v, str):
         return f"{float(v):.10g}"
     if isinstance(v, (bool, np.bool_)):
@@ -81,10 +88,18 @@ def _canon(column: str, v) -> str:
     return str(v)
 
 
-def _shown(column: str, v: str) -> str:
+def _shown(column: str, v: str, kind: str = "image") -> str:
     """A group setting as a label shows it: ``lr find``, ``5 ep``, ``50/class``, ``no augment`` (each
-    setting's ``shown``)."""
+    setting's ``shown``); every sample of a group of series is ``all series`` (``kind``: the group's, or
+    ``""`` for groups of several kinds: ``all samples``)."""
+    if column == "max_per_class" and v == "all" and kind != "image":
+        return f"all {NOUNS.get(kind, 'samples')}"
     return SHOWN[column](v) if column in SHOWN else COLUMN_SETTINGS[column].shown(v)
+
+
+def _kind(group: tuple) -> str:
+    """The kind of data (image, series, volume) of a group's settings (``GROUP`` order)."""
+    return group[GROUP.index("kind")]
 
 
 def _keys(results: pd.DataFrame) -> pd.DataFrame:
@@ -140,8 +155,8 @@ def short_paths(paths: Sequence[str]) -> dict[str, str]:
 
 def _differs(cols: dict) -> list[str]:
     """The GROUP columns whose values differ between groups; ``source`` only where the dataset names do not
-    already tell the sources apart."""
-    differs = [c for c in GROUP if len(set(cols[c])) > 1]
+    already tell the sources apart; never ``kind``, which follows from the dataset and ``dims``."""
+    differs = [c for c in GROUP if c != "kind" and len(set(cols[c])) > 1]
     if "source" in differs and len(set(zip(cols["dataset"], cols["source"]))) == len(set(cols["dataset"])):
         differs.remove("source")  # the dataset names already tell the sources apart
     return differs
@@ -163,15 +178,17 @@ def group_labels(groups: Sequence[tuple], short: bool = False) -> tuple[list[str
         names = short_paths(cols["source"])
         cols["source"] = [names[v] for v in cols["source"]]
     shown = ["arch"] + [c for c in differs if c != "arch"] if len(groups) > 1 else ["arch", "dataset", "epochs"]
-    labels = [" · ".join(_shown(c, cols[c][k]) for c in shown) for k in range(len(groups))]
-    common = [_shown(c, cols[c][0]) for c in GROUP if c not in shown and c not in differs
+    labels = [" · ".join(_shown(c, cols[c][k], cols["kind"][k]) for c in shown) for k in range(len(groups))]
+    kind = cols["kind"][0] if len(set(cols["kind"])) == 1 else ""
+    common = [_shown(c, cols[c][0], kind) for c in GROUP if c not in shown and c not in differs
               and not (c == "source" and cols["source"][0] == cols["dataset"][0])
-              and not (c == "compile" and cols[c][0] == "off")]  # eager, as every run before --compile
+              and c != "kind" and cols[c][0] not in UNSAID.get(c, ())
+              and not (c == "pipeline" and kind in ("series", "volume"))]
     return labels, " · ".join(common)
 
 
 SETTING_NAMES = {"dataset": "dataset", **{s.column: s.words for s in settings().values()},
-                 "threads": "torch threads", "device": "device", "precision": "precision"}
+                 "threads": "torch threads", "device": "device", "precision": "precision", "kind": "kind of data"}
 
 
 def summary_groups(summary: pd.DataFrame) -> list[tuple]:
@@ -195,7 +212,9 @@ def setting_differences(summary: pd.DataFrame, short: bool = False) -> list[tupl
     if short:
         names = short_paths(cols["source"])
         cols["source"] = [names[v] for v in cols["source"]]
-    return [(c, [v if c == "source" else _shown(c, v) for v in dict.fromkeys(cols[c])]) for c in _differs(cols)]
+    one_kind = len(set(cols["kind"])) == 1
+    return [(c, list(dict.fromkeys(v if c == "source" else _shown(c, v, k if one_kind else "")
+                                   for v, k in zip(cols[c], cols["kind"])))) for c in _differs(cols)]
 
 
 def comparison_note(summary: pd.DataFrame, short: bool = False) -> str:
@@ -405,11 +424,12 @@ def compare_factors(df: pd.DataFrame, confidence: float = 0.95, test=None) -> pd
             for key, by_value in slices.items():
                 if len(by_value) < 2:
                     continue
-                runs = {_shown(c, v): dict(zip(o["seed"].astype(int), o["accuracy"].astype(float)))
+                kind = key[rest.index(GROUP.index("kind"))] if c != "kind" else ""
+                runs = {_shown(c, v, kind): dict(zip(o["seed"].astype(int), o["accuracy"].astype(float)))
                         for v, o in by_value.items()}
                 verdicts = stats.compare_to_best(runs, confidence, test)
                 claim = all(v.verdict in (stats.BEST, stats.BELOW) for v in verdicts.values())
-                others = " · ".join(_shown(GROUP[k], key[rest.index(k)]) for k in shown_rest)
+                others = " · ".join(_shown(GROUP[k], key[rest.index(k)], kind) for k in shown_rest)
                 for value, v in verdicts.items():
                     top = v.verdict == stats.BEST
                     out.append(dict(setting=c, depth=int(depth), others=others, value=value, runs=v.runs,
