@@ -376,7 +376,7 @@ def sweep_cmd(
       cnn-depth sweep --data ~/mnist_png --depths 2,4,8 --lr find --device cuda
       cnn-depth sweep --depths 2 4 8 --seeds auto --max-seeds 8   # seeds until the answer is clear
       cnn-depth sweep --arch bn residual --lr 1e-3 3e-3 --depths 2 4 8 --seeds 0-2   # a grid
-      cnn-depth sweep --dataset GunPoint --depths 1 2 4 8 --bs 16 --epochs 40   # series: the 1D family
+      cnn-depth sweep --dataset GunPoint --depths 1 2 4 8 --bs 16 --epochs 100   # series: the 1D family
 
     Exit code: 0 when every run is ok, 1 when one diverged or failed (every run failed: one line, no table),
     2 for bad options, 130 when interrupted (rerun the same command to resume).
