@@ -98,6 +98,14 @@ def _n_seeds(runs: pd.Series) -> str:
     return f"n={lo}" if lo == hi else f"n={lo}-{hi}"
 
 
+def _samples(summary: pd.DataFrame, one: bool = False) -> str:
+    """What the summary's samples are: ``images`` (also for summaries from before the kind was recorded),
+    ``series`` or ``volumes``; ``samples`` for a mix; ``one``: the singular (``image``, ...)."""
+    kinds = set(summary["kind"].dropna().astype(str)) - {""} if "kind" in summary.columns else set()
+    kind = kinds.pop() if len(kinds) == 1 else "image" if not kinds else "sample"
+    return kind if one else {"series": "series", "volume": "volumes"}.get(kind, kind + "s")
+
+
 def interval_words(summary: pd.DataFrame) -> str:
     """What the accuracy intervals of a summary are, in words: ``95% t interval over seeds``, ..."""
     methods = set(summary["interval"].dropna())
@@ -110,8 +118,9 @@ def interval_words(summary: pd.DataFrame) -> str:
     parts = ([f"{pct} repeated confidence interval over seeds (group-sequential, --seeds auto)"] if gs else []) + \
         ([f"{pct} anytime-valid confidence sequence over seeds (--seeds auto)"] if anytime else []) + \
         ([f"{pct} t interval over seeds"] if t else []) + \
-        ([f"{pct} Wilson interval over the validation images (1 seed: not training noise)"] if wilson else []) + \
-        (["no interval (1 seed, image count unknown)"] if none else [])
+        ([f"{pct} Wilson interval over the validation {_samples(summary)} (1 seed: not training noise)"]
+         if wilson else []) + \
+        ([f"no interval (1 seed, {_samples(summary, one=True)} count unknown)"] if none else [])
     return "; ".join(parts)
 
 
@@ -259,7 +268,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
     ax_cost.set_xlabel("depth (conv layers)" + (", log2 axis" if log else ""))
     ax_cost.grid(alpha=0.3, which="both")
     cost = [Line2D([], [], ls="-", marker="s", ms=4, color="0.3"), Line2D([], [], ls=":", marker="^", ms=4, color="0.3")]
-    ax_cost.legend(cost, ["MACs per image", "parameters"], loc="upper left", bbox_to_anchor=(1.01, 1),
+    ax_cost.legend(cost, [f"MACs per {_samples(summary, one=True)}", "parameters"], loc="upper left", bbox_to_anchor=(1.01, 1),
                    fontsize=8, title="cost: the same for every group" if same_cost and len(groups) > 1 else
                    "cost, in the group's colour" if len(groups) > 1 else "cost", title_fontsize=8, borderaxespad=0)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)

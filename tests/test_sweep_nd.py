@@ -77,6 +77,7 @@ def test_a_gunpoint_sweep_trains_the_1d_family_and_says_series(gunpoint):
     group = next(line for line in lines if line.startswith("bn · GunPoint · 1 ep"))
     assert "(lr 0.003 · bs 16 · all series · no augment · 1 threads · cpu · fp32 · from scratch · no transfer)" \
         in group and "images" not in group and "pipeline" not in group
+    assert "intervals: accuracy: 95% Wilson interval over the validation series (1 seed" in r.stdout
     df = pd.read_csv(out / "results.csv", keep_default_na=False)
     assert list(df.columns) == RESULT_COLUMNS and df["run_id"].tolist() == ["bn-d1-s0", "bn-d2-s0"]
     assert (df["kind"] == "series").all() and (df["dims"] == "").all() and (df["fill"] == "").all()
@@ -138,6 +139,7 @@ def test_a_shapes3d_sweep_trains_the_3d_family_augments_and_explains_in_slices(t
     assert r.exit_code == 0, r.output
     assert "; 24 train / 24 valid volumes; writing to" in r.stdout and " vol/s)  ok" in r.stdout
     assert "bn · shapes3d · 1 ep   (lr 0.003 · bs 8 · 8/class · augment · 1 threads" in r.stdout
+    assert "95% Wilson interval over the validation volumes" in r.stdout and "images" not in r.stdout
     df = pd.read_csv(out / "results.csv")
     assert (df["kind"] == "volume").all() and df["augment"].all() and (df["valid_images"] == 24).all()
     r = runner.invoke(app, ["explain", str(out), "--depth", "2", "--out", str(tmp_path / "x")])
