@@ -22,7 +22,8 @@ runner = CliRunner()
 SMALL = ["--epochs", "1", "--max-per-class", "10", "--bs", "16", "--device", "cpu", "--quiet", "--workers", "1",
          "--threads", "1"]
 # Filled on every row of a finished run; error is empty when status is ok.
-FILLED = [c for c in RESULT_COLUMNS if c not in ("error", "transfer")]  # transfer: empty for a run from scratch
+# transfer: empty for a run from scratch; dims and fill: empty at their defaults (the data decides; NaN refused)
+FILLED = [c for c in RESULT_COLUMNS if c not in ("error", "transfer", "dims", "fill")]
 
 
 def sweep(out, *args):
@@ -46,6 +47,7 @@ def test_depths_as_typed_give_three_rows_with_every_column(bn_sweep):
     assert (df["status"] == "ok").all() and (df["error"] == "").all()
     assert (df[FILLED] != "").all().all(), df.T
     assert (df["transfer"] == "").all() and (df["pretrained"] == False).all()  # noqa: E712
+    assert (df["kind"] == "image").all() and (df["dims"] == "").all() and (df["fill"] == "").all()
     assert df["device"].eq("cpu").all() and df["precision"].eq("fp32").all()
     assert df["train_images"].eq(96).all()  # 100 training images, bs 16, last partial batch dropped
     assert ((df["images_per_second"] - df["train_images"] / df["train_seconds"]).abs() <= 0.05 + 1e-9).all()
