@@ -166,7 +166,8 @@ class SweepConfig:
                                        unsaid=("False",), **_onoff("pad", "nopad", "padded", "no pad")))
     fill: Optional[float] = _field(None, "Arrays: the value that replaces missing values (NaN), e.g. 0; off: a "
                                          "NaN is one line naming the file.", shown="off",
-                                   setting=Setting("fill", "NaN fill", lambda v: "nofill" if v is None else f"fill{v:g}",
+                                   setting=Setting("fill", "NaN fill",
+                                                   lambda v: "nofill" if v is None else f"fill{v:g}",
                                                    lambda v: "NaN refused" if v == "none" else f"NaN→{v}",
                                                    lambda v: "" if v is None else v, data=True, kind="number",
                                                    after="pad", rank=16, empty="none", unsaid=("none",)))

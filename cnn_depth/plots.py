@@ -268,7 +268,8 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "accuracy vs depth"):
     ax_cost.set_xlabel("depth (conv layers)" + (", log2 axis" if log else ""))
     ax_cost.grid(alpha=0.3, which="both")
     cost = [Line2D([], [], ls="-", marker="s", ms=4, color="0.3"), Line2D([], [], ls=":", marker="^", ms=4, color="0.3")]
-    ax_cost.legend(cost, [f"MACs per {_samples(summary, one=True)}", "parameters"], loc="upper left", bbox_to_anchor=(1.01, 1),
+    ax_cost.legend(cost, [f"MACs per {_samples(summary, one=True)}", "parameters"], loc="upper left",
+                   bbox_to_anchor=(1.01, 1),
                    fontsize=8, title="cost: the same for every group" if same_cost and len(groups) > 1 else
                    "cost, in the group's colour" if len(groups) > 1 else "cost", title_fontsize=8, borderaxespad=0)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)

@@ -75,8 +75,8 @@ def test_a_gunpoint_sweep_trains_the_1d_family_and_says_series(gunpoint):
     done = [line for line in lines if line.startswith("done ")]
     assert len(done) == 2 and all(" series/s)  ok" in line and "img/s" not in line for line in done), done
     group = next(line for line in lines if line.startswith("bn · GunPoint · 1 ep"))
-    assert "(lr 0.003 · bs 16 · all series · no augment · 1 threads · cpu · fp32 · from scratch · no transfer)" \
-        in group and "images" not in group and "pipeline" not in group
+    assert "(lr 0.003 · bs 16 · all series · no augment · 1 threads · cpu · fp32 · from scratch · no transfer)" in \
+        group and "images" not in group and "pipeline" not in group
     assert "intervals: accuracy: 95% Wilson interval over the validation series (1 seed" in r.stdout
     df = pd.read_csv(out / "results.csv", keep_default_na=False)
     assert list(df.columns) == RESULT_COLUMNS and df["run_id"].tolist() == ["bn-d1-s0", "bn-d2-s0"]
@@ -212,6 +212,17 @@ def test_pad_and_fill_make_ragged_and_missing_series_trainable(tmp_path):
         df.attrs["summary"].attrs["context"]
 
 
+def test_dims_2_reads_arrays_as_images_and_trains_the_2d_family(tmp_path):
+    data = series_folder(tmp_path / "d2", split=True, n=4, make=lambda k, i: np.stack([series(k, i, 16)] * 4))
+    r = sweep(tmp_path / "o", "--data", str(data), "--dims", "2", "--depths", "1", "--bs", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert df["kind"].tolist() == ["image"] and df["dims"].tolist() == [2]
+    assert df["params"].tolist() == [1 * 16 * 9 + 2 * 16 + 16 * 2 + 2]  # one 3×3 conv on a 1-channel 4×16 image
+    assert f"bn · d2 · 1 ep   (from {data} · lr 0.003 · bs 4 · all images · fast pipeline · no augment · 1 " \
+           "threads · cpu · fp32 · from scratch · no transfer · dims 2)" in r.stdout
+
+
 class StopSecondRun(Callback):
     """Ctrl-C during the second run of a sweep (after its first epoch)."""
 
@@ -247,7 +258,8 @@ def test_an_interrupted_series_sweep_keeps_its_rows_and_resumes(tmp_path):
 def _bad_cases(tmp_path):
     ragged = series_folder(tmp_path / "ragged", split=True, n=4, make=lambda k, i: series(k, i, 20 + 4 * (i == 3)))
     nan = series_folder(tmp_path / "nan", split=True, n=4,
-                        make=lambda k, i: np.where(np.arange(32) == 7, np.nan, series(k, i)) if i == 2 else series(k, i))
+                        make=lambda k, i: np.where(np.arange(32) == 7, np.nan, series(k, i)) if i == 2
+                        else series(k, i))
     pickled = series_folder(tmp_path / "pickled", split=True, n=4)
     np.save(pickled / "train" / "a" / "002.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     vols = tmp_path / "vols"
