@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnn_depth.config import SweepConfig
-from cnn_depth.reports import format_markdown, load_results, report, summarize
+from cnn_depth.reports import format_markdown, load_results, report, summarize, sweep_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -61,7 +61,9 @@ def results_csv(study: str, name: str) -> Path:
 def summary(study: str, names: list[str]) -> pd.DataFrame:
     """The summary of the configs' recorded results, rows in the configs' order."""
     frames = [load_results(results_csv(study, n)) for n in names]
-    return summarize(pd.concat(frames, ignore_index=True))
+    # a --seeds auto sweep's rows are judged by its rule (group-sequential intervals), as `cnn-depth report` does
+    plans = [p for p in (sweep_plan(results_csv(study, n).parent) for n in names) if p is not None]
+    return summarize(pd.concat(frames, ignore_index=True), plan=plans[0] if plans else None)
 
 
 def paired(study: str, names: list[str]) -> str:
@@ -129,6 +131,19 @@ def depth_figure(s: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
+def study_wide(study: str, names: list[str]) -> list[str]:
+    """The configs the study-wide summary.csv and figures are made of: ``names`` in order, less any config
+    that re-records runs an earlier one holds (same run ids: degradation's adaptive.toml repeats the three
+    fixed sweeps' settings with more seeds); such a config has its own table on the page."""
+    kept, seen = [], set()
+    for n in names:
+        ids = set(load_results(results_csv(study, n))["run_id"])
+        if not ids & seen:
+            kept.append(n)
+            seen |= ids
+    return kept
+
+
 def update(study: str) -> None:
     """Rewrite the study's results/summary.csv and figures, and every summary block of its page."""
     text = page(study).read_text()
@@ -137,6 +152,7 @@ def update(study: str) -> None:
         names_all += [n for n in names if n not in names_all]
     if not names_all:
         raise SystemExit(f"{page(study)} has no '<!-- begin summary: x.toml ... -->' block")
+    names_all = study_wide(study, names_all)
     out = HERE / study / "results"
     report([results_csv(study, n) for n in names_all], out=out)  # summary.csv and comparison.png
     s = summary(study, names_all)
