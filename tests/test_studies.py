@@ -56,5 +56,12 @@ def test_the_recorded_runs_are_the_configs_grids(study):
         cfg = SweepConfig.from_toml(toml)
         df = pd.read_csv(studies.results_csv(study, toml.name))
         assert (df["status"] == "ok").all() and df["run_id"].is_unique, toml
-        assert set(zip(df["depth"], df["seed"])) == {(d, s) for d in cfg.depths for s in cfg.seeds}, toml
+        if cfg.seeds == "auto":  # each cell (grid combination, depth): a prefix of the rule's seeds, min to max
+            plan, by = cfg.plan(), list(cfg.varying()) + ["depth"]
+            cells = df.groupby(by)["seed"].apply(sorted)
+            assert len(cells) == len(cfg.combinations()) * len(cfg.depths), toml
+            for seeds in cells:
+                assert seeds == list(plan.order[:len(seeds)]) and plan.min_seeds <= len(seeds) <= plan.max_seeds, toml
+        else:
+            assert set(zip(df["depth"], df["seed"])) == {(d, s) for d in cfg.depths for s in cfg.seeds}, toml
         assert (df["epochs"] == cfg.epochs).all() and (df["threads"] == cfg.threads).all(), toml
