@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import inspect
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +26,25 @@ from typer.core import TyperCommand, TyperGroup
 
 from .config import config_field, config_keys, default, shown_default
 from .errors import CnnDepthError
+
+
+@contextmanager
+def imports_held():
+    """A Ctrl-C while a command imports torch and fastai is held until the imports end, then acts as usual
+    (one line, exit 130): a KeyboardInterrupt raised inside torch's import can leave it half set up and the
+    process aborting at exit (SIGABRT, exit -6, a C-level stack) instead."""
+    old = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(old):
+        yield  # not ours to hold (SIG_IGN, SIG_DFL or a handler set outside Python)
+        return
+    held: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if held:
+        old(signal.SIGINT, sys._getframe())
 
 
 class FlagHelp:
@@ -137,7 +159,8 @@ def models_cmd(depth: int = typer.Option(8, help="Depth of the family models cou
     Examples: cnn-depth models --depth 20; cnn-depth models --dims 1 --size 150 --depth 8;
     cnn-depth models --size 28x28x28 --n-in 1
     """
-    from .models import AXES, DIM_NAMES, NDIMS, input_size, model_table
+    with imports_held():
+        from .models import AXES, DIM_NAMES, NDIMS, input_size, model_table
 
     sides = None
     if size is not None:
@@ -175,7 +198,8 @@ def models_cmd(depth: int = typer.Option(8, help="Depth of the family models cou
 def datasets_cmd():
     """List the registered datasets: kind (image, series, volume), one input's shape (channels first), the
     train/valid sizes, classes, split folders (any folder or .tgz/.zip path works with --data too)."""
-    from .data import dataset_spec, list_datasets  # the registry is in data.py, which imports fastai
+    with imports_held():
+        from .data import dataset_spec, list_datasets  # the registry is in data.py, which imports fastai
 
     typer.echo(f"{'name':<17} {'kind':<6} {'input':<11} {'train/valid':>13} {'classes':>7}  {'splits':<17} description")
     for name in list_datasets():
@@ -197,7 +221,8 @@ def summary_cmd(depth: Optional[int] = typer.Option(None, help="Number of conv l
 
     Example: cnn-depth summary --depth 7 --arch residual
     """
-    from .models import count_params, depth_cnn, layer_table, list_models, model_spec
+    with imports_held():
+        from .models import count_params, depth_cnn, layer_table, list_models, model_spec
 
     if depth is None and model_spec(arch).depth is None:
         fail(f"--depth is required for the family archs ({', '.join(n for n in list_models() if model_spec(n).depth is None)})"
@@ -383,8 +408,10 @@ def sweep_cmd(
     """
     from .config import SweepConfig
     from .errors import SweepFailed
-    from .reports import format_summary
-    from .sweep import run_sweep
+
+    with imports_held():
+        from .reports import format_summary
+        from .sweep import run_sweep
 
     given = {name: value for name, value in ctx.params.items()
              if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
@@ -425,8 +452,9 @@ def report_cmd(results: list[Path] = typer.Argument(..., help="results.csv files
     """
     import warnings
 
-    from .records import RowWarning
-    from .reports import format_summary, report
+    with imports_held():
+        from .records import RowWarning
+        from .reports import format_summary, report
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RowWarning)
@@ -463,7 +491,8 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Folder a sweep wrote w
       cnn-depth explain runs/sweep --depth 8 --index 3 --target cat
       cnn-depth explain runs/sweep --depths 2 4 8 --index 3
     """
-    from .explain import explain_depths, explain_run
+    with imports_held():
+        from .explain import explain_depths, explain_run
 
     if depths is not None:
         from .config import parse_int_list
