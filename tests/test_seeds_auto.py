@@ -119,11 +119,12 @@ def test_a_named_pair_with_a_margin_stops_as_equivalent(tmp_path):
 def test_ctrl_c_in_a_later_round_keeps_the_rows_and_a_rerun_continues(tmp_path):
     kw = dict(depths=[1, 4], seeds="auto", min_seeds=3, max_seeds=4, epochs=1, max_per_class=8, bs=16,
               device="cpu", quiet=True, threads=1, workers=1, out=str(tmp_path / "x"))
-    seen = set()
+    seen = []  # the Learners themselves: an id() of a freed one can come back for the next run's
 
     class Cut(Callback):
         def before_fit(self):  # a Learner per run (numbered as the sweep starts them)
-            seen.add(id(self.learn))
+            if not any(learn is self.learn for learn in seen):
+                seen.append(self.learn)
             if len(seen) == 8:  # the second run of round 2: depth 4, seed 3
                 raise KeyboardInterrupt("SIGINT")
 
