@@ -151,6 +151,16 @@ def _z(t, n):
     return -_sp.ndtri(_sp.stdtr(np.asarray(n) - 1, -np.abs(t)))
 
 
+def cumulative_t(x: np.ndarray) -> np.ndarray:
+    """The paired t statistic of the first k differences along the last axis of ``x``, for every k (at k = 1,
+    with no spread, it is ±inf or nan): one pass of cumulative sums, for simulating whole sweeps at once."""
+    k = np.arange(1, x.shape[-1] + 1)
+    mean = np.cumsum(x, -1) / k
+    var = np.maximum(np.cumsum(x * x, -1) - k * mean * mean, 0.0) / np.maximum(k - 1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return mean / np.sqrt(var / k)
+
+
 @functools.lru_cache(maxsize=32)
 def null_maxima(min_seeds: int, max_seeds: int, shape: float = SHAPE) -> np.ndarray:
     """max over the looks n = min_seeds ... max_seeds of z_n / w_n, sorted, on ``NULL_PATHS`` paths of
@@ -161,12 +171,7 @@ def null_maxima(min_seeds: int, max_seeds: int, shape: float = SHAPE) -> np.ndar
     w = _weights(ns, max_seeds, shape)
     chunks, chunk = [], 1 << 16
     for _ in range(NULL_PATHS // chunk):
-        x = rng.standard_normal((chunk, max_seeds))
-        k = np.arange(1, max_seeds + 1)
-        s1, s2 = np.cumsum(x, 1), np.cumsum(x * x, 1)
-        mean = s1 / k
-        var = np.maximum(s2 - k * mean * mean, 0.0)[:, min_seeds - 1:] / (ns - 1)
-        t = mean[:, min_seeds - 1:] / np.sqrt(var / ns)
+        t = cumulative_t(rng.standard_normal((chunk, max_seeds)))[:, min_seeds - 1:]
         chunks.append((_z(t, ns) / w).max(1))
     return np.sort(np.concatenate(chunks))
 

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import integrate
 from scipy import stats as st
 
-from cnn_depth.sequential import ANYTIME, Plan, critical_t, gs_critical_t, sweep_rounds
+from cnn_depth.sequential import ANYTIME, Plan, critical_t, cumulative_t, gs_critical_t, sweep_rounds
 from cnn_depth.stats import compare_to_best
 
 DESIGNS = {"Pocock": Plan(shape=0.5), "Wang-Tsiatis 0.25 (the rule)": Plan(), "O'Brien-Fleming": Plan(shape=0.0),
@@ -62,12 +62,7 @@ def crits(plan: Plan, level: float = 0.95) -> np.ndarray:
 
 def t_paths(delta: float, sims: int, n_max: int, rng) -> np.ndarray:
     """|t| after each of n_max paired differences (N(delta, 1)), per simulated pair; column n-1 is n seeds."""
-    x = rng.standard_normal((sims, n_max)) + delta
-    k = np.arange(1, n_max + 1)
-    mean = np.cumsum(x, 1) / k
-    var = np.maximum(np.cumsum(x * x, 1) - k * mean * mean, 0) / np.maximum(k - 1, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.abs(mean / np.sqrt(var / k))
+    return np.abs(cumulative_t(rng.standard_normal((sims, n_max)) + delta))
 
 
 def pair_design(plan: Plan, t: np.ndarray) -> tuple[float, float]:

@@ -10,8 +10,8 @@ from scipy import integrate
 from scipy import stats as st
 
 from cnn_depth import CnnDepthError
-from cnn_depth.sequential import (ANYTIME, GROUP_SEQUENTIAL, Plan, anytime_p, critical_t, gs_critical_t, gs_p,
-                                  log_bf, next_round, null_maxima, plan_from_record, plan_record,
+from cnn_depth.sequential import (ANYTIME, GROUP_SEQUENTIAL, Plan, anytime_p, critical_t, cumulative_t, gs_critical_t,
+                                  gs_p, log_bf, next_round, null_maxima, plan_from_record, plan_record,
                                   sequential_interval, sequential_p, sweep_rounds)
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -79,12 +79,7 @@ def test_group_sequential_boundaries_by_hand():
 
 def t_paths(delta, sims, n_max, rng):
     """|t| after each of n_max N(delta, 1) paired differences; column n-1 is n seeds."""
-    x = rng.standard_normal((sims, n_max)) + delta
-    k = np.arange(1, n_max + 1)
-    mean = np.cumsum(x, 1) / k
-    var = np.maximum(np.cumsum(x * x, 1) - k * mean * mean, 0) / np.maximum(k - 1, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.abs(mean / np.sqrt(var / k))
+    return np.abs(cumulative_t(rng.standard_normal((sims, n_max)) + delta))
 
 
 def crossing(t, plan):
@@ -130,11 +125,7 @@ def test_the_rule_stops_where_the_boundaries_say_and_errs_in_at_most_5_percent_o
 
 def t_paths_of(d):
     """|t| after each seed of one sequence of differences, as t_paths gives it."""
-    k = np.arange(1, len(d) + 1)
-    mean = np.cumsum(d) / k
-    var = np.maximum(np.cumsum(d * d) - k * mean * mean, 0) / np.maximum(k - 1, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.abs(mean / np.sqrt(var / k))[None, :]
+    return np.abs(cumulative_t(np.asarray(d)))[None, :]
 
 
 def test_equal_depths_with_holm_over_the_top_keep_the_family_wise_error():
