@@ -161,7 +161,7 @@ class LeanOptimizer(Optimizer):
             if not ps:
                 continue
             lr, mom, sqr_mom, eps, wd = (hyper[k] for k in ("lr", "mom", "sqr_mom", "eps", "wd"))
-            states = [self.state[p] for p in ps]
+            states = [self.state[p] for p in ps]  # a defaultdict: each parameter's own dict, updated in place
             data = [p.data for p in ps]
             grads = [p.grad.data for p in ps]
             if wd != 0:
@@ -188,8 +188,6 @@ class LeanOptimizer(Optimizer):
                 torch._foreach_sqrt_(denom)
                 torch._foreach_add_(denom, eps)
                 torch._foreach_addcdiv_([data[i] for i in idx], [avgs[i] for i in idx], denom, value=-lr / debias1)
-            for p, st in zip(ps, states):
-                self.state[p] = st
 
     def _param_step(self, p, hyper):
         """fastai's ``Optimizer.step`` for one parameter."""
