@@ -411,7 +411,7 @@ def sweep_cmd(
 
     with imports_held():
         from .reports import format_summary
-        from .sweep import run_sweep
+        from .sweep import SweepInterrupted, run_sweep
 
     given = {name: value for name, value in ctx.params.items()
              if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
@@ -426,8 +426,9 @@ def sweep_cmd(
     try:
         cfg = SweepConfig.from_toml(config, **given)
         results = run_sweep(cfg, log=typer.echo)
-    except KeyboardInterrupt as e:  # SweepInterrupted says what was kept; before the first run nothing was
-        fail(str(e) if str(e) else "interrupted before any run started; nothing was written", code=130)
+    except KeyboardInterrupt as e:  # run_sweep's SweepInterrupted says what was kept; before it, nothing was
+        fail(str(e) if isinstance(e, SweepInterrupted) else "interrupted before the sweep started; nothing was "
+             "written", code=130)
     except SweepFailed as e:  # every run failed: no summary to show; the rows and reports are written
         fail(str(e), code=1)
     typer.echo(format_summary(results.attrs["summary"]))

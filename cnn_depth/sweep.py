@@ -127,9 +127,35 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
             reports written first, ``e.results`` holds results.csv.
         SweepInterrupted: Ctrl-C or SIGTERM; finished runs are saved, rerun to resume.
     """
+    cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
+    try:
+        return _run_sweep(cfg, cbs, log)
+    except SweepInterrupted:
+        raise
+    except KeyboardInterrupt as e:  # outside the places that say more (say, while the workers shut down)
+        raise SweepInterrupted(_kept(cfg.out_dir, e)) from e
+
+
+def _kept(out: Path, e: KeyboardInterrupt) -> str:
+    """What an interrupted sweep kept, read from its folder: the message of its SweepInterrupted."""
+    import warnings
+
+    why = f" ({e.args[0]})" if e.args and isinstance(e.args[0], str) and e.args[0].startswith("SIG") else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n_ok = int((read_results(out)["status"] == "ok").sum())
+    except Exception:  # an unreadable folder (the sweep would have refused it): claim nothing
+        n_ok = 0
+    if n_ok:
+        return f"interrupted{why}; {n_ok} finished run(s) are saved in {out}; rerun the same command to resume"
+    return f"interrupted{why} before any run finished; no run is recorded in {out}"
+
+
+def _run_sweep(cfg: SweepConfig, cbs: Sequence[Callback], log: Callable[[str], None]) -> pd.DataFrame:
+    """:func:`run_sweep`'s work; an interrupt that leaves it without a SweepInterrupted becomes one there."""
     from .reports import write_reports
 
-    cfg = dataclasses.replace(config, **kw) if config is not None else SweepConfig(**kw)
     say = (lambda s: None) if cfg.quiet else log
     combos = cfg.combinations()  # one config per combination of a grid's settings; [cfg] without a grid
     for arch in dict.fromkeys(c.arch for c in combos if c.pretrained):  # before any folder or worker: offline

@@ -81,8 +81,11 @@ def interrupt_once(out: Path, engine: str, delay: float, group: bool, after: str
             problems.append("the last line is not `error: interrupted ...`")
         if sum(line.startswith("error:") for line in lines) != 1:
             problems.append("not exactly one error line")
-        if rows and lines and "nothing was written" in lines[-1]:
+        said = re.search(r"(\d+) finished run\(s\) are saved", lines[-1]) if lines else None
+        if rows and lines and ("nothing was written" in lines[-1] or "no run is recorded" in lines[-1]):
             problems.append(f"the line says nothing was written, but results.csv holds {sorted(rows)}")
+        elif said and int(said.group(1)) != len(rows):
+            problems.append(f"the line says {said.group(1)} run(s) are saved, but results.csv holds {sorted(rows)}")
     elif rc == 0:  # the sweep ended before the signal came: then it must be whole
         if set(rows) != RUN_IDS or "reports:" not in stdout:
             problems.append(f"exit 0 with runs {sorted(rows)} and no reports line")

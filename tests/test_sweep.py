@@ -34,6 +34,35 @@ def straight(tmp_path_factory):
     return run_sweep(depths=[1, 2, 3], out=str(tmp_path_factory.mktemp("straight")), **SMALL)
 
 
+def test_an_interrupt_outside_the_runs_says_what_the_folder_holds(tmp_path, monkeypatch):
+    """A Ctrl-C that lands after the last run ended (the trackers closing, the engine shutting down), or before
+    the first one started, leaves run_sweep as a SweepInterrupted whose count is the folder's rows (CI once
+    caught the CLI saying "nothing was written" with both rows on disk)."""
+    import cnn_depth.sweep as sweep_mod
+    from cnn_depth.tracking import Trackers
+
+    def interrupt_on_close(self, *exc):
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(Trackers, "__exit__", interrupt_on_close)
+    out = tmp_path / "after"
+    with pytest.raises(SweepInterrupted, match=r"^interrupted \(SIGINT\); 2 finished run\(s\) are saved in .*after; "
+                       r"rerun the same command to resume$"):
+        run_sweep(depths=[1, 2], out=str(out), **SMALL)
+    assert [r["run_id"] for r in read_rows(out / "results.csv")[1]] == ["bn-d1-s0", "bn-d2-s0"]
+    monkeypatch.undo()
+
+    def interrupt_loading(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_mod, "_driver_dataloaders", interrupt_loading)
+    with pytest.raises(SweepInterrupted, match=r"^interrupted before any run finished; no run is recorded in .*before$"):
+        run_sweep(depths=[1, 2], out=str(tmp_path / "before"), **SMALL)
+    assert not (tmp_path / "before").exists()  # the folder it made is gone again
+    with pytest.raises(SweepInterrupted, match=r"^interrupted; 2 finished run\(s\) are saved in .*after"):
+        run_sweep(depths=[1, 2, 3], out=str(out), **SMALL)  # earlier calls' rows count too
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_to_the_full_set(tmp_path, straight):
     out = tmp_path / "sweep"
