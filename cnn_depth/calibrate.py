@@ -3,8 +3,11 @@
 Constants fitted on one machine were wrong by 2.4x on the next (issue 20), so auto measures instead:
 
 - **A step.** A few real training steps (a real fastai ``Learner`` on the sweep's own DataLoaders: one
-  warm-up batch, then ``STEPS`` timed ones, the fastest taken) of a model at 1 thread and at N threads (the
-  cores other processes leave free): seconds per training image. A sweep measures its smallest and largest
+  warm-up batch, then ``STEPS`` timed ones) of a model at 1 thread and at N threads (the cores other
+  processes leave free), in ``ROUNDS`` rounds that alternate the thread counts; the fastest step of each count
+  is its seconds per training image. (On the 2-core VMs a slow phase of a second or more, the VM's neighbours,
+  made one round's fastest step 1.5-2.5x the usual, and that one figure was kept for the machine; a slow phase
+  now has to last the whole calibration, and it slows both counts alike.) A sweep measures its smallest and largest
   model and interpolates the others by their MACs per image.
 - **Starting workers.** Starting one worker process from the fork server, building its DataLoaders and
   running its first training step, timed from the driver: what local workers pay before their first run.
@@ -26,8 +29,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 STEPS = 5  # timed training batches per measurement, after one warm-up batch (the fastest one counts)
+MIN_SECONDS = 0.1  # ... or more, until the timed batches took this long (a small model's batch: ~10-20 ms here)
+ROUNDS = 3  # measurements per thread count, alternating the counts (the fastest one counts)
 QUIET_BUSY = 0.5  # cores kept busy by other processes below which a measurement is kept in the cache
-VERSION = 1  # of the entries' format and of what they measure
+VERSION = 2  # of the entries' format and of what they measure (2: ROUNDS rounds)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,13 +88,13 @@ def _write(path: Path, key: dict, values: dict) -> None:
 # Measuring
 
 
-def measure_step(dls, arch: str, depth: int, threads: int, steps: int = STEPS) -> float:
+def measure_step(dls, arch: str, depth: int, threads: int, steps: int = STEPS, seconds: float = MIN_SECONDS) -> float:
     """Seconds per training image of a fresh ``arch`` model of ``depth`` on ``dls`` with ``threads`` torch
-    threads: the fastest of ``steps`` training batches after one warm-up batch (other processes only ever
-    slow a batch down), in a real fastai fit (the
+    threads: the fastest of ``steps`` training batches, or more until they took ``seconds``, after one warm-up
+    batch (other processes only ever slow a batch down), in a real fastai fit (the
     batches come from ``dls.train``, the optimiser steps). torch's RNG and thread count are left as they were."""
     import torch
-    from fastai.callback.core import Callback, CancelFitException
+    from fastai.callback.core import Callback, CancelFitException, CancelValidException
 
     from .learner import depth_learner
 
@@ -97,19 +102,21 @@ def measure_step(dls, arch: str, depth: int, threads: int, steps: int = STEPS) -
         order = 100
 
         def __init__(self):
-            self.times, self.t0 = [], 0.0
+            self.times, self.t0, self.spent = [], 0.0, 0.0
 
         def before_batch(self):
             self.t0 = time.perf_counter()
 
         def after_batch(self):
             if self.training:
-                self.times.append((time.perf_counter() - self.t0) / max(1, len(self.yb[0])))
-                if len(self.times) > steps:
+                took = time.perf_counter() - self.t0
+                self.times.append(took / max(1, len(self.yb[0])))
+                self.spent += took if len(self.times) > 1 else 0.0
+                if len(self.times) > steps and (self.spent >= seconds or not steps):
                     raise CancelFitException()
 
-        def before_validate(self):
-            raise CancelFitException()
+        def before_validate(self):  # a small dataset: more epochs' batches, never a validation pass
+            raise CancelValidException()
 
     old = torch.get_num_threads()
     rngs = [dl.rng.getstate() for dl in dls.loaders if hasattr(dl, "rng")]
@@ -119,7 +126,7 @@ def measure_step(dls, arch: str, depth: int, threads: int, steps: int = STEPS) -
         with torch.random.fork_rng(devices=[]):
             learn = depth_learner(dls, depth, arch, threads=None)
             with learn.no_bar(), learn.no_logging():
-                learn.fit(1, 1e-3, cbs=[steps_cb])
+                learn.fit(1000, 1e-3, cbs=[steps_cb])  # stopped by Steps
     finally:
         torch.set_num_threads(old)
         for dl, state in zip((dl for dl in dls.loaders if hasattr(dl, "rng")), rngs):
@@ -152,9 +159,11 @@ def step_seconds(dls, arch: str, depth: int, threads: Sequence[int], bs: int, ca
 
     def measure(old: dict) -> dict:
         values = dict(old)
-        for t in sorted(set(wanted) | {1}):
-            if str(t) not in values:
-                values[str(t)] = measure_step(dls, arch, depth, t)
+        missing = [t for t in sorted(set(wanted) | {1}) if str(t) not in values]
+        for _ in range(ROUNDS):  # 1, N, 1, N, ...: a slow phase of the host slows both counts alike
+            for t in missing:
+                s = measure_step(dls, arch, depth, t)
+                values[str(t)] = min(values.get(str(t), s), s)
         one = values["1"]
         for t in wanted:  # more threads never slower, nor more than t times faster, on quiet cores
             s = values[str(t)]
