@@ -149,7 +149,7 @@ def _kept(out: Path, e: KeyboardInterrupt) -> str:
         n_ok = 0
     if n_ok:
         return f"interrupted{why}; {n_ok} finished run(s) are saved in {out}; rerun the same command to resume"
-    return f"interrupted{why} before any run finished; no run is recorded in {out}"
+    return f"interrupted{why} before any run finished; no finished run is saved in {out}"
 
 
 def _run_sweep(cfg: SweepConfig, cbs: Sequence[Callback], log: Callable[[str], None]) -> pd.DataFrame:

@@ -82,7 +82,7 @@ def interrupt_once(out: Path, engine: str, delay: float, group: bool, after: str
         if sum(line.startswith("error:") for line in lines) != 1:
             problems.append("not exactly one error line")
         said = re.search(r"(\d+) finished run\(s\) are saved", lines[-1]) if lines else None
-        if rows and lines and ("nothing was written" in lines[-1] or "no run is recorded" in lines[-1]):
+        if rows and lines and ("nothing was written" in lines[-1] or "no finished run is saved" in lines[-1]):
             problems.append(f"the line says nothing was written, but results.csv holds {sorted(rows)}")
         elif said and int(said.group(1)) != len(rows):
             problems.append(f"the line says {said.group(1)} run(s) are saved, but results.csv holds {sorted(rows)}")

@@ -56,7 +56,7 @@ def test_an_interrupt_outside_the_runs_says_what_the_folder_holds(tmp_path, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep_mod, "_driver_dataloaders", interrupt_loading)
-    with pytest.raises(SweepInterrupted, match=r"^interrupted before any run finished; no run is recorded in .*before$"):
+    with pytest.raises(SweepInterrupted, match=r"^interrupted before any run finished; no finished run is saved in .*before$"):
         run_sweep(depths=[1, 2], out=str(tmp_path / "before"), **SMALL)
     assert not (tmp_path / "before").exists()  # the folder it made is gone again
     with pytest.raises(SweepInterrupted, match=r"^interrupted; 2 finished run\(s\) are saved in .*after"):
