@@ -116,6 +116,8 @@ def measure_step(dls, arch: str, depth: int, threads: int, steps: int = STEPS, s
                     raise CancelFitException()
 
         def before_validate(self):  # a small dataset: more epochs' batches, never a validation pass
+            if not self.times:  # an epoch without a training batch: another would have none either
+                raise CancelFitException()
             raise CancelValidException()
 
     old = torch.get_num_threads()

@@ -119,6 +119,19 @@ def test_a_slow_phase_of_the_host_does_not_become_the_machines_figure(sample_dls
     assert cal.ROUNDS >= 2 and calls == [1, 2] * cal.ROUNDS
 
 
+def test_a_step_is_timed_across_epochs_of_a_tiny_dataset_and_refused_without_one(tmp_path):
+    """measure_step trains on past an epoch's end (its batches, never a validation pass) until it has its
+    steps; a training split with no whole batch is one clear error at once, not 1,000 empty epochs."""
+    from cnn_depth import dataloaders
+
+    one_batch = dataloaders("cifar10-sample", bs=16, max_per_class=3, device="cpu")  # 30 images: 1 batch
+    assert len(one_batch.train) == 1
+    assert 0 < cal.measure_step(one_batch, "bn", 2, 1) < 1.0
+    none = dataloaders("cifar10-sample", bs=64, max_per_class=5, device="cpu")  # 50 images < bs
+    with pytest.raises(RuntimeError, match="no training batch to time"):
+        cal.measure_step(none, "bn", 2, 1)
+
+
 def test_a_disturbed_or_busy_measurement_is_used_but_not_kept(sample_dls, tmp_path, monkeypatch):
     monkeypatch.setenv("CNN_DEPTH_CACHE", str(tmp_path))
     # 2 threads slower than 1: torch's thread pool met another process; clamped to the 1-thread figure
