@@ -133,23 +133,26 @@ def run_sweep(config: Optional[SweepConfig] = None, *, cbs: Sequence[Callback] =
     except SweepInterrupted:
         raise
     except KeyboardInterrupt as e:  # outside the places that say more (say, while the workers shut down)
-        raise SweepInterrupted(_kept(cfg.out_dir, e)) from e
+        raise _interrupted(cfg.out_dir, e) from e
 
 
-def _kept(out: Path, e: KeyboardInterrupt) -> str:
-    """What an interrupted sweep kept, read from its folder: the message of its SweepInterrupted."""
+def _interrupted(out: Path, e: Optional[BaseException], where: str = "", then: str = "resume") -> SweepInterrupted:
+    """The SweepInterrupted of a sweep stopped by Ctrl-C or SIGTERM: the signal (``e``'s name for it, when
+    given), where it landed (``where``, e.g. `` during run 2/3 (bn-d2-s0)``) and the finished runs the folder
+    holds, read from it. Without ``where`` and with none finished: that no finished run is saved."""
     import warnings
 
-    why = f" ({e.args[0]})" if e.args and isinstance(e.args[0], str) and e.args[0].startswith("SIG") else ""
+    why = f" ({e.args[0]})" if e is not None and e.args else ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             n_ok = int((read_results(out)["status"] == "ok").sum())
     except Exception:  # an unreadable folder (the sweep would have refused it): claim nothing
         n_ok = 0
-    if n_ok:
-        return f"interrupted{why}; {n_ok} finished run(s) are saved in {out}; rerun the same command to resume"
-    return f"interrupted{why} before any run finished; no finished run is saved in {out}"
+    if not n_ok and not where:
+        return SweepInterrupted(f"interrupted{why} before any run finished; no finished run is saved in {out}")
+    return SweepInterrupted(f"interrupted{why}{where}; {n_ok} finished run(s) are saved in {out}; rerun the same "
+                            f"command to {then}")
 
 
 def _run_sweep(cfg: SweepConfig, cbs: Sequence[Callback], log: Callable[[str], None]) -> pd.DataFrame:
@@ -242,9 +245,7 @@ def _run_sweep(cfg: SweepConfig, cbs: Sequence[Callback], log: Callable[[str], N
         results.attrs["summary"] = write_reports(out)
         trackers.reports(out)
     except KeyboardInterrupt as e:
-        n_ok = int((read_results(out)["status"] == "ok").sum())
-        raise SweepInterrupted(f"interrupted while writing the reports; {n_ok} finished run(s) are saved in {out}; "
-                               f"rerun the same command to write them") from e
+        raise _interrupted(out, None, " while writing the reports", then="write them") from e
     if progress.ended and len(progress.failed) == len(progress.ended):
         run, error = progress.failed[0]
         error = " ".join(error.split())  # one line (fastai wraps a callback's error in a tab-indented line)
@@ -458,14 +459,11 @@ def _drive(cfg: SweepConfig, engine: Engine, starting: cf.Future, jobs: list[Job
                     if trackers:  # --track: the row is on disk; the driver alone talks to the trackers
                         trackers.log(value)
     except KeyboardInterrupt as e:
-        n_ok = int((read_results(out)["status"] == "ok").sum())
-        why = f" ({e.args[0]})" if e.args else ""
         cut = sorted((j for j in [*running.values(), submitting] if j is not None and j.kind == "run"),
                      key=lambda j: progress.number(j.index))
         where = (f"during run{'s' if len(cut) > 1 else ''} " + ", ".join(f"{progress.number(j.index)}/{progress.n} "
                  f"({run_id(combos[j.combo].arch, j.depth, j.seed, j.tag)})" for j in cut)) if cut else "between runs"
-        raise SweepInterrupted(f"interrupted{why} {where}; {n_ok} finished run(s) are saved in {out}; rerun the "
-                               f"same command to resume") from e
+        raise _interrupted(out, e, f" {where}") from e
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -616,10 +614,7 @@ class Rounds:
         except SweepInterrupted:
             raise
         except KeyboardInterrupt as e:  # between two rounds
-            n_ok = int((read_results(out)["status"] == "ok").sum())
-            why = f" ({e.args[0]})" if e.args else ""
-            raise SweepInterrupted(f"interrupted{why} between rounds {self.rounds - 1} and {self.rounds}; {n_ok} "
-                                   f"finished run(s) are saved in {out}; rerun the same command to resume") from e
+            raise _interrupted(out, e, f" between rounds {self.rounds - 1} and {self.rounds}") from e
         if self.rounds > 1:
             say(f"rounds: done after {self.rounds - 1} round{'s' if self.rounds > 2 else ''}: "
                 + "; ".join(f"{self._cell(k)} {len(r)} seeds" for k, r in self.results.items()))
